@@ -1,0 +1,339 @@
+"""Extraction → FHIR R4 Bundle: Patient, Condition, MedicationStatement, Observation, Provenance.
+
+Resource ids are derived from ``BundleContext.id_seed`` so the same job always produces the
+same ids: re-running a job after a crash replaces its Bundle instead of adding a second one.
+Every resource gets a Provenance whose entity is the source DocumentReference and whose
+extension says on which page, in which box and at which characters the evidence was read.
+Every resource is validated (``fhir_profiles.validate``) before the Bundle is returned.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any, Final
+
+import msgspec
+
+from fhir_profiles.extraction import Diagnosis, Evidence, Extraction, LabResult, Medication, Vital
+from fhir_profiles.validate import validate_resource
+from terminology.units import UCUM_SYSTEM
+
+Resource = dict[str, Any]
+
+ID_NAMESPACE: Final = uuid.UUID("6f1c5a9e-2a47-4c1e-9a53-0d7c1b8e4f21")
+PAPERCHART_BASE: Final = "http://paperchart.org/fhir"
+EVIDENCE_EXTENSION: Final = f"{PAPERCHART_BASE}/StructureDefinition/evidence"
+REVIEW_TAG_SYSTEM: Final = f"{PAPERCHART_BASE}/CodeSystem/review-status"
+LOINC: Final = "http://loinc.org"
+SNOMED: Final = "http://snomed.info/sct"
+NHS_NUMBER_SYSTEM: Final = "https://fhir.nhs.uk/Id/nhs-number"
+V2_0203: Final = "http://terminology.hl7.org/CodeSystem/v2-0203"
+CONDITION_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+CONDITION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category"
+OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
+INTERPRETATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+PROVENANCE_AGENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+# FHIR R4 vital-signs profile codes (http://hl7.org/fhir/R4/observation-vitalsigns.html).
+VITAL_CODES: Final[dict[str, tuple[str, str]]] = {
+    "blood_pressure": ("85354-9", "Blood pressure panel with all children optional"),
+    "heart_rate": ("8867-4", "Heart rate"),
+    "respiratory_rate": ("9279-1", "Respiratory rate"),
+    "body_temperature": ("8310-5", "Body temperature"),
+    "oxygen_saturation": ("2708-6", "Oxygen saturation in Arterial blood"),
+    "body_weight": ("29463-7", "Body weight"),
+    "body_height": ("8302-2", "Body height"),
+    "bmi": ("39156-5", "Body mass index (BMI) [Ratio]"),
+}
+SYSTOLIC: Final = ("8480-6", "Systolic blood pressure")
+DIASTOLIC: Final = ("8462-4", "Diastolic blood pressure")
+# SNOMED CT route of administration qualifier values.
+ROUTE_CODES: Final[dict[str, tuple[str, str]]] = {
+    "oral": ("26643006", "Oral route"),
+    "subcutaneous": ("34206005", "Subcutaneous route"),
+    "intravenous": ("47625008", "Intravenous route"),
+    "intramuscular": ("78421000", "Intramuscular route"),
+    "inhaled": ("447694001", "Respiratory tract route"),
+    "sublingual": ("37839007", "Sublingual route"),
+    "rectal": ("37161004", "Rectal route"),
+    "topical": ("6064005", "Topical route"),
+}
+INTERPRETATION_DISPLAY: Final = {"N": "Normal", "H": "High", "L": "Low", "HH": "Critical high", "LL": "Critical low"}
+VERIFICATION_BY_ASSERTION: Final = {
+    "present": "confirmed",
+    "historical": "confirmed",
+    "uncertain": "provisional",
+    "negated": "refuted",
+}
+
+
+class BundleContext(msgspec.Struct, frozen=True, kw_only=True):
+    bundle_id: str
+    id_seed: str  # same seed, same resource ids
+    document_reference_id: str
+    fhir_base_url: str  # absolute, e.g. http://127.0.0.1:8080/fhir
+    recorded: str  # FHIR instant
+    software: str  # e.g. "paperchart 0.1.0"
+    ocr_engine: str | None = None
+
+
+def resource_id(seed: str, kind: str, index: int) -> str:
+    return str(uuid.uuid5(ID_NAMESPACE, f"{seed}/{kind}/{index}"))
+
+
+def _review_meta(requires_review: bool) -> dict[str, Any]:
+    code, display = (
+        ("requires-review", "Requires human review")
+        if requires_review
+        else ("machine-extracted", "Machine extracted, no review needed")
+    )
+    return {"tag": [{"system": REVIEW_TAG_SYSTEM, "code": code, "display": display}]}
+
+
+def _quantity(value: float, ucum: str | None, written: str | None = None) -> dict[str, Any]:
+    quantity: dict[str, Any] = {"value": value}
+    if ucum:
+        # the UCUM code doubles as the human-readable unit: OCR can garble the written form
+        quantity.update(unit=ucum, system=UCUM_SYSTEM, code=ucum)
+    elif written:
+        quantity["unit"] = written
+    return quantity
+
+
+def _patient(extraction: Extraction, patient_id: str) -> Resource:
+    facts = extraction.patient
+    resource: Resource = {"resourceType": "Patient", "id": patient_id}
+    identifiers: list[dict[str, Any]] = []
+    for identifier in facts.identifiers:
+        if identifier.kind == "nhs":
+            identifiers.append({"system": NHS_NUMBER_SYSTEM, "value": identifier.value})
+        else:
+            identifiers.append(
+                {
+                    "use": "usual",
+                    "type": {"coding": [{"system": V2_0203, "code": "MR", "display": "Medical record number"}]},
+                    "value": identifier.value,
+                }
+            )
+    if identifiers:
+        resource["identifier"] = identifiers
+    if facts.name is not None:
+        name: dict[str, Any] = {"use": "official", "text": facts.name.value}
+        if facts.family:
+            name["family"] = facts.family
+        if facts.given:
+            name["given"] = list(facts.given)
+        resource["name"] = [name]
+    if facts.sex is not None:
+        resource["gender"] = facts.sex.value
+    if facts.birth_date is not None:
+        resource["birthDate"] = facts.birth_date.value
+    return resource
+
+
+def _condition(diagnosis: Diagnosis, condition_id: str, patient_ref: str, document_type: str) -> Resource:
+    category = "problem-list-item" if document_type in ("clinic-letter", "referral") else "encounter-diagnosis"
+    if diagnosis.assertion == "negated":
+        category = "encounter-diagnosis"  # a refuted finding is not a problem-list entry
+    resource: Resource = {
+        "resourceType": "Condition",
+        "id": condition_id,
+        "verificationStatus": {
+            "coding": [{"system": CONDITION_VERIFICATION, "code": VERIFICATION_BY_ASSERTION[diagnosis.assertion]}]
+        },
+        "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": category}]}],
+        "code": {"text": diagnosis.text},
+        "subject": {"reference": patient_ref},
+    }
+    if diagnosis.assertion != "negated":
+        status = "resolved" if diagnosis.assertion == "historical" else "active"
+        resource["clinicalStatus"] = {"coding": [{"system": CONDITION_CLINICAL, "code": status}]}
+    if diagnosis.codings:
+        resource["code"]["coding"] = [msgspec.to_builtins(c) for c in diagnosis.codings]
+    return resource
+
+
+def _medication_statement(medication: Medication, statement_id: str, patient_ref: str) -> Resource:
+    dosage: dict[str, Any] = {"text": medication.text}
+    timing = medication.timing
+    if timing is not None:
+        repeat: dict[str, Any] = {}
+        if timing.frequency is not None:
+            repeat["frequency"] = timing.frequency
+        if timing.period is not None and timing.period_unit is not None:
+            repeat.update(period=timing.period, periodUnit=timing.period_unit)
+        if timing.when:
+            repeat["when"] = list(timing.when)
+        if repeat:
+            dosage["timing"] = {"repeat": repeat}
+        if timing.as_needed:
+            dosage["asNeededBoolean"] = True
+    if medication.route in ROUTE_CODES:
+        code, display = ROUTE_CODES[medication.route]
+        dosage["route"] = {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": medication.route}
+    if medication.dose_value is not None:
+        dosage["doseAndRate"] = [{"doseQuantity": _quantity(medication.dose_value, medication.dose_unit)}]
+    concept: dict[str, Any] = {"text": medication.name}
+    if medication.codings:
+        concept["coding"] = [msgspec.to_builtins(c) for c in medication.codings]
+    return {
+        "resourceType": "MedicationStatement",
+        "id": statement_id,
+        "status": medication.status,
+        "medicationCodeableConcept": concept,
+        "subject": {"reference": patient_ref},
+        "dosage": [dosage],
+    }
+
+
+def _observation_status(requires_review: bool) -> str:
+    return "preliminary" if requires_review else "final"
+
+
+def _vital(vital: Vital, observation_id: str, patient_ref: str, requires_review: bool) -> Resource:
+    code, display = VITAL_CODES[vital.kind]
+    resource: Resource = {
+        "resourceType": "Observation",
+        "id": observation_id,
+        "status": _observation_status(requires_review),
+        "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs", "display": "Vital Signs"}]}],
+        "code": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
+        "subject": {"reference": patient_ref},
+    }
+    if vital.kind == "blood_pressure":
+        resource["component"] = [
+            {
+                "code": {"coding": [{"system": LOINC, "code": SYSTOLIC[0], "display": SYSTOLIC[1]}]},
+                "valueQuantity": _quantity(vital.value, vital.unit),
+            },
+            {
+                "code": {"coding": [{"system": LOINC, "code": DIASTOLIC[0], "display": DIASTOLIC[1]}]},
+                "valueQuantity": _quantity(vital.diastolic if vital.diastolic is not None else 0, vital.unit),
+            },
+        ]
+    else:
+        resource["valueQuantity"] = _quantity(vital.value, vital.unit)
+    return resource
+
+
+def _lab(lab: LabResult, observation_id: str, patient_ref: str, requires_review: bool) -> Resource:
+    code: dict[str, Any] = {"text": lab.test}
+    if lab.codings:
+        code["coding"] = [msgspec.to_builtins(c) for c in lab.codings]
+    value = _quantity(lab.value, lab.unit, lab.unit_text)
+    if lab.comparator:
+        value["comparator"] = lab.comparator
+    resource: Resource = {
+        "resourceType": "Observation",
+        "id": observation_id,
+        "status": _observation_status(requires_review),
+        "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}],
+        "code": code,
+        "subject": {"reference": patient_ref},
+        "valueQuantity": value,
+    }
+    if lab.low is not None or lab.high is not None:
+        reference_range: dict[str, Any] = {}
+        if lab.low is not None:
+            reference_range["low"] = _quantity(lab.low, lab.unit, lab.unit_text)
+        if lab.high is not None:
+            reference_range["high"] = _quantity(lab.high, lab.unit, lab.unit_text)
+        resource["referenceRange"] = [reference_range]
+    if lab.flag is not None:
+        resource["interpretation"] = [
+            {"coding": [{"system": INTERPRETATION, "code": lab.flag, "display": INTERPRETATION_DISPLAY[lab.flag]}]}
+        ]
+    return resource
+
+
+def _evidence_extension(evidence: Evidence) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [
+        {"url": "page", "valueInteger": evidence.page},
+        {"url": "charStart", "valueInteger": evidence.start},
+        {"url": "charEnd", "valueInteger": evidence.end},
+        {"url": "ocrConfidence", "valueDecimal": evidence.ocr_confidence},
+    ]
+    parts.extend({"url": "box", "valueString": f"{b.x0},{b.y0},{b.x1},{b.y1}"} for b in evidence.boxes)
+    return {"url": EVIDENCE_EXTENSION, "extension": parts}
+
+
+def _provenance(
+    provenance_id: str, target_ref: str, evidence: Evidence | None, extraction: Extraction, context: BundleContext
+) -> Resource:
+    engine = f", OCR {context.ocr_engine}" if context.ocr_engine else ""
+    entity: dict[str, Any] = {
+        "role": "source",
+        "what": {"reference": f"DocumentReference/{context.document_reference_id}"},
+    }
+    if evidence is not None:
+        entity["extension"] = [_evidence_extension(evidence)]
+    return {
+        "resourceType": "Provenance",
+        "id": provenance_id,
+        "target": [{"reference": target_ref}],
+        "recorded": context.recorded,
+        "agent": [
+            {
+                "type": {"coding": [{"system": PROVENANCE_AGENT_TYPE, "code": "assembler", "display": "Assembler"}]},
+                "who": {"display": f"{context.software} ({extraction.extractor} extractor{engine})"},
+            }
+        ],
+        "entity": [entity],
+    }
+
+
+def _facts(extraction: Extraction, patient_ref: str) -> Iterator[tuple[str, Resource, Evidence | None]]:
+    """(kind, resource without id, evidence) for every fact that becomes a resource."""
+    review = extraction.requires_review
+    for diagnosis in extraction.diagnoses:
+        if diagnosis.assertion in ("family", "hypothetical"):
+            continue  # not a condition of this patient (FamilyMemberHistory / plans come later)
+        yield "Condition", _condition(diagnosis, "", patient_ref, extraction.document_type), diagnosis.evidence
+    for medication in extraction.medications:
+        yield "MedicationStatement", _medication_statement(medication, "", patient_ref), medication.evidence
+    for vital in extraction.vitals:
+        yield "Observation", _vital(vital, "", patient_ref, review), vital.evidence
+    for lab in extraction.labs:
+        yield "Observation", _lab(lab, "", patient_ref, review), lab.evidence
+
+
+def _patient_evidence(extraction: Extraction) -> Evidence | None:
+    name = extraction.patient.name
+    return name.evidence if name is not None else None
+
+
+def build_bundle(extraction: Extraction, context: BundleContext) -> Resource:
+    """A validated ``collection`` Bundle of everything in ``extraction``, each with a Provenance."""
+    meta = _review_meta(extraction.requires_review)
+    patient_id = resource_id(context.id_seed, "Patient", 0)
+    patient_ref = f"Patient/{patient_id}"
+    patient = _patient(extraction, patient_id)
+    items: list[tuple[Resource, Evidence | None]] = [(patient, _patient_evidence(extraction))]
+    counters: dict[str, int] = {}
+    for kind, resource, evidence in _facts(extraction, patient_ref):
+        counters[kind] = counters.get(kind, 0) + 1
+        resource["id"] = resource_id(context.id_seed, kind, counters[kind])
+        items.append((resource, evidence))
+
+    entries = []
+    for index, (resource, evidence) in enumerate(items):
+        resource["meta"] = meta
+        ref = f"{resource['resourceType']}/{resource['id']}"
+        provenance = _provenance(resource_id(context.id_seed, "Provenance", index), ref, evidence, extraction, context)
+        for item in (resource, provenance):
+            validate_resource(item)
+            entries.append(
+                {"fullUrl": f"{context.fhir_base_url}/{item['resourceType']}/{item['id']}", "resource": item}
+            )
+    bundle: Resource = {
+        "resourceType": "Bundle",
+        "id": context.bundle_id,
+        "meta": meta,
+        "type": "collection",
+        "timestamp": context.recorded,
+        "entry": entries,
+    }
+    validate_resource(bundle, deep=False)
+    return bundle

@@ -1,0 +1,70 @@
+"""``create_app(settings)``: the Litestar application; its lifespan builds the services once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+
+from server.auth import resolve_caller
+from server.config import Settings, load_settings
+from server.errors import PaperchartError
+from server.http.errors import (
+    http_error_handler,
+    paperchart_error_handler,
+    unexpected_error_handler,
+    validation_error_handler,
+)
+from server.http.fhir import FhirController
+from server.http.health import health
+from server.jobs import JobRunner
+from server.services import Services, build_pipeline, build_store
+
+logger = logging.getLogger(__name__)
+
+
+def _services(state: State) -> Services:
+    services: Services = state.services
+    return services
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        store = build_store(settings)
+        pipeline = build_pipeline(settings)
+        jobs = JobRunner(settings, store, pipeline)
+        app.state.services = Services(settings=settings, store=store, pipeline=pipeline, jobs=jobs)
+        jobs.start()
+        logger.info("paperchart ready: FHIR base %s, data in %s", settings.fhir_base_url, settings.data_dir)
+        try:
+            yield
+        finally:
+            await jobs.stop()
+            store.close()
+
+    # base64 inflates by 4/3; allow the JSON around it too
+    max_body = settings.max_upload_bytes * 4 // 3 + 1024 * 1024
+    handlers: dict[Any, Any] = {
+        PaperchartError: paperchart_error_handler,
+        ValidationException: validation_error_handler,
+        HTTPException: http_error_handler,
+        Exception: unexpected_error_handler,
+    }
+    return Litestar(
+        route_handlers=[FhirController, health],
+        lifespan=[lifespan],
+        dependencies={"services": Provide(_services, sync_to_thread=False), "caller": Provide(resolve_caller)},
+        exception_handlers=handlers,
+        request_max_body_size=max_body,
+        openapi_config=None,
+        debug=False,
+    )

@@ -1,0 +1,81 @@
+"""Settings from the environment (``PAPERCHART_*``): the only place the environment is read."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+ENV_PREFIX = "PAPERCHART_"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob of one paperchart process. Defaults are the embedded, single-laptop setup."""
+
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Absolute base under which FHIR resources are addressed in Bundle fullUrls and Location headers.
+    public_base_url: str = "http://127.0.0.1:8080"
+
+    # Limits on what a client may send (ARCHITECTURE.md "Security model").
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_pages: int = 100
+    max_page_pixels: int = 40_000_000  # a 300 dpi A3 page is ~17.4 M pixels
+
+    rasterize_dpi: int = 200
+    ocr_engine: Literal["rapidocr"] = "rapidocr"
+    ocr_confidence_threshold: float = 0.75
+    ocr_threads: int = 0  # 0: let ONNX Runtime use every core
+    extractor: Literal["rules"] = "rules"
+    date_order: Literal["DMY", "MDY"] = "DMY"
+
+    workers: int = 1
+    job_lease_seconds: float = 60.0
+    job_max_attempts: int = 3
+    job_poll_seconds: float = 0.5
+    sync_wait_seconds: float = 120.0
+
+    log_level: str = "INFO"
+
+    @property
+    def fhir_base_url(self) -> str:
+        return self.public_base_url.rstrip("/") + "/fhir"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "paperchart.db"
+
+
+def _decode_path(type_: type, value: object) -> object:
+    if type_ is Path and isinstance(value, str | Path):
+        return Path(value)
+    raise NotImplementedError
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from ``PAPERCHART_<FIELD>`` variables; explicit overrides win.
+
+    Values are converted to each field's type; a bad value raises ``ConfigurationError``
+    naming the variable (never its value, which may be a secret).
+    """
+    from server.errors import ConfigurationError
+
+    source = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    for name in Settings.__struct_fields__:
+        key = ENV_PREFIX + name.upper()
+        if key in source:
+            raw[name] = source[key]
+    raw.update(overrides)
+    if "public_base_url" not in raw and ("host" in raw or "port" in raw):
+        defaults = Settings()
+        raw["public_base_url"] = f"http://{raw.get('host', defaults.host)}:{raw.get('port', defaults.port)}"
+    try:
+        return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
+    except msgspec.ValidationError as exc:
+        field = str(exc).rsplit("$.", 1)[-1].rstrip("`").strip()
+        raise ConfigurationError(f"invalid setting {ENV_PREFIX}{field.upper()}: {str(exc).split(' - ')[0]}") from None

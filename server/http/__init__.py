@@ -1,0 +1,1 @@
+"""HTTP route handlers and the translation of errors into FHIR OperationOutcomes."""

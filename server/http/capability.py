@@ -1,0 +1,59 @@
+"""The CapabilityStatement served at ``GET /fhir/metadata``: what this server really supports."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from fhir_profiles import validate_resource
+from server import __version__
+from server.config import Settings
+
+# Types produced by extraction, readable by id and searchable by patient.
+SEARCHABLE_TYPES: Final = ("Patient", "Condition", "MedicationStatement", "Observation", "Provenance", "Bundle")
+_PATIENT_PARAM: Final = {
+    "name": "patient",
+    "type": "reference",
+    "documentation": "The patient the resource is about (Patient/id or id)",
+}
+_ID_PARAM: Final = {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}
+EXTRACT_OPERATION_URL: Final = "http://paperchart.org/fhir/OperationDefinition/DocumentReference-extract"
+
+
+def capability_statement(settings: Settings) -> dict[str, Any]:
+    resources: list[dict[str, Any]] = [
+        {
+            "type": "DocumentReference",
+            "interaction": [{"code": "create"}, {"code": "read"}],
+            "operation": [
+                {
+                    "name": "extract",
+                    "definition": EXTRACT_OPERATION_URL,
+                    "documentation": "Run OCR and extraction on the document; returns a FHIR Bundle. Asynchronous by "
+                    "default (202 + Content-Location); send 'Prefer: respond-sync' to wait for the Bundle.",
+                }
+            ],
+        },
+        {"type": "Binary", "interaction": [{"code": "read"}]},
+    ]
+    for resource_type in SEARCHABLE_TYPES:
+        params = [_ID_PARAM] if resource_type in ("Patient", "Bundle", "Provenance") else [_PATIENT_PARAM, _ID_PARAM]
+        resources.append(
+            {"type": resource_type, "interaction": [{"code": "read"}, {"code": "search-type"}], "searchParam": params}
+        )
+    statement = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "paperchart",
+        "kind": "instance",
+        "software": {"name": "paperchart", "version": __version__},
+        "implementation": {
+            "description": "paperchart clinical document extraction server",
+            "url": settings.fhir_base_url,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{"mode": "server", "resource": resources}],
+    }
+    validate_resource(statement)
+    return statement

@@ -1,0 +1,296 @@
+"""FHIR REST routes under ``/fhir``: DocumentReference upload, ``$extract``, jobs, reads, searches.
+
+Asynchronous ``$extract`` follows the FHIR asynchronous request pattern
+(http://hl7.org/fhir/R4/async.html): ``202 Accepted`` with ``Content-Location`` of a status URL
+that answers ``202`` while running and the result (or an OperationOutcome) when done.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import anyio.to_thread
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+
+from fhir_profiles import FhirValidationError, operation_outcome, validate_resource
+from server.auth import Caller
+from server.errors import InvalidRequest, NotFound, PaperchartError, UnprocessableDocument, UnsupportedResource
+from server.http.capability import SEARCHABLE_TYPES, capability_statement
+from server.services import Services
+from server.store import JobRecord, StoredResource
+
+FHIR_JSON: Final = "application/fhir+json"
+_BASE64_ALPHABET: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def fhir_response(
+    resource: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response[bytes]:
+    return Response(
+        content=json.dumps(resource).encode(), status_code=status_code, media_type=FHIR_JSON, headers=headers or {}
+    )
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object (a FHIR resource)")
+    return data
+
+
+def _decode_base64(data: str) -> bytes:
+    compact = "".join(data.split()).encode("ascii", errors="replace")
+    if not compact or not set(compact) <= _BASE64_ALPHABET:
+        raise InvalidRequest(
+            "attachment data is not valid base64", expression="DocumentReference.content[0].attachment.data"
+        )
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(
+            "attachment data is not valid base64", expression="DocumentReference.content[0].attachment.data"
+        ) from None
+
+
+def _prefers_sync(request: Request[Any, Any, Any]) -> bool:
+    # RFC 7240 Prefer; FHIR R4 §3.1.0.8 uses respond-async, we also honour respond-sync
+    prefer = request.headers.get("prefer", "")
+    tokens = {token.strip().lower() for token in prefer.split(",")}
+    return "respond-sync" in tokens
+
+
+def _job_location(services: Services, job: JobRecord) -> str:
+    return f"{services.settings.fhir_base_url}/_jobs/{job.id}"
+
+
+def _job_progress(job: JobRecord) -> str:
+    if job.status == "queued":
+        return "queued"
+    if job.total:
+        return f"{job.stage}: page {job.done} of {job.total}"
+    return job.stage or job.status
+
+
+class FhirController(Controller):
+    path = "/fhir"
+
+    @get("/metadata", sync_to_thread=False)
+    def metadata(self, services: Services) -> Response[bytes]:
+        return fhir_response(capability_statement(services.settings))
+
+    @post("/DocumentReference", status_code=201)
+    async def create_document_reference(
+        self, request: Request[Any, Any, Any], services: Services, caller: Caller
+    ) -> Response[bytes]:
+        body = await request.body()
+        resource = _parse_json(body)
+        if resource.get("resourceType") != "DocumentReference":
+            raise UnsupportedResource("this endpoint accepts a DocumentReference resource", expression="resourceType")
+        contents: list[Any] = resource.get("content") or []
+        first = contents[0] if isinstance(contents, list) and contents else None
+        attachment = first.get("attachment") if isinstance(first, dict) else None
+        if not isinstance(attachment, dict):
+            raise UnprocessableDocument(
+                "DocumentReference.content[0].attachment is required",
+                expression="DocumentReference.content[0].attachment",
+            )
+        content_type, data = attachment.get("contentType"), attachment.get("data")
+        if not isinstance(content_type, str) or not content_type:
+            raise UnprocessableDocument(
+                "attachment.contentType is required", expression="DocumentReference.content[0].attachment.contentType"
+            )
+        if not isinstance(data, str) or not data:
+            raise UnprocessableDocument(
+                "attachment.data (base64) is required", expression="DocumentReference.content[0].attachment.data"
+            )
+        content = await anyio.to_thread.run_sync(_decode_base64, data)
+        info = await anyio.to_thread.run_sync(services.pipeline.inspect, content, content_type)
+
+        stored_attachment = {k: v for k, v in attachment.items() if k != "data"}
+        stored_attachment.update(
+            contentType=info.content_type,
+            size=info.size,
+            # FHIR R4 Attachment.hash is the base64 SHA-1 of the data
+            hash=base64.b64encode(hashlib.sha1(content, usedforsecurity=False).digest()).decode(),
+        )
+        to_store = {**resource, "content": [{**contents[0], "attachment": stored_attachment}, *contents[1:]]}
+        to_store.pop("id", None)
+        to_store.setdefault("status", "current")
+        try:
+            validate_resource(to_store)
+        except FhirValidationError as exc:
+            raise InvalidRequest(
+                "DocumentReference is not valid FHIR R4", diagnostics="; ".join(exc.problems)
+            ) from None
+        record = await anyio.to_thread.run_sync(
+            services.store.create_document, to_store, content, info.content_type, info.pages
+        )
+        document = record.resource
+        document["content"][0]["attachment"]["url"] = f"Binary/{record.id}"
+        location = f"{services.settings.fhir_base_url}/DocumentReference/{record.id}/_history/1"
+        return fhir_response(document, 201, {"Location": location, "ETag": 'W/"1"', "Last-Modified": record.created_at})
+
+    @get("/DocumentReference/{document_id:str}")
+    async def read_document_reference(self, document_id: str, services: Services, caller: Caller) -> Response[bytes]:
+        record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
+        if record is None:
+            raise NotFound(f"DocumentReference/{document_id} is not known")
+        document = record.resource
+        document["content"][0]["attachment"]["url"] = f"Binary/{record.id}"
+        return fhir_response(document, headers={"ETag": f'W/"{record.version_id}"'})
+
+    @get("/Binary/{document_id:str}")
+    async def read_binary(self, document_id: str, services: Services, caller: Caller) -> Response[bytes]:
+        record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
+        content = await anyio.to_thread.run_sync(services.store.get_document_content, document_id)
+        if record is None or content is None:
+            raise NotFound(f"Binary/{document_id} is not known")
+        return Response(content=content, media_type=record.content_type)
+
+    @post("/DocumentReference/{document_id:str}/$extract")
+    async def extract(
+        self, request: Request[Any, Any, Any], document_id: str, services: Services, caller: Caller
+    ) -> Response[bytes]:
+        record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
+        if record is None:
+            raise NotFound(f"DocumentReference/{document_id} is not known")
+        job = await anyio.to_thread.run_sync(services.store.enqueue_job, document_id)
+        services.jobs.submit()
+        if _prefers_sync(request):
+            finished = await services.jobs.wait(job.id, services.settings.sync_wait_seconds)
+            if finished is not None and finished.status in ("succeeded", "failed"):
+                return await self._job_result(services, finished)
+        return fhir_response(
+            operation_outcome(
+                "informational",
+                "extraction accepted; poll the Content-Location URL for the result",
+                severity="information",
+            ),
+            202,
+            {"Content-Location": _job_location(services, job)},
+        )
+
+    @get("/_jobs/{job_id:str}")
+    async def job_status(self, job_id: str, services: Services, caller: Caller) -> Response[bytes]:
+        job = await anyio.to_thread.run_sync(services.store.get_job, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} is not known")
+        if job.status in ("queued", "running"):
+            return fhir_response(
+                operation_outcome(
+                    "informational", f"extraction in progress ({_job_progress(job)})", severity="information"
+                ),
+                202,
+                {"X-Progress": _job_progress(job), "Retry-After": "1"},
+            )
+        return await self._job_result(services, job)
+
+    async def _job_result(self, services: Services, job: JobRecord) -> Response[bytes]:
+        if job.status == "failed" or job.bundle_id is None:
+            error = job.error
+            status, code, message = (
+                (error.http_status, error.issue_code, error.message)
+                if error
+                else (500, "exception", "extraction failed")
+            )
+            return fhir_response(operation_outcome(code, message), status)
+        stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", job.bundle_id)
+        if stored is None:
+            raise NotFound("the job's Bundle is no longer available")
+        return fhir_response(
+            stored.resource, headers={"Content-Location": f"{services.settings.fhir_base_url}/Bundle/{job.bundle_id}"}
+        )
+
+    @get("/{resource_type:str}/{resource_id:str}")
+    async def read(self, resource_type: str, resource_id: str, services: Services, caller: Caller) -> Response[bytes]:
+        if resource_type not in SEARCHABLE_TYPES:
+            raise NotFound(f"resource type {resource_type} is not supported")
+        stored = await anyio.to_thread.run_sync(services.store.read_resource, resource_type, resource_id)
+        if stored is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        return fhir_response(
+            stored.resource, headers={"ETag": f'W/"{stored.version_id}"', "Last-Modified": stored.last_updated}
+        )
+
+    @get("/{resource_type:str}")
+    async def search(
+        self,
+        request: Request[Any, Any, Any],
+        resource_type: str,
+        services: Services,
+        caller: Caller,
+        patient: str | None = Parameter(query="patient", default=None),
+        subject: str | None = Parameter(query="subject", default=None),
+        id_: str | None = Parameter(query="_id", default=None),
+        count: int = Parameter(query="_count", default=50, ge=0, le=500),
+        offset: int = Parameter(query="_offset", default=0, ge=0),
+    ) -> Response[bytes]:
+        if resource_type not in SEARCHABLE_TYPES:
+            raise NotFound(f"resource type {resource_type} is not supported")
+        supported = {"patient", "subject", "_id", "_count", "_offset", "_format"}
+        unknown = sorted(set(request.query_params) - supported)
+        if unknown:
+            # FHIR R4 §3.1.1.4.3: a server that cannot honour a parameter must not silently drop it
+            raise InvalidRequest(f"search parameter(s) not supported: {', '.join(unknown)}")
+        reference = patient or subject
+        patient_id = reference.removeprefix("Patient/") if reference else None
+        if resource_type == "Patient" and patient_id is not None:
+            id_ = patient_id
+            patient_id = None
+        ids = [i for i in (id_ or "").split(",") if i]
+        found, total = await anyio.to_thread.run_sync(
+            lambda: services.store.search_resources(
+                resource_type, patient=patient_id, ids=ids, count=count, offset=offset
+            )
+        )
+        return fhir_response(_searchset(services, resource_type, request, found, total, count, offset))
+
+
+def _searchset(
+    services: Services,
+    resource_type: str,
+    request: Request[Any, Any, Any],
+    found: list[StoredResource],
+    total: int,
+    count: int,
+    offset: int,
+) -> dict[str, Any]:
+    base = f"{services.settings.fhir_base_url}/{resource_type}"
+    params = {k: v for k, v in request.query_params.items() if k not in ("_offset",)}
+
+    def link(relation: str, at: int) -> dict[str, str]:
+        return {"relation": relation, "url": f"{base}?{urlencode({**params, '_offset': at})}"}
+
+    links = [link("self", offset)]
+    if offset + count < total:
+        links.append(link("next", offset + count))
+    if offset > 0:
+        links.append(link("previous", max(offset - count, 0)))
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": f"{services.settings.fhir_base_url}/{s.resource_type}/{s.id}",
+                "resource": s.resource,
+                "search": {"mode": "match"},
+            }
+            for s in found
+        ],
+    }
+    try:
+        validate_resource(bundle, deep=False)
+    except FhirValidationError as exc:  # pragma: no cover - a bug in this function
+        raise PaperchartError("search result is not valid FHIR", diagnostics="; ".join(exc.problems)) from None
+    return bundle

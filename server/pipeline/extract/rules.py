@@ -1,0 +1,654 @@
+"""The embedded rules extractor: sections, patterns and a NegEx-style assertion check.
+
+No model and no network: deterministic, fast, always available, and the fallback when an
+LLM extractor is down. It reads the composed page text line by line, knows which section a
+line is in ("Medications", "Diagnoses", a results table...), and records for every fact the
+character span it was read from, so each fact has boxes on the page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator, Sequence
+from typing import Final, Literal
+
+import msgspec
+
+from fhir_profiles.extraction import (
+    Assertion,
+    Coding,
+    Diagnosis,
+    DocumentType,
+    Evidence,
+    Extraction,
+    Identifier,
+    LabFlag,
+    LabResult,
+    Medication,
+    PatientFacts,
+    TextFact,
+    Timing,
+    Vital,
+    VitalKind,
+)
+from server.pipeline.page import OcrPage
+from terminology import find_lab_test, normalize_unit
+from terminology.labs import LOINC_SYSTEM
+
+DateOrder = Literal["DMY", "MDY"]
+Section = Literal["diagnoses", "medications", "allergies", "observations", "history", "results", "plan", "other"]
+
+
+class _Line(msgspec.Struct, frozen=True):
+    page: OcrPage
+    start: int  # offset of the line in page.text
+    text: str
+    section: Section | None
+
+
+# --- sections -----------------------------------------------------------------------------
+
+_SECTION_HEADINGS: Final[dict[str, Section]] = {
+    "diagnoses": "diagnoses",
+    "diagnosis": "diagnoses",
+    "discharge diagnoses": "diagnoses",
+    "discharge diagnosis": "diagnoses",
+    "problem list": "diagnoses",
+    "problems": "diagnoses",
+    "active problems": "diagnoses",
+    "past medical history": "diagnoses",
+    "pmh": "diagnoses",
+    "assessment": "diagnoses",
+    "impression": "diagnoses",
+    "medications": "medications",
+    "medication": "medications",
+    "current medications": "medications",
+    "discharge medications": "medications",
+    "medication list": "medications",
+    "drugs": "medications",
+    "regular medications": "medications",
+    "allergies": "allergies",
+    "allergies and adverse reactions": "allergies",
+    "observations": "observations",
+    "vitals": "observations",
+    "vital signs": "observations",
+    "examination": "observations",
+    "history of presenting complaint": "history",
+    "history of present illness": "history",
+    "hpi": "history",
+    "presenting complaint": "history",
+    "results": "results",
+    "laboratory results": "results",
+    "plan": "plan",
+    "follow-up": "plan",
+    "follow up": "plan",
+    "assessment and plan": "plan",
+}
+_HEADING_CLEAN = re.compile(r"[:\s]+$")
+
+
+def _heading(text: str) -> Section | None:
+    key = _HEADING_CLEAN.sub("", text.strip()).lower()
+    return _SECTION_HEADINGS.get(key)
+
+
+def _lines(pages: Sequence[OcrPage]) -> Iterator[_Line]:
+    section: Section | None = None
+    for page in pages:
+        offset = 0
+        for raw in page.text.split("\n"):
+            heading = _heading(raw)
+            if heading is not None:
+                section = heading
+            else:
+                yield _Line(page, offset, raw, section)
+            offset += len(raw) + 1
+
+
+# --- document type ------------------------------------------------------------------------
+
+_DOCUMENT_TYPES: Final[tuple[tuple[re.Pattern[str], DocumentType], ...]] = (
+    (re.compile(r"discharge\s+summary", re.I), "discharge-summary"),
+    (re.compile(r"(laboratory|lab|pathology)\s+report", re.I), "lab-report"),
+    (re.compile(r"medication\s+list", re.I), "medication-list"),
+    (re.compile(r"referral", re.I), "referral"),
+    (re.compile(r"prescription", re.I), "prescription"),
+    (re.compile(r"clinic\s+(letter|note)|outpatient", re.I), "clinic-letter"),
+)
+
+
+def _document_type(pages: Sequence[OcrPage]) -> DocumentType:
+    head = pages[0].text[:600] if pages else ""
+    for pattern, document_type in _DOCUMENT_TYPES:
+        if pattern.search(head):
+            return document_type
+    return "unknown"
+
+
+# --- dates --------------------------------------------------------------------------------
+
+_MONTHS: Final = {
+    m: i
+    for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)
+}
+DATE_PATTERN: Final = (
+    r"(?:\d{4}-\d{1,2}-\d{1,2}"
+    r"|\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}"
+    r"|\d{1,2}(?:st|nd|rd|th)?[\s\-]+[A-Za-z]{3,9}\.?[\s\-,]+\d{4}"
+    r"|[A-Za-z]{3,9}\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4})"
+)
+
+
+def parse_date(text: str, order: DateOrder = "DMY", *, today: dt.date | None = None) -> dt.date | None:
+    """Parse a written date; numeric day/month order follows ``order`` when ambiguous."""
+    text = text.strip().rstrip(".,")
+    try:
+        if re.fullmatch(r"\d{4}-\d{1,2}-\d{1,2}", text):
+            year, month, day = (int(p) for p in text.split("-"))
+            return dt.date(year, month, day)
+        numeric = re.fullmatch(r"(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{2,4})", text)
+        if numeric:
+            first, second, year = (int(p) for p in numeric.groups())
+            if year < 100:  # two-digit year: the most recent century that is not in the future
+                this_year = (today or dt.date.today()).year
+                year += 2000 if 2000 + year <= this_year else 1900
+            day, month = (first, second) if order == "DMY" else (second, first)
+            if month > 12 >= day:  # the other order is the only valid reading
+                day, month = month, day
+            return dt.date(year, month, day)
+        words = re.fullmatch(r"(\d{1,2})(?:st|nd|rd|th)?[\s\-]+([A-Za-z]{3,9})\.?[\s\-,]+(\d{4})", text)
+        if words:
+            named_month = _MONTHS.get(words.group(2)[:3].lower())
+            return dt.date(int(words.group(3)), named_month, int(words.group(1))) if named_month else None
+        words = re.fullmatch(r"([A-Za-z]{3,9})\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})", text)
+        if words:
+            named_month = _MONTHS.get(words.group(1)[:3].lower())
+            return dt.date(int(words.group(3)), named_month, int(words.group(2))) if named_month else None
+    except ValueError:
+        return None
+    return None
+
+
+# --- patient ------------------------------------------------------------------------------
+
+_LABELS: Final = r"(?:DOB|D\.O\.B\.?|Date\s+of\s+Birth|Sex|Gender|MRN|NHS|Age|Address|Hospital\s+No)"
+_NAME = re.compile(
+    r"(?:Patient(?:'s)?\s*Name|Patient|Name)\s*[:\-]\s*"
+    r"(?P<value>(?:(?!" + _LABELS + r"\b)[A-Za-z][A-Za-z'\-.]*,?(?:[ ](?!\s)|$)){1,5})",
+    re.IGNORECASE,
+)
+_TITLES: Final = {"mr", "mrs", "ms", "miss", "dr", "mx", "prof"}
+_DOB = re.compile(
+    r"(?:DOB|D\.O\.B\.?|Date\s+of\s+Birth|Born)\s*[:\-]?\s*(?P<value>" + DATE_PATTERN + r")(?!\d)", re.IGNORECASE
+)
+_SEX = re.compile(r"(?:Sex|Gender)\s*[:\-]?\s*(?P<value>male|female|man|woman|other|unknown|M|F|U)\b", re.IGNORECASE)
+_SEX_CODES: Final = {
+    "m": "male",
+    "male": "male",
+    "man": "male",
+    "f": "female",
+    "female": "female",
+    "woman": "female",
+    "other": "other",
+    "u": "unknown",
+    "unknown": "unknown",
+}
+_MRN = re.compile(
+    r"\b(?:MRN|Medical\s+Record\s+(?:No\.?|Number)|Hospital\s+No\.?)\s*[:#]?\s*(?P<value>[A-Z0-9][A-Z0-9\-]{3,19})\b",
+    re.IGNORECASE,
+)
+_NHS = re.compile(
+    r"\bNHS\s*(?:No\.?|Number|#)?\s*[:\-]?\s*(?P<value>\d{3}[\s\-]?\d{3}[\s\-]?\d{4})(?!\d)", re.IGNORECASE
+)
+
+
+def nhs_number_is_valid(digits: str) -> bool:
+    """NHS number Modulus 11 check (NHS Data Dictionary, "NHS Number")."""
+    if not re.fullmatch(r"\d{10}", digits):
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1), strict=True))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == int(digits[9])
+
+
+def _split_name(name: str) -> tuple[tuple[str, ...], str | None]:
+    if "," in name:  # "SMITH, John"
+        family, _, given = name.partition(",")
+        return tuple(p for p in given.split() if p.lower().rstrip(".") not in _TITLES), family.strip()
+    parts = [p for p in name.split() if p.lower().rstrip(".") not in _TITLES]
+    if not parts:
+        return (), None
+    return tuple(parts[:-1]), parts[-1]
+
+
+def _patient(lines: Sequence[_Line], order: DateOrder) -> PatientFacts:
+    name = birth_date = sex = None
+    given: tuple[str, ...] = ()
+    family = None
+    identifiers: list[Identifier] = []
+    for line in lines:
+        if name is None and (match := _NAME.search(line.text)):
+            value = " ".join(match.group("value").split()).strip(" ,")
+            if len(value) >= 3:
+                name = TextFact(value=value, evidence=_evidence(line, match, "value"))
+                given, family = _split_name(value)
+        if birth_date is None and (match := _DOB.search(line.text)):
+            parsed = parse_date(match.group("value"), order)
+            if parsed is not None:
+                birth_date = TextFact(value=parsed.isoformat(), evidence=_evidence(line, match, "value"))
+        if sex is None and (match := _SEX.search(line.text)):
+            sex = TextFact(value=_SEX_CODES[match.group("value").lower()], evidence=_evidence(line, match, "value"))
+        for match in _MRN.finditer(line.text):
+            if not any(i.kind == "mrn" for i in identifiers):
+                identifiers.append(
+                    Identifier(kind="mrn", value=match.group("value"), evidence=_evidence(line, match, "value"))
+                )
+        for match in _NHS.finditer(line.text):
+            digits = re.sub(r"\D", "", match.group("value"))
+            if not any(i.kind == "nhs" for i in identifiers):
+                identifiers.append(
+                    Identifier(
+                        kind="nhs",
+                        value=digits,
+                        valid=nhs_number_is_valid(digits),
+                        evidence=_evidence(line, match, "value"),
+                    )
+                )
+    return PatientFacts(
+        name=name, given=given, family=family, birth_date=birth_date, sex=sex, identifiers=tuple(identifiers)
+    )
+
+
+def _evidence(line: _Line, match: re.Match[str], group: str | int = 0) -> Evidence:
+    start, end = match.span(group)
+    return line.page.evidence(line.start + start, line.start + end)
+
+
+# --- assertion (NegEx / ConText style) ----------------------------------------------------
+
+# Chapman et al., "A simple algorithm for identifying negated findings" (2001); ConText (2009).
+_PRE_NEGATION = re.compile(
+    r"\b(no|not|denies|denied|denying|without|negative\s+for|free\s+of|no\s+evidence\s+of|absence\s+of|"
+    r"no\s+signs?\s+of|no\s+history\s+of)\b",
+    re.IGNORECASE,
+)
+_POST_NEGATION = re.compile(r"\b(ruled\s+out|excluded|was\s+negative|is\s+negative|not\s+seen)\b", re.IGNORECASE)
+_UNCERTAIN = re.compile(r"\b(possible|possibly|probable|probably|suspected|query|likely|\?)\s*", re.IGNORECASE)
+_HYPOTHETICAL = re.compile(
+    r"\b(if|should\s+(?:he|she|they|the\s+patient)\s+develop|in\s+case\s+of|return\s+if)\b", re.IGNORECASE
+)
+_HISTORICAL = re.compile(r"\b(history\s+of|h/o|previous|prior|past)\b", re.IGNORECASE)
+_FAMILY = re.compile(
+    r"\b(family\s+history|mother|father|sister|brother|grandmother|grandfather|aunt|uncle|FH)\b", re.IGNORECASE
+)
+_SCOPE_END = re.compile(r"[.;:]|\bbut\b|\bhowever\b|\bexcept\b", re.IGNORECASE)
+
+
+def assertion_of(phrase: str, context: str) -> Assertion:
+    """The assertion of ``phrase`` within ``context`` (the sentence or line it appears in)."""
+    index = context.lower().find(phrase.lower())
+    before = context[:index] if index >= 0 else context
+    after = context[index + len(phrase) :] if index >= 0 else ""
+    # only triggers in the same clause count: cut the window at the last scope terminator
+    clause_start = max((m.end() for m in _SCOPE_END.finditer(before)), default=0)
+    before = before[clause_start:]
+    clause_end = _SCOPE_END.search(after)
+    after = after[: clause_end.start()] if clause_end else after
+    if _FAMILY.search(before):
+        return "family"
+    if _PRE_NEGATION.search(before) or _POST_NEGATION.search(after):
+        return "negated"
+    if _HYPOTHETICAL.search(before):
+        return "hypothetical"
+    if _UNCERTAIN.search(before) or _UNCERTAIN.match(after.strip()):
+        return "uncertain"
+    if _HISTORICAL.search(before):
+        return "historical"
+    return "present"
+
+
+# Negated findings named in free text: "No chest pain.", "Denies SOB.", "PE ruled out."
+_NEGATED_FINDING_PRE = re.compile(
+    r"\b(?:no|denies|denied|negative\s+for|no\s+evidence\s+of|no\s+signs?\s+of)\s+"
+    r"(?P<finding>[A-Za-z][A-Za-z\-]*(?:\s+[A-Za-z][A-Za-z\-]*){0,4}?)\s*(?=[.;,]|$|\s+(?:and|or|but)\b)",
+    re.IGNORECASE,
+)
+_NEGATED_FINDING_POST = re.compile(
+    r"(?:^|(?<=[.;]\s)|(?<=[.;]))\s*(?P<finding>[A-Za-z][A-Za-z\-]*(?:\s+[A-Za-z][A-Za-z\-]*){0,4}?)\s+"
+    r"(?:was\s+|has\s+been\s+)?(?:ruled\s+out|excluded)\b",
+    re.IGNORECASE,
+)
+_NOT_FINDINGS: Final = {
+    "known",
+    "further",
+    "longer",
+    "change",
+    "new",
+    "other",
+    "significant",
+    "acute",
+    "fixed",
+    "abode",
+    "concerns",
+    "complaints",
+    "problems",
+    "issues",
+}
+
+
+def _negated_findings(line: _Line) -> Iterator[Diagnosis]:
+    for pattern in (_NEGATED_FINDING_PRE, _NEGATED_FINDING_POST):
+        for match in pattern.finditer(line.text):
+            finding = match.group("finding").strip()
+            if not finding or finding.split()[0].lower() in _NOT_FINDINGS or len(finding) < 3:
+                continue
+            yield Diagnosis(
+                text=finding, assertion="negated", evidence=_evidence(line, match, "finding"), confidence=0.9
+            )
+
+
+_BULLET = re.compile(r"^\s*(?:[-•*·▪◦]|\d{1,2}[.)]|[a-z][.)])\s*")
+
+
+def _diagnoses(lines: Sequence[_Line]) -> list[Diagnosis]:
+    found: list[Diagnosis] = []
+    for line in lines:
+        if line.section == "diagnoses":
+            bullet = _BULLET.match(line.text)
+            start = bullet.end() if bullet else len(line.text) - len(line.text.lstrip())
+            text = line.text[start:].strip().rstrip(".;,")
+            if len(text) < 3 or not re.search(r"[A-Za-z]{3}", text):
+                continue
+            # drop a leading assertion cue from the condition's name, keep it for the assertion
+            assertion = assertion_of(text, text)
+            name = re.sub(
+                r"^(?:possible|probable|suspected|query|\?|history\s+of|h/o|no|ruled\s+out)\s+",
+                "",
+                text,
+                flags=re.IGNORECASE,
+            )
+            name = re.sub(r"\s+(?:ruled\s+out|excluded)$", "", name, flags=re.IGNORECASE)
+            name_start = line.start + start + text.find(name)
+            found.append(
+                Diagnosis(
+                    text=name, assertion=assertion, evidence=line.page.evidence(name_start, name_start + len(name))
+                )
+            )
+        elif line.section in (None, "history", "observations", "other", "plan"):
+            found.extend(_negated_findings(line))
+    unique: dict[tuple[str, str], Diagnosis] = {}
+    for diagnosis in found:
+        unique.setdefault((diagnosis.text.lower(), diagnosis.assertion), diagnosis)
+    return list(unique.values())
+
+
+# --- medications --------------------------------------------------------------------------
+
+_MEDICATION = re.compile(
+    r"^(?P<name>[A-Za-z][A-Za-z\-]*(?:\s+[A-Za-z][A-Za-z\-]*){0,3}?)\s+"
+    r"(?P<dose>\d+(?:[.,]\d+)?)\s*(?P<unit>mg|mgs|mcg|µg|ug|micrograms?|g|ml|mL|units?|iu|IU)\b"
+    r"(?P<rest>.*)$",
+    re.IGNORECASE,
+)
+_ROUTES: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
+    (re.compile(r"\b(?:p\.?o\.?|oral(?:ly)?|by\s+mouth)(?=\W|$)", re.I), "oral"),
+    (re.compile(r"\b(?:s\.?c\.?|subcut(?:aneous(?:ly)?)?|sq)(?=\W|$)", re.I), "subcutaneous"),
+    (re.compile(r"\b(?:i\.?v\.?|intravenous(?:ly)?)(?=\W|$)", re.I), "intravenous"),
+    (re.compile(r"\b(?:i\.?m\.?|intramuscular(?:ly)?)(?=\W|$)", re.I), "intramuscular"),
+    (re.compile(r"\b(?:inh|inhaled|inhaler|neb(?:ulised|ulized)?)(?=\W|$)", re.I), "inhaled"),
+    (re.compile(r"\b(?:s\.?l\.?|sublingual(?:ly)?)(?=\W|$)", re.I), "sublingual"),
+    (re.compile(r"\b(?:p\.?r\.?|rectal(?:ly)?)(?=\W|$)", re.I), "rectal"),
+    (re.compile(r"\b(?:top(?:ical(?:ly)?)?)(?=\W|$)", re.I), "topical"),
+)
+# Order matters: longer, more specific phrases first.
+_FREQUENCIES: Final[tuple[tuple[re.Pattern[str], Timing], ...]] = (
+    (
+        re.compile(r"\b(?:four\s+times\s+(?:a\s+)?da(?:il)?y|q\.?i\.?d\.?|qds)\b", re.I),
+        Timing(frequency=4, period=1, period_unit="d", code="QID"),
+    ),
+    (
+        re.compile(r"\b(?:three\s+times\s+(?:a\s+)?da(?:il)?y|t\.?i\.?d\.?|tds)\b", re.I),
+        Timing(frequency=3, period=1, period_unit="d", code="TID"),
+    ),
+    (
+        re.compile(r"\b(?:twice\s+(?:a\s+)?da(?:il)?y|b\.?i\.?d\.?|bd)\b", re.I),
+        Timing(frequency=2, period=1, period_unit="d", code="BID"),
+    ),
+    (
+        re.compile(r"\b(?:at\s+night|at\s+bedtime|nocte|q\.?h\.?s\.?)\b", re.I),
+        Timing(frequency=1, period=1, period_unit="d", when=("HS",), code="QHS"),
+    ),
+    (
+        re.compile(r"\b(?:once\s+(?:a\s+)?da(?:il)?y|daily|o\.?d\.?|q\.?d\.?|every\s+day|mane)\b", re.I),
+        Timing(frequency=1, period=1, period_unit="d", code="QD"),
+    ),
+    (
+        re.compile(r"\b(?:once\s+(?:a\s+)?week(?:ly)?|weekly)\b", re.I),
+        Timing(frequency=1, period=1, period_unit="wk", code="WK"),
+    ),
+)
+_EVERY_HOURS = re.compile(r"\b(?:q\.?\s*(\d{1,2})\s*h(?:rs?|ourly)?|every\s+(\d{1,2})\s+hours?)\b", re.I)
+_AS_NEEDED = re.compile(r"\b(?:p\.?r\.?n\.?|as\s+(?:needed|required)|when\s+required)\b", re.I)
+
+
+def parse_timing(text: str) -> Timing | None:
+    """Timing from a SIG fragment ("BID", "at night", "q6h PRN")."""
+    as_needed = bool(_AS_NEEDED.search(text))
+    for pattern, timing in _FREQUENCIES:
+        if pattern.search(text):
+            return msgspec.structs.replace(timing, as_needed=as_needed)
+    hours = _EVERY_HOURS.search(text)
+    if hours:
+        every = int(hours.group(1) or hours.group(2))
+        return Timing(frequency=1, period=every, period_unit="h", as_needed=as_needed, code=f"Q{every}H")
+    if as_needed:
+        return Timing(as_needed=True, code="PRN")
+    return None
+
+
+def _parse_route(text: str) -> str | None:
+    for pattern, route in _ROUTES:
+        if pattern.search(text):
+            return route
+    return None
+
+
+def _medications(lines: Sequence[_Line]) -> list[Medication]:
+    found: list[Medication] = []
+    for line in lines:
+        bullet = _BULLET.match(line.text)
+        offset = bullet.end() if bullet else 0
+        body = line.text[offset:].strip()
+        match = _MEDICATION.match(body)
+        if not match:
+            continue
+        rest = match.group("rest")
+        route = _parse_route(rest)
+        timing = parse_timing(rest)
+        # outside a medication section, only a full SIG (dose, route or frequency) counts
+        if line.section != "medications" and route is None and timing is None:
+            continue
+        lead = line.text.find(body)
+        start = line.start + lead
+        found.append(
+            Medication(
+                name=match.group("name").strip(),
+                text=body,
+                dose_value=float(match.group("dose").replace(",", ".")),
+                dose_unit=normalize_unit(match.group("unit")),
+                route=route,
+                timing=timing,
+                evidence=line.page.evidence(start, start + len(body)),
+            )
+        )
+    return found
+
+
+# --- vitals -------------------------------------------------------------------------------
+
+_VITALS: Final[tuple[tuple[re.Pattern[str], VitalKind], ...]] = (
+    (
+        re.compile(
+            r"\b(?:BP|Blood\s+pressure)\s*[:\-]?\s*(?P<value>\d{2,3})\s*/\s*(?P<diastolic>\d{2,3})(?:\s*mm\s*Hg)?", re.I
+        ),
+        "blood_pressure",
+    ),
+    (
+        re.compile(r"\b(?:HR|Pulse|Heart\s+rate)\s*[:\-]?\s*(?P<value>\d{2,3})(?:\s*(?:bpm|/min|beats))?", re.I),
+        "heart_rate",
+    ),
+    (
+        re.compile(
+            r"\b(?:RR|Resp(?:iratory)?\s+rate|Resp)\s*[:\-]?\s*(?P<value>\d{1,2})(?:\s*/\s*min|\s*breaths)?", re.I
+        ),
+        "respiratory_rate",
+    ),
+    (
+        re.compile(r"\b(?:Temp(?:erature)?|T)\s*[:\-]?\s*(?P<value>\d{2}(?:\.\d)?)\s*°?\s*(?P<unit>C|F)?\b", re.I),
+        "body_temperature",
+    ),
+    (
+        re.compile(r"\b(?:Sp\s?O2|O2\s+sat(?:uration)?s?|Sats?)\s*[:\-]?\s*(?P<value>\d{2,3})\s*%", re.I),
+        "oxygen_saturation",
+    ),
+    (re.compile(r"\b(?:Weight|Wt)\s*[:\-]?\s*(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>kg|lbs?)\b", re.I), "body_weight"),
+    (re.compile(r"\b(?:Height|Ht)\s*[:\-]?\s*(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>cm|m)\b", re.I), "body_height"),
+    (re.compile(r"\bBMI\s*[:\-]?\s*(?P<value>\d{2}(?:\.\d+)?)", re.I), "bmi"),
+)
+_VITAL_UNITS: Final = {
+    "blood_pressure": "mm[Hg]",
+    "heart_rate": "/min",
+    "respiratory_rate": "/min",
+    "body_temperature": "Cel",
+    "oxygen_saturation": "%",
+    "body_weight": "kg",
+    "body_height": "cm",
+    "bmi": "kg/m2",
+}
+
+
+def _vitals(lines: Sequence[_Line]) -> list[Vital]:
+    found: dict[str, Vital] = {}
+    for line in lines:
+        if line.section in ("medications", "results", "diagnoses"):
+            continue
+        for pattern, kind in _VITALS:
+            if kind in found:
+                continue
+            match = pattern.search(line.text)
+            if not match:
+                continue
+            groups = match.groupdict()
+            unit = _VITAL_UNITS[kind]
+            written_unit = (groups.get("unit") or "").lower()
+            if kind == "body_temperature" and written_unit == "f":
+                unit = "[degF]"
+            elif kind == "body_weight" and written_unit.startswith("lb"):
+                unit = "[lb_av]"
+            elif kind == "body_height" and written_unit == "m":
+                unit = "m"
+            diastolic = float(groups["diastolic"]) if groups.get("diastolic") else None
+            found[kind] = Vital(
+                kind=kind,
+                value=float(groups["value"]),
+                unit=unit,
+                diastolic=diastolic,
+                evidence=_evidence(line, match),
+            )
+    return list(found.values())
+
+
+# --- lab results --------------------------------------------------------------------------
+
+_LAB_VALUE = re.compile(
+    r"^\s*[:\-]?\s*(?P<cmp><=|>=|<|>)?\s*(?P<value>\d+(?:\.\d+)?)(?!\d)"
+    r"(?:\s*(?P<unit>(?:x|\u00d7)\s*10\s*\S*|[A-Za-zµμ%/][^\s]*))?"
+    r"(?:\s+(?:(?P<low>\d+(?:\.\d+)?)\s*[-\u2013]\s*(?P<high>\d+(?:\.\d+)?)|<\s*(?P<upper>\d+(?:\.\d+)?)))?"
+    r"(?:\s+(?P<flag>HH|LL|H|L|High|Low|\*{1,2}))?\s*$",
+    re.IGNORECASE,
+)
+
+
+def _lab_flag(value: float, low: float | None, high: float | None) -> LabFlag | None:
+    if high is not None and value > high:
+        return "H"
+    if low is not None and value < low:
+        return "L"
+    if low is None and high is None:
+        return None
+    return "N"
+
+
+def _labs(lines: Sequence[_Line]) -> list[LabResult]:
+    found: list[LabResult] = []
+    for line in lines:
+        if line.section in ("medications", "diagnoses"):
+            continue
+        hit = find_lab_test(line.text)
+        if hit is None:
+            continue
+        _, matched_name = hit
+        name_end = line.text.lower().find(matched_name.lower()) + len(matched_name)
+        match = _LAB_VALUE.match(line.text[name_end:])
+        if not match:
+            continue
+        unit_text = match.group("unit")
+        unit = normalize_unit(unit_text)
+        test, _ = find_lab_test(line.text, unit) or hit
+        value = float(match.group("value"))
+        low = float(match.group("low")) if match.group("low") else None
+        high = (
+            float(match.group("high") or match.group("upper"))
+            if (match.group("high") or match.group("upper"))
+            else None
+        )
+        if match.group("upper") and low is None:
+            low = 0.0
+        printed = (match.group("flag") or "").upper()
+        printed_flag: LabFlag | None = {"H": "H", "HIGH": "H", "L": "L", "LOW": "L", "HH": "HH", "LL": "LL"}.get(
+            printed
+        )  # type: ignore[assignment]
+        flag = printed_flag or _lab_flag(value, low, high)
+        cmp_ = match.group("cmp")
+        found.append(
+            LabResult(
+                test=line.text[:name_end].strip(),
+                value=value,
+                unit=unit,
+                unit_text=unit_text,
+                low=low,
+                high=high,
+                flag=flag,
+                comparator=cmp_ if cmp_ in ("<", "<=", ">=", ">") else None,  # type: ignore[arg-type]
+                codings=(Coding(system=LOINC_SYSTEM, code=test.code, display=test.display),),
+                evidence=line.page.evidence(line.start, line.start + len(line.text.rstrip())),
+            )
+        )
+    return found
+
+
+# --- the extractor ------------------------------------------------------------------------
+
+
+class RulesExtractor:
+    """Section-aware pattern extractor with NegEx-style assertions. Thread-safe and stateless."""
+
+    name = "rules"
+
+    def __init__(self, *, date_order: DateOrder = "DMY") -> None:
+        self.date_order = date_order
+
+    def extract(self, pages: Sequence[OcrPage]) -> Extraction:
+        lines = list(_lines(pages))
+        return Extraction(
+            document_type=_document_type(pages),
+            patient=_patient(lines, self.date_order),
+            diagnoses=tuple(_diagnoses(lines)),
+            medications=tuple(_medications(lines)),
+            vitals=tuple(_vitals(lines)),
+            labs=tuple(_labs(lines)),
+            extractor=self.name,
+        )

@@ -1,0 +1,16 @@
+"""OCR engines behind the ``OcrEngine`` protocol; ``create_ocr_engine`` picks one from Settings."""
+
+from __future__ import annotations
+
+from server.config import Settings
+from server.errors import ConfigurationError
+from server.pipeline.base import OcrEngine
+from server.pipeline.ocr.rapid import RapidOcrEngine
+
+__all__ = ["RapidOcrEngine", "create_ocr_engine"]
+
+
+def create_ocr_engine(settings: Settings) -> OcrEngine:
+    if settings.ocr_engine == "rapidocr":
+        return RapidOcrEngine(threads=settings.ocr_threads)
+    raise ConfigurationError(f"unknown OCR engine {settings.ocr_engine!r}")

@@ -1,0 +1,105 @@
+"""One document through every stage: rasterize → OCR → extract → validate → map to FHIR.
+
+Synchronous and CPU-bound by design: callers on the event loop run it with
+``anyio.to_thread.run_sync``. Each stage is timed so benchmarks and job progress can report it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from fhir_profiles import BundleContext, FhirValidationError, build_bundle
+from fhir_profiles.extraction import Extraction
+from server import __version__
+from server.config import Settings
+from server.errors import InvalidFhirOutput
+from server.pipeline.base import Extractor, OcrEngine
+from server.pipeline.inspect import DocumentInfo, Limits, inspect_document
+from server.pipeline.page import OcrPage
+from server.pipeline.preprocess import prepare_for_ocr
+from server.pipeline.rasterize import PageImage, iter_pages
+from server.pipeline.validate import with_review
+
+# progress(stage, done, total): called after each page and each stage
+ProgressCallback = Callable[[str, int, int], None]
+STAGES = ("rasterize", "ocr", "extract", "map")
+
+
+class PipelineResult(msgspec.Struct, frozen=True, kw_only=True):
+    pages: tuple[OcrPage, ...]
+    extraction: Extraction
+    bundle: dict[str, Any]
+    seconds: dict[str, float]  # per stage
+
+
+class Pipeline:
+    """The configured stages; built once per process and shared by every job."""
+
+    def __init__(self, settings: Settings, ocr_engine: OcrEngine, extractor: Extractor) -> None:
+        self.settings = settings
+        self.ocr_engine = ocr_engine
+        self.extractor = extractor
+        self.limits = Limits(
+            max_bytes=settings.max_upload_bytes,
+            max_pages=settings.max_pages,
+            max_page_pixels=settings.max_page_pixels,
+            dpi=settings.rasterize_dpi,
+        )
+
+    def inspect(self, content: bytes, content_type: str) -> DocumentInfo:
+        return inspect_document(content, content_type, self.limits)
+
+    def read_pages(
+        self, content: bytes, content_type: str, seconds: dict[str, float], progress: ProgressCallback | None = None
+    ) -> list[OcrPage]:
+        info = self.inspect(content, content_type)
+        pages: list[OcrPage] = []
+        started = time.perf_counter()
+        for raster in iter_pages(content, info.content_type, self.limits):
+            rasterized = time.perf_counter()
+            seconds["rasterize"] += rasterized - started
+            if isinstance(raster, PageImage):
+                page = self.ocr_engine.read(prepare_for_ocr(raster.image), raster.number)
+            else:
+                page = raster
+            started = time.perf_counter()
+            seconds["ocr"] += started - rasterized
+            pages.append(page)
+            if progress:
+                progress("ocr", len(pages), info.pages)
+        return pages
+
+    def run(
+        self, content: bytes, content_type: str, context: BundleContext, progress: ProgressCallback | None = None
+    ) -> PipelineResult:
+        seconds = dict.fromkeys(STAGES, 0.0)
+        pages = self.read_pages(content, content_type, seconds, progress)
+
+        started = time.perf_counter()
+        extraction = self.extractor.extract(pages)
+        extraction = with_review(extraction, confidence_threshold=self.settings.ocr_confidence_threshold)
+        seconds["extract"] = time.perf_counter() - started
+        if progress:
+            progress("extract", 1, 1)
+
+        started = time.perf_counter()
+        ocr_used = any(page.source == "ocr" for page in pages)
+        context = msgspec.structs.replace(context, ocr_engine=self.ocr_engine.name if ocr_used else None)
+        try:
+            bundle = build_bundle(extraction, context)
+        except FhirValidationError as exc:
+            raise InvalidFhirOutput(
+                "the extracted data could not be mapped to valid FHIR", diagnostics="; ".join(exc.problems)
+            ) from None
+        seconds["map"] = time.perf_counter() - started
+        if progress:
+            progress("map", 1, 1)
+        return PipelineResult(pages=tuple(pages), extraction=extraction, bundle=bundle, seconds=seconds)
+
+
+def software_name() -> str:
+    return f"paperchart {__version__}"

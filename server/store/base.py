@@ -1,0 +1,98 @@
+"""The ``Store`` protocol: documents, jobs with leases, versioned FHIR resources and bundles.
+
+Methods are synchronous (SQLite is); async callers wrap them in ``anyio.to_thread.run_sync``.
+Writes that belong together happen in one transaction: a job's Bundle, its resources and its
+status change commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class DocumentRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    version_id: int
+    content_type: str
+    content_hash: str  # sha256 hex of the bytes
+    size: int
+    pages: int
+    created_at: str  # FHIR instant
+    resource: dict[str, Any]  # the DocumentReference as stored (attachment without inline data)
+
+
+class JobError(msgspec.Struct, frozen=True, kw_only=True):
+    http_status: int
+    issue_code: str
+    message: str
+
+
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    document_id: str
+    status: JobStatus
+    attempts: int
+    stage: str | None
+    done: int
+    total: int
+    created_at: str
+    updated_at: str
+    bundle_id: str | None = None
+    error: JobError | None = None
+    lease_owner: str | None = None
+
+
+class StoredResource(msgspec.Struct, frozen=True, kw_only=True):
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: str
+    resource: dict[str, Any]
+
+
+class Store(Protocol):
+    def health(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    # documents
+    def create_document(
+        self, resource: dict[str, Any], content: bytes, content_type: str, pages: int
+    ) -> DocumentRecord: ...
+
+    def get_document(self, document_id: str) -> DocumentRecord | None: ...
+
+    def get_document_content(self, document_id: str) -> bytes | None: ...
+
+    # jobs
+    def enqueue_job(self, document_id: str) -> JobRecord: ...
+
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    def claim_job(self, owner: str, lease_seconds: float, max_attempts: int) -> JobRecord | None: ...
+
+    def heartbeat(self, job_id: str, owner: str, lease_seconds: float, stage: str, done: int, total: int) -> bool: ...
+
+    def complete_job(self, job_id: str, owner: str, bundle: dict[str, Any]) -> bool: ...
+
+    def fail_job(
+        self, job_id: str, owner: str, error: JobError, *, retry: bool, max_attempts: int
+    ) -> JobRecord | None: ...
+
+    # FHIR resources
+    def read_resource(self, resource_type: str, resource_id: str) -> StoredResource | None: ...
+
+    def search_resources(
+        self,
+        resource_type: str,
+        *,
+        patient: str | None = None,
+        ids: Sequence[str] = (),
+        count: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[StoredResource], int]: ...

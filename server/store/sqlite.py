@@ -1,0 +1,372 @@
+"""SQLite implementation of ``Store``: one WAL database file, durable commits, leased jobs.
+
+- ``synchronous=FULL``: a commit is on disk when it returns, so an acknowledgement sent after
+  it survives a power cut, not only a process crash.
+- Jobs are claimed with a lease; a worker that dies stops heart-beating, its lease expires and
+  the next ``claim_job`` takes the job again (``attempts`` counts tries; past the limit the job
+  fails). ``complete_job`` is fenced on the lease owner, and resource ids are derived from the
+  job id, so a job finished twice still leaves exactly one Bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from server.store.base import DocumentRecord, JobError, JobRecord, StoredResource
+from terminology.sqlite_driver import connect
+
+SCHEMA_VERSION: Final = 1
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    id TEXT PRIMARY KEY,
+    version_id INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    pages INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    resource TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS document_content (
+    document_id TEXT PRIMARY KEY REFERENCES documents(id) ON DELETE CASCADE,
+    content BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    document_id TEXT NOT NULL REFERENCES documents(id),
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    stage TEXT,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    bundle_id TEXT,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_document ON jobs (document_id);
+CREATE TABLE IF NOT EXISTS resources (
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    last_updated TEXT NOT NULL,
+    patient_id TEXT,
+    job_id TEXT,
+    current INTEGER NOT NULL DEFAULT 1,
+    resource TEXT NOT NULL,
+    PRIMARY KEY (resource_type, id, version_id)
+);
+CREATE INDEX IF NOT EXISTS resources_current ON resources (resource_type, current, patient_id);
+"""
+_JOB_BY_ID: Final = (
+    "SELECT id, document_id, status, attempts, stage, done, total, created_at, updated_at, bundle_id, error,"
+    " lease_owner FROM jobs WHERE id = ?"
+)
+_ACTIVE_JOB_OF_DOCUMENT: Final = (
+    "SELECT id, document_id, status, attempts, stage, done, total, created_at, updated_at, bundle_id, error,"
+    " lease_owner FROM jobs WHERE document_id = ? AND status IN ('queued', 'running') ORDER BY created_at LIMIT 1"
+)
+_encoder = msgspec.json.Encoder()
+_job_error_decoder = msgspec.json.Decoder(JobError)
+
+
+def now_instant() -> str:
+    """Current time as a FHIR instant (UTC, millisecond precision)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _now_seconds() -> float:
+    return dt.datetime.now(dt.UTC).timestamp()
+
+
+def _patient_of(resource: dict[str, Any]) -> str | None:
+    if resource.get("resourceType") == "Patient":
+        return str(resource["id"])
+    subject = resource.get("subject") or resource.get("patient") or {}
+    reference = subject.get("reference", "") if isinstance(subject, dict) else ""
+    if reference.startswith("Patient/"):
+        return str(reference.removeprefix("Patient/"))
+    return None
+
+
+class SqliteStore:
+    """``Store`` on one SQLite file. Thread-safe: one connection, serialized by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = connect(path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self._transaction():
+            # executescript() would commit on its own; run the statements inside our transaction
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            row = self._db.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return list(self._db.execute(sql, parameters).fetchall())
+
+    def health(self) -> bool:
+        try:
+            return bool(self._query("SELECT 1")[0][0] == 1)
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- documents ---------------------------------------------------------------------
+
+    def create_document(
+        self, resource: dict[str, Any], content: bytes, content_type: str, pages: int
+    ) -> DocumentRecord:
+        document_id = str(uuid.uuid4())
+        created = now_instant()
+        stored = {
+            **resource,
+            "id": document_id,
+            "meta": {**resource.get("meta", {}), "versionId": "1", "lastUpdated": created},
+        }
+        content_hash = hashlib.sha256(content).hexdigest()
+        record = DocumentRecord(
+            id=document_id,
+            version_id=1,
+            content_type=content_type,
+            content_hash=content_hash,
+            size=len(content),
+            pages=pages,
+            created_at=created,
+            resource=stored,
+        )
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO documents (id, version_id, content_type, content_hash, size, pages, created_at, resource)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (document_id, 1, content_type, content_hash, len(content), pages, created, json.dumps(stored)),
+            )
+            db.execute("INSERT INTO document_content (document_id, content) VALUES (?, ?)", (document_id, content))
+        return record
+
+    def get_document(self, document_id: str) -> DocumentRecord | None:
+        rows = self._query(
+            "SELECT id, version_id, content_type, content_hash, size, pages, created_at, resource"
+            " FROM documents WHERE id = ?",
+            (document_id,),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return DocumentRecord(
+            id=row[0],
+            version_id=row[1],
+            content_type=row[2],
+            content_hash=row[3],
+            size=row[4],
+            pages=row[5],
+            created_at=row[6],
+            resource=json.loads(row[7]),
+        )
+
+    def get_document_content(self, document_id: str) -> bytes | None:
+        rows = self._query("SELECT content FROM document_content WHERE document_id = ?", (document_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    # --- jobs --------------------------------------------------------------------------
+
+    @staticmethod
+    def _job(row: Sequence[Any]) -> JobRecord:
+        return JobRecord(
+            id=row[0],
+            document_id=row[1],
+            status=row[2],
+            attempts=row[3],
+            stage=row[4],
+            done=row[5],
+            total=row[6],
+            created_at=row[7],
+            updated_at=row[8],
+            bundle_id=row[9],
+            error=_job_error_decoder.decode(row[10]) if row[10] else None,
+            lease_owner=row[11],
+        )
+
+    def enqueue_job(self, document_id: str) -> JobRecord:
+        """A new job for the document, or the one already queued or running for it."""
+        with self._transaction() as db:
+            row = db.execute(_ACTIVE_JOB_OF_DOCUMENT, (document_id,)).fetchone()
+            if row is not None:
+                return self._job(row)
+            job_id = str(uuid.uuid4())
+            created = now_instant()
+            db.execute(
+                "INSERT INTO jobs (id, document_id, status, created_at, updated_at) VALUES (?, ?, 'queued', ?, ?)",
+                (job_id, document_id, created, created),
+            )
+            return self._job(db.execute(_JOB_BY_ID, (job_id,)).fetchone())
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        rows = self._query(_JOB_BY_ID, (job_id,))
+        return self._job(rows[0]) if rows else None
+
+    def claim_job(self, owner: str, lease_seconds: float, max_attempts: int) -> JobRecord | None:
+        """Take the oldest queued job, or a running one whose lease expired (its worker died)."""
+        with self._transaction() as db:
+            while True:
+                now = _now_seconds()
+                row = db.execute(
+                    "SELECT id, attempts FROM jobs WHERE status = 'queued'"
+                    " OR (status = 'running' AND lease_expires_at < ?) ORDER BY created_at LIMIT 1",
+                    (now,),
+                ).fetchone()
+                if row is None:
+                    return None
+                job_id, attempts = row
+                if attempts >= max_attempts:
+                    error = JobError(
+                        http_status=500,
+                        issue_code="exception",
+                        message=f"extraction was abandoned after {attempts} attempts",
+                    )
+                    db.execute(
+                        "UPDATE jobs SET status = 'failed', error = ?, lease_owner = NULL, updated_at = ? WHERE id = ?",
+                        (_encoder.encode(error).decode(), now_instant(), job_id),
+                    )
+                    continue
+                db.execute(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?,"
+                    " lease_expires_at = ?, stage = 'queued', done = 0, total = 0, updated_at = ? WHERE id = ?",
+                    (owner, now + lease_seconds, now_instant(), job_id),
+                )
+                return self._job(db.execute(_JOB_BY_ID, (job_id,)).fetchone())
+
+    def heartbeat(self, job_id: str, owner: str, lease_seconds: float, stage: str, done: int, total: int) -> bool:
+        """Extend the lease and record progress; False when the lease was lost to another worker."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET lease_expires_at = ?, stage = ?, done = ?, total = ?, updated_at = ?"
+                " WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                (_now_seconds() + lease_seconds, stage, done, total, now_instant(), job_id, owner),
+            )
+            return bool(cursor.rowcount == 1)
+
+    def complete_job(self, job_id: str, owner: str, bundle: dict[str, Any]) -> bool:
+        """Store the Bundle and each entry's resource and mark the job done, in one transaction."""
+        updated = now_instant()
+        with self._transaction() as db:
+            row = db.execute("SELECT status, lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] != "running" or row[1] != owner:
+                return False  # lease lost: another worker owns (or finished) this job
+            resources = [entry["resource"] for entry in bundle.get("entry", [])] + [bundle]
+            for resource in resources:
+                self._put_resource(db, resource, job_id, updated)
+            db.execute(
+                "UPDATE jobs SET status = 'succeeded', bundle_id = ?, stage = 'done', lease_owner = NULL,"
+                " lease_expires_at = NULL, error = NULL, updated_at = ? WHERE id = ?",
+                (bundle["id"], updated, job_id),
+            )
+            return True
+
+    @staticmethod
+    def _put_resource(db: Any, resource: dict[str, Any], job_id: str, updated: str) -> None:
+        resource_type, resource_id = resource["resourceType"], resource["id"]
+        row = db.execute(
+            "SELECT MAX(version_id) FROM resources WHERE resource_type = ? AND id = ?", (resource_type, resource_id)
+        ).fetchone()
+        version = (row[0] or 0) + 1
+        stored = {**resource, "meta": {**resource.get("meta", {}), "versionId": str(version), "lastUpdated": updated}}
+        db.execute("UPDATE resources SET current = 0 WHERE resource_type = ? AND id = ?", (resource_type, resource_id))
+        db.execute(
+            "INSERT INTO resources (resource_type, id, version_id, last_updated, patient_id, job_id, current, resource)"
+            " VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+            (resource_type, resource_id, version, updated, _patient_of(resource), job_id, json.dumps(stored)),
+        )
+
+    def fail_job(self, job_id: str, owner: str, error: JobError, *, retry: bool, max_attempts: int) -> JobRecord | None:
+        """Record a failure: back to the queue when ``retry`` and attempts remain, else failed."""
+        with self._transaction() as db:
+            row = db.execute("SELECT attempts, lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[1] != owner:
+                return None
+            status = "queued" if retry and row[0] < max_attempts else "failed"
+            db.execute(
+                "UPDATE jobs SET status = ?, error = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (status, _encoder.encode(error).decode(), now_instant(), job_id),
+            )
+            return self._job(db.execute(_JOB_BY_ID, (job_id,)).fetchone())
+
+    # --- resources ---------------------------------------------------------------------
+
+    @staticmethod
+    def _stored(row: Sequence[Any]) -> StoredResource:
+        return StoredResource(
+            resource_type=row[0], id=row[1], version_id=row[2], last_updated=row[3], resource=json.loads(row[4])
+        )
+
+    def read_resource(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        rows = self._query(
+            "SELECT resource_type, id, version_id, last_updated, resource FROM resources"
+            " WHERE resource_type = ? AND id = ? AND current = 1",
+            (resource_type, resource_id),
+        )
+        return self._stored(rows[0]) if rows else None
+
+    def search_resources(
+        self,
+        resource_type: str,
+        *,
+        patient: str | None = None,
+        ids: Sequence[str] = (),
+        count: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[StoredResource], int]:
+        where = ["resource_type = ?", "current = 1"]
+        parameters: list[Any] = [resource_type]
+        if patient is not None:
+            where.append("patient_id = ?")
+            parameters.append(patient)
+        if ids:
+            where.append(f"id IN ({', '.join('?' for _ in ids)})")
+            parameters.extend(ids)
+        clause = " AND ".join(where)
+        total = self._query(f"SELECT COUNT(*) FROM resources WHERE {clause}", parameters)[0][0]  # noqa: S608
+        rows = self._query(
+            f"SELECT resource_type, id, version_id, last_updated, resource FROM resources WHERE {clause}"  # noqa: S608
+            " ORDER BY last_updated, id LIMIT ? OFFSET ?",
+            [*parameters, count, offset],
+        )
+        return [self._stored(row) for row in rows], int(total)

@@ -1,0 +1,90 @@
+"""UCUM unit normalisation: the way units are written on paper → the UCUM code FHIR wants.
+
+UCUM codes per https://ucum.org/ucum (case-sensitive form, "c/s"); the common-units value set of
+FHIR R4 (http://hl7.org/fhir/ValueSet/ucum-common) uses the same codes.
+"""
+
+from __future__ import annotations
+
+import re
+
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+
+# Lower-cased written form (spaces removed) -> UCUM code.
+_WRITTEN_TO_UCUM: dict[str, str] = {
+    "mg": "mg",
+    "mgs": "mg",
+    "milligram": "mg",
+    "milligrams": "mg",
+    "g": "g",
+    "gm": "g",
+    "gram": "g",
+    "grams": "g",
+    "mcg": "ug",
+    "ug": "ug",
+    "µg": "ug",
+    "μg": "ug",
+    "microgram": "ug",
+    "micrograms": "ug",
+    "ng": "ng",
+    "kg": "kg",
+    "lb": "[lb_av]",
+    "lbs": "[lb_av]",
+    "ml": "mL",
+    "mls": "mL",
+    "l": "L",
+    "unit": "[iU]",
+    "units": "[iU]",
+    "iu": "[iU]",
+    "u": "U",
+    "mmhg": "mm[Hg]",
+    "bpm": "/min",
+    "/min": "/min",
+    "beats/min": "/min",
+    "breaths/min": "/min",
+    "c": "Cel",
+    "°c": "Cel",
+    "degc": "Cel",
+    "f": "[degF]",
+    "°f": "[degF]",
+    "%": "%",
+    "cm": "cm",
+    "m": "m",
+    "kg/m2": "kg/m2",
+    "kg/m^2": "kg/m2",
+    "g/l": "g/L",
+    "g/dl": "g/dL",
+    "mg/dl": "mg/dL",
+    "mg/l": "mg/L",
+    "mmol/l": "mmol/L",
+    "umol/l": "umol/L",
+    "µmol/l": "umol/L",
+    "μmol/l": "umol/L",
+    "mmol/mol": "mmol/mol",
+    "u/l": "U/L",
+    "iu/l": "[IU]/L",
+    "mu/l": "m[IU]/L",
+    "miu/l": "m[IU]/L",
+    "pmol/l": "pmol/L",
+    "nmol/l": "nmol/L",
+    "ng/ml": "ng/mL",
+    "fl": "fL",
+    "pg": "pg",
+}
+# Cell counts: "x10^9/L", "x 10*9/L", "10^9/l", "X10E9/L" -> "10*9/L".
+_CELL_COUNT = re.compile(r"^(?:x|\u00d7)?\s*10\s*(?:\^|\*|e|~|\*\*)\s*(\d{1,2})\s*/\s*(l|ul|µl|mm3)$", re.IGNORECASE)
+
+
+def normalize_unit(written: str | None) -> str | None:
+    """Return the UCUM code for a unit as written, or None when it is not recognised."""
+    if not written:
+        return None
+    key = written.strip().replace(" ", "").lower().rstrip(".")
+    if key in _WRITTEN_TO_UCUM:
+        return _WRITTEN_TO_UCUM[key]
+    match = _CELL_COUNT.match(key)
+    if match:
+        exponent, volume = match.groups()
+        volume_code = {"l": "L", "ul": "uL", "µl": "uL", "mm3": "mm3"}[volume.lower()]
+        return f"10*{exponent}/{volume_code}"
+    return None
