@@ -8,7 +8,7 @@ of the offending elements (never their values, which may be PHI).
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -18,6 +18,49 @@ class FhirValidationError(Exception):
         super().__init__(f"{resource_type} failed FHIR validation: {'; '.join(problems)}")
         self.resource_type = resource_type
         self.problems = problems
+
+
+# Elements with a *required* binding in R4 that fhir.resources types only as ``code``. The models
+# check structure; these sets check the codes (value sets from http://hl7.org/fhir/R4/valueset-*.html).
+_REQUIRED_CODES: Final[dict[tuple[str, str], frozenset[str]]] = {
+    ("Patient", "gender"): frozenset({"male", "female", "other", "unknown"}),
+    ("Observation", "status"): frozenset(
+        {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"}
+    ),
+    ("MedicationStatement", "status"): frozenset(
+        {"active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown", "not-taken"}
+    ),
+    ("DocumentReference", "status"): frozenset({"current", "superseded", "entered-in-error"}),
+    ("Bundle", "type"): frozenset(
+        {"document", "message", "transaction", "transaction-response", "batch", "batch-response", "history",
+         "searchset", "collection"}
+    ),
+}
+_REQUIRED_CODINGS: Final[dict[tuple[str, str], tuple[str, frozenset[str]]]] = {
+    ("Condition", "clinicalStatus"): (
+        "http://terminology.hl7.org/CodeSystem/condition-clinical",
+        frozenset({"active", "recurrence", "relapse", "inactive", "remission", "resolved"}),
+    ),
+    ("Condition", "verificationStatus"): (
+        "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+        frozenset({"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"}),
+    ),
+}
+
+
+def _binding_problems(resource: dict[str, Any]) -> list[str]:
+    resource_type = resource.get("resourceType", "")
+    problems = []
+    for (type_, element), allowed in _REQUIRED_CODES.items():
+        if type_ == resource_type and element in resource and resource[element] not in allowed:
+            problems.append(f"{element}: code not in required value set")
+    for (type_, element), (system, codes) in _REQUIRED_CODINGS.items():
+        if type_ != resource_type or element not in resource:
+            continue
+        codings = [c for c in resource[element].get("coding", []) if c.get("system") == system]
+        if not codings or any(c.get("code") not in codes for c in codings):
+            problems.append(f"{element}: code not in required value set")
+    return problems
 
 
 @cache
@@ -50,3 +93,6 @@ def validate_resource(resource: dict[str, Any], *, deep: bool = True) -> None:
     except ValidationError as exc:
         problems = [f"{'.'.join(str(p) for p in error['loc'])}: {error['type']}" for error in exc.errors()[:10]]
         raise FhirValidationError(resource_type, problems) from None
+    problems = _binding_problems(resource)
+    if problems:
+        raise FhirValidationError(resource_type, problems)

@@ -350,6 +350,11 @@ def _negated_findings(line: _Line) -> Iterator[Diagnosis]:
             )
 
 
+_ASSERTION_CUES_BEFORE = re.compile(
+    r"^(?:(?:possible|probable|suspected|query|\?|history\s+of|h/o|previous|no|family\s+history\s+of)\s+)+",
+    re.IGNORECASE,
+)
+_ASSERTION_CUES_AFTER = re.compile(r"\s+(?:(?:was\s+)?ruled\s+out|excluded|\?)$", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[-•*·▪◦]|\d{1,2}[.)]|[a-z][.)])\s*")
 
 
@@ -362,15 +367,10 @@ def _diagnoses(lines: Sequence[_Line]) -> list[Diagnosis]:
             text = line.text[start:].strip().rstrip(".;,")
             if len(text) < 3 or not re.search(r"[A-Za-z]{3}", text):
                 continue
-            # drop a leading assertion cue from the condition's name, keep it for the assertion
-            assertion = assertion_of(text, text)
-            name = re.sub(
-                r"^(?:possible|probable|suspected|query|\?|history\s+of|h/o|no|ruled\s+out)\s+",
-                "",
-                text,
-                flags=re.IGNORECASE,
-            )
-            name = re.sub(r"\s+(?:ruled\s+out|excluded)$", "", name, flags=re.IGNORECASE)
+            # drop assertion cues from the condition's name; they decide its assertion
+            name = _ASSERTION_CUES_BEFORE.sub("", text)
+            name = _ASSERTION_CUES_AFTER.sub("", name)
+            assertion = assertion_of(name, text)
             name_start = line.start + start + text.find(name)
             found.append(
                 Diagnosis(

@@ -1,0 +1,65 @@
+"""Shared fixtures: settings on a temporary data dir, generated documents, one OCR engine."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.config import Settings, load_settings
+from server.pipeline.ocr.rapid import RapidOcrEngine
+from tests.fixtures.generate import DocumentKind, RenderedDocument, ScanEffects, render_document
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_browser = pytest.mark.skip(reason="Chromium is not installed (PAPERCHART_WITH_BROWSER=1 make bootstrap)")
+    skip_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    has_gpu = shutil.which("nvidia-smi") is not None
+    for item in items:
+        if "browser" in item.keywords and shutil.which("chromium") is None:
+            item.add_marker(skip_browser)
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings({}, data_dir=tmp_path / "data", job_poll_seconds=0.05, sync_wait_seconds=60)
+
+
+_rendered: dict[tuple[str, int, ScanEffects], RenderedDocument] = {}
+
+
+def rendered(kind: DocumentKind, seed: int = 1, effects: ScanEffects | None = None) -> RenderedDocument:
+    """A generated document, rendered once per test session."""
+    key = (kind, seed, effects or ScanEffects())
+    if key not in _rendered:
+        _rendered[key] = render_document(kind, seed, effects)
+    return _rendered[key]
+
+
+@pytest.fixture(scope="session")
+def ocr_engine() -> RapidOcrEngine:
+    """One engine for the session: loading the PP-OCR models takes about a second."""
+    return RapidOcrEngine()
+
+
+def document_reference(content: bytes, content_type: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "content": [{"attachment": {"contentType": content_type, "data": base64.b64encode(content).decode()}}],
+        **extra,
+    }
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key in list(__import__("os").environ):
+        if key.startswith("PAPERCHART_"):
+            monkeypatch.delenv(key)
+    yield

@@ -1,0 +1,154 @@
+"""Extraction → FHIR Bundle: valid R4, the right codes and units, a Provenance per resource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from fhir_profiles import BundleContext, FhirValidationError, build_bundle, validate_resource
+from fhir_profiles.bundle import EVIDENCE_EXTENSION, REVIEW_TAG_SYSTEM
+from fhir_profiles.extraction import (
+    Box,
+    Diagnosis,
+    Evidence,
+    Extraction,
+    Identifier,
+    LabResult,
+    Medication,
+    PatientFacts,
+    ReviewReason,
+    TextFact,
+    Timing,
+    Vital,
+)
+
+EVIDENCE = Evidence(page=2, start=10, end=25, text="Metformin 500 mg", boxes=(Box(x0=0.1, y0=0.2, x1=0.3, y1=0.22),),
+                    ocr_confidence=0.97)
+CONTEXT = BundleContext(bundle_id="b-1", id_seed="job-1", document_reference_id="doc-1",
+                        fhir_base_url="http://example.test/fhir", recorded="2026-11-23T10:00:00.000Z",
+                        software="paperchart 0.1.0", ocr_engine="rapidocr-ppocr")
+
+
+def extraction(**extra: Any) -> Extraction:
+    return Extraction(
+        document_type="clinic-letter",
+        patient=PatientFacts(name=TextFact(value="Jane Smith", evidence=EVIDENCE), given=("Jane",), family="Smith",
+                             birth_date=TextFact(value="1956-03-14"), sex=TextFact(value="female"),
+                             identifiers=(Identifier(kind="nhs", value="9434765919"),
+                                          Identifier(kind="mrn", value="MRN1234567"))),
+        diagnoses=(Diagnosis(text="Essential hypertension", evidence=EVIDENCE),
+                   Diagnosis(text="chest pain", assertion="negated")),
+        medications=(Medication(name="Metformin", text="Metformin 500 mg PO BID", dose_value=500, dose_unit="mg",
+                                route="oral", timing=Timing(frequency=2, period=1, period_unit="d", code="BID"),
+                                evidence=EVIDENCE),),
+        vitals=(Vital(kind="blood_pressure", value=142, diastolic=88, unit="mm[Hg]"),
+                Vital(kind="heart_rate", value=72, unit="/min")),
+        labs=(LabResult(test="Haemoglobin", value=112, unit="g/L", unit_text="g/L", low=130, high=180, flag="L"),),
+        **extra,
+    )
+
+
+def by_type(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == resource_type]
+
+
+def test_bundle_is_valid_r4_and_round_trips() -> None:
+    bundle = build_bundle(extraction(), CONTEXT)
+    parsed = Bundle.model_validate(bundle)
+    assert parsed.type == "collection" and parsed.id == "b-1"
+    assert all(e["fullUrl"].startswith("http://example.test/fhir/") for e in bundle["entry"])
+
+
+def test_patient_identifiers_and_name() -> None:
+    patient = by_type(build_bundle(extraction(), CONTEXT), "Patient")[0]
+    assert patient["name"][0] == {"use": "official", "text": "Jane Smith", "family": "Smith", "given": ["Jane"]}
+    assert {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"} in patient["identifier"]
+    mrn = next(i for i in patient["identifier"] if i.get("type"))
+    assert mrn["type"]["coding"][0]["code"] == "MR" and mrn["value"] == "MRN1234567"
+    assert (patient["gender"], patient["birthDate"]) == ("female", "1956-03-14")
+
+
+def test_conditions_follow_assertions() -> None:
+    conditions = {c["code"]["text"]: c for c in by_type(build_bundle(extraction(), CONTEXT), "Condition")}
+    present, refuted = conditions["Essential hypertension"], conditions["chest pain"]
+    assert present["verificationStatus"]["coding"][0]["code"] == "confirmed"
+    assert present["clinicalStatus"]["coding"][0]["code"] == "active"
+    assert refuted["verificationStatus"]["coding"][0]["code"] == "refuted"
+    assert "clinicalStatus" not in refuted
+
+
+def test_medication_dosage() -> None:
+    statement = by_type(build_bundle(extraction(), CONTEXT), "MedicationStatement")[0]
+    dosage = statement["dosage"][0]
+    assert statement["medicationCodeableConcept"]["text"] == "Metformin"
+    assert dosage["timing"]["repeat"] == {"frequency": 2, "period": 1.0, "periodUnit": "d"}
+    assert dosage["route"]["coding"][0] == {"system": "http://snomed.info/sct", "code": "26643006",
+                                            "display": "Oral route"}
+    assert dosage["doseAndRate"][0]["doseQuantity"] == {"value": 500, "unit": "mg",
+                                                        "system": "http://unitsofmeasure.org", "code": "mg"}
+
+
+def test_observations_vitals_and_labs() -> None:
+    observations = by_type(build_bundle(extraction(), CONTEXT), "Observation")
+    by_code = {o["code"]["coding"][0]["code"]: o for o in observations if "coding" in o["code"]}
+    bp = by_code["85354-9"]
+    components = {c["code"]["coding"][0]["code"]: c["valueQuantity"]["value"] for c in bp["component"]}
+    assert components == {"8480-6": 142, "8462-4": 88}
+    assert by_code["8867-4"]["valueQuantity"]["code"] == "/min"
+    lab = next(o for o in observations if o["code"]["text"] == "Haemoglobin")
+    assert lab["valueQuantity"]["value"] == 112
+    assert lab["referenceRange"][0]["low"]["value"] == 130
+    assert lab["interpretation"][0]["coding"][0]["code"] == "L"
+    assert lab["category"][0]["coding"][0]["code"] == "laboratory"
+
+
+def test_every_resource_has_a_provenance_pointing_at_the_page() -> None:
+    bundle = build_bundle(extraction(), CONTEXT)
+    provenances = by_type(bundle, "Provenance")
+    targets = {p["target"][0]["reference"] for p in provenances}
+    others = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]
+              if e["resource"]["resourceType"] != "Provenance"}
+    assert targets == others
+    medication = by_type(bundle, "MedicationStatement")[0]
+    provenance = next(p for p in provenances if p["target"][0]["reference"].endswith(medication["id"]))
+    entity = provenance["entity"][0]
+    assert entity["what"]["reference"] == "DocumentReference/doc-1"
+    evidence = {e["url"]: e for e in entity["extension"][0]["extension"]}
+    assert entity["extension"][0]["url"] == EVIDENCE_EXTENSION
+    assert evidence["page"]["valueInteger"] == 2
+    assert evidence["box"]["valueString"] == "0.1,0.2,0.3,0.22"
+    assert "rules extractor" in provenance["agent"][0]["who"]["display"]
+
+
+def test_ids_are_stable_for_a_job_so_reruns_replace() -> None:
+    first = [e["resource"]["id"] for e in build_bundle(extraction(), CONTEXT)["entry"]]
+    second = [e["resource"]["id"] for e in build_bundle(extraction(), CONTEXT)["entry"]]
+    assert first == second and len(set(first)) == len(first)
+
+
+def test_review_flag_is_a_tag_and_makes_observations_preliminary() -> None:
+    flagged = extraction(review_reasons=(ReviewReason(code="low-ocr-confidence", message="..."),))
+    bundle = build_bundle(flagged, CONTEXT)
+    assert bundle["meta"]["tag"][0] == {"system": REVIEW_TAG_SYSTEM, "code": "requires-review",
+                                        "display": "Requires human review"}
+    assert {o["status"] for o in by_type(bundle, "Observation")} == {"preliminary"}
+    clean = build_bundle(extraction(), CONTEXT)
+    assert {o["status"] for o in by_type(clean, "Observation")} == {"final"}
+
+
+def test_invalid_fhir_is_refused() -> None:
+    with pytest.raises(FhirValidationError) as caught:
+        validate_resource({"resourceType": "Patient", "gender": "sometimes"})
+    assert "gender" in str(caught.value) and "sometimes" not in str(caught.value)
+    with pytest.raises(FhirValidationError, match="birthDate"):
+        validate_resource({"resourceType": "Patient", "birthDate": "14/03/1956"})
+    with pytest.raises(FhirValidationError, match="code"):
+        validate_resource({"resourceType": "Observation", "status": "final"})
+    with pytest.raises(FhirValidationError, match="verificationStatus"):
+        validate_resource({"resourceType": "Condition", "subject": {"reference": "Patient/1"},
+                           "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                                              "condition-ver-status", "code": "maybe"}]}})
+    with pytest.raises(FhirValidationError):
+        validate_resource({"resourceType": "NotAThing"})

@@ -1,0 +1,195 @@
+"""The rules extractor on page text: demographics, SIGs, vitals, labs and assertions."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from server.pipeline.extract.rules import (
+    RulesExtractor,
+    assertion_of,
+    nhs_number_is_valid,
+    parse_date,
+    parse_timing,
+)
+from server.pipeline.page import OcrPage, Word, compose_page
+
+
+def page_from_text(text: str, number: int = 1, confidence: float = 0.99) -> OcrPage:
+    """Lay text out as words on a grid, as an OCR engine would report it."""
+    words = []
+    for row, line in enumerate(text.strip("\n").split("\n")):
+        x = 10.0
+        for token in line.split():
+            width = 8.0 * len(token)
+            words.append(Word(text=token, bbox=(x, 20.0 * row + 5, x + width, 20.0 * row + 17), confidence=confidence))
+            x += width + 8.0
+    return compose_page(number, 1000.0, 1400.0, "ocr", words)
+
+
+NOTE = """
+Riverside Medical Centre
+Discharge Summary
+Patient Name: Mrs Jane Smith
+DOB: 14 Mar 1956 Sex: F
+MRN: MRN1234567 NHS No: 943 476 5919
+History of Presenting Complaint
+Admitted with cough. Denies chest pain. Pulmonary embolism ruled out.
+Observations
+BP 142/88 mmHg HR 96 bpm RR 18 /min Temp 38.1 C SpO2 94% Weight 71.5 kg
+Discharge Diagnoses
+- Community acquired pneumonia
+- Possible heart failure
+- History of asthma
+Discharge Medications
+- Amoxicillin 500 mg PO TDS
+- Salbutamol 100 mcg INH PRN
+- Atorvastatin 40 mg by mouth at night
+- Enoxaparin 40 mg SC daily
+"""
+
+
+def test_demographics_are_read_with_their_evidence() -> None:
+    extraction = RulesExtractor().extract([page_from_text(NOTE)])
+    patient = extraction.patient
+    assert patient.name is not None and patient.name.value == "Mrs Jane Smith"
+    assert patient.given == ("Jane",) and patient.family == "Smith"
+    assert patient.birth_date is not None and patient.birth_date.value == "1956-03-14"
+    assert patient.sex is not None and patient.sex.value == "female"
+    identifiers = {i.kind: i for i in patient.identifiers}
+    assert identifiers["mrn"].value == "MRN1234567"
+    assert identifiers["nhs"].value == "9434765919" and identifiers["nhs"].valid
+    evidence = identifiers["nhs"].evidence
+    assert evidence is not None and evidence.text == "943 476 5919" and len(evidence.boxes) == 3
+    assert extraction.document_type == "discharge-summary"
+
+
+def test_medications_with_dose_route_and_frequency() -> None:
+    medications = {m.name: m for m in RulesExtractor().extract([page_from_text(NOTE)]).medications}
+    assert set(medications) == {"Amoxicillin", "Salbutamol", "Atorvastatin", "Enoxaparin"}
+    amoxicillin = medications["Amoxicillin"]
+    assert (amoxicillin.dose_value, amoxicillin.dose_unit, amoxicillin.route) == (500, "mg", "oral")
+    assert amoxicillin.timing is not None and amoxicillin.timing.frequency == 3
+    salbutamol = medications["Salbutamol"]
+    assert salbutamol.dose_unit == "ug" and salbutamol.route == "inhaled"
+    assert salbutamol.timing is not None and salbutamol.timing.as_needed
+    atorvastatin = medications["Atorvastatin"]
+    assert atorvastatin.timing is not None and atorvastatin.timing.when == ("HS",)
+    assert medications["Enoxaparin"].route == "subcutaneous"
+
+
+def test_vitals_with_ucum_units() -> None:
+    vitals = {v.kind: v for v in RulesExtractor().extract([page_from_text(NOTE)]).vitals}
+    assert (vitals["blood_pressure"].value, vitals["blood_pressure"].diastolic) == (142, 88)
+    assert vitals["blood_pressure"].unit == "mm[Hg]"
+    assert (vitals["heart_rate"].value, vitals["heart_rate"].unit) == (96, "/min")
+    assert (vitals["body_temperature"].value, vitals["body_temperature"].unit) == (38.1, "Cel")
+    assert (vitals["oxygen_saturation"].value, vitals["oxygen_saturation"].unit) == (94, "%")
+    assert (vitals["body_weight"].value, vitals["body_weight"].unit) == (71.5, "kg")
+
+
+def test_diagnoses_carry_assertions() -> None:
+    diagnoses = {d.text.lower(): d.assertion for d in RulesExtractor().extract([page_from_text(NOTE)]).diagnoses}
+    assert diagnoses["community acquired pneumonia"] == "present"
+    assert diagnoses["heart failure"] == "uncertain"
+    assert diagnoses["asthma"] == "historical"
+    assert diagnoses["chest pain"] == "negated"
+    assert diagnoses["pulmonary embolism"] == "negated"
+
+
+def test_lab_table_rows_become_coded_results() -> None:
+    report = """
+Laboratory Report
+Patient Name: John Doe
+Test  Result  Units  Reference Range  Flag
+Haemoglobin  112  g/L  130-180  L
+White cell count  14.2  x10^9/L  4.0-11.0  H
+Sodium  139  mmol/L  135-145
+HbA1c  47  mmol/mol  20-42  H
+"""
+    labs = {lab.test: lab for lab in RulesExtractor().extract([page_from_text(report)]).labs}
+    haemoglobin = labs["Haemoglobin"]
+    assert (haemoglobin.value, haemoglobin.unit, haemoglobin.low, haemoglobin.high) == (112, "g/L", 130, 180)
+    assert haemoglobin.flag == "L"
+    assert haemoglobin.codings[0].code == "718-7"
+    assert labs["White cell count"].unit == "10*9/L" and labs["White cell count"].flag == "H"
+    assert labs["Sodium"].flag == "N"
+    assert labs["HbA1c"].codings[0].code == "59261-8"  # the IFCC (mmol/mol) code, chosen by unit
+
+
+@pytest.mark.parametrize(
+    ("written", "frequency", "period_unit", "when", "as_needed"),
+    [
+        ("BID", 2, "d", (), False),
+        ("bd", 2, "d", (), False),
+        ("20mg OD", 1, "d", (), False),
+        ("1 and 1/2 tabs po qhs", 1, "d", ("HS",), False),
+        ("q6h PRN", 1, "h", (), True),
+        ("four times daily", 4, "d", (), False),
+        ("weekly", 1, "wk", (), False),
+    ],
+)
+def test_sig_frequency(written: str, frequency: int, period_unit: str, when: tuple[str, ...], as_needed: bool) -> None:
+    timing = parse_timing(written)
+    assert timing is not None
+    assert (timing.frequency, timing.period_unit, timing.when, timing.as_needed) == (
+        frequency,
+        period_unit,
+        when,
+        as_needed,
+    )
+
+
+def test_prn_alone_and_no_frequency() -> None:
+    prn = parse_timing("as required")
+    assert prn is not None and prn.as_needed and prn.frequency is None
+    assert parse_timing("with food") is None
+
+
+@pytest.mark.parametrize(
+    ("phrase", "context", "expected"),
+    [
+        ("chest pain", "No chest pain.", "negated"),
+        ("shortness of breath", "Patient denies shortness of breath.", "negated"),
+        ("PE", "PE was ruled out on CTPA.", "negated"),
+        ("fever", "Return if fever develops.", "hypothetical"),
+        ("pneumonia", "Possible pneumonia.", "uncertain"),
+        ("breast cancer", "Mother had breast cancer.", "family"),
+        ("MI", "History of MI in 2010.", "historical"),
+        ("cough", "No fever but cough for 3 days.", "present"),
+        ("headache", "Headache.", "present"),
+    ],
+)
+def test_assertion(phrase: str, context: str, expected: str) -> None:
+    assert assertion_of(phrase, context) == expected
+
+
+def test_nhs_number_check_digit() -> None:
+    assert nhs_number_is_valid("9434765919")
+    assert not nhs_number_is_valid("9434765918")
+    assert not nhs_number_is_valid("943476591")
+
+
+@pytest.mark.parametrize(
+    ("written", "order", "expected"),
+    [
+        ("1956-03-14", "DMY", dt.date(1956, 3, 14)),
+        ("14/03/1956", "DMY", dt.date(1956, 3, 14)),
+        ("03/14/1956", "MDY", dt.date(1956, 3, 14)),
+        ("03/04/1956", "DMY", dt.date(1956, 4, 3)),
+        ("03/04/1956", "MDY", dt.date(1956, 3, 4)),
+        ("14 Mar 1956", "DMY", dt.date(1956, 3, 14)),
+        ("March 14, 1956", "DMY", dt.date(1956, 3, 14)),
+        ("31/02/1956", "DMY", None),
+    ],
+)
+def test_parse_date(written: str, order: str, expected: dt.date | None) -> None:
+    assert parse_date(written, order) == expected  # type: ignore[arg-type]
+
+
+def test_low_confidence_words_reach_the_evidence() -> None:
+    page = page_from_text("Patient Name: John Doe\nMedications\nMetformin 500 mg PO BID", confidence=0.5)
+    extraction = RulesExtractor().extract([page])
+    assert extraction.medications[0].evidence is not None
+    assert extraction.medications[0].evidence.ocr_confidence == 0.5

@@ -1,0 +1,94 @@
+"""The SQLite store: documents, leased jobs that survive a dead worker, one Bundle per job."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.store import JobError, SqliteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    return SqliteStore(tmp_path / "db" / "paperchart.db")
+
+
+def document(store: SqliteStore) -> str:
+    resource = {"resourceType": "DocumentReference", "status": "current",
+                "content": [{"attachment": {"contentType": "application/pdf"}}]}
+    return store.create_document(resource, b"%PDF-1.4 bytes", "application/pdf", 1).id
+
+
+def bundle(bundle_id: str, patient_id: str) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "id": bundle_id, "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": patient_id}},
+        {"resource": {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": f"Patient/{patient_id}"}}},
+    ]}
+
+
+def test_documents_round_trip(store: SqliteStore) -> None:
+    document_id = document(store)
+    record = store.get_document(document_id)
+    assert record is not None and record.resource["meta"]["versionId"] == "1"
+    assert store.get_document_content(document_id) == b"%PDF-1.4 bytes"
+    assert store.get_document("nope") is None
+
+
+def test_enqueue_is_idempotent_while_a_job_is_pending(store: SqliteStore) -> None:
+    document_id = document(store)
+    assert store.enqueue_job(document_id).id == store.enqueue_job(document_id).id
+
+
+def test_a_dead_workers_job_is_taken_again_after_its_lease(store: SqliteStore) -> None:
+    job = store.enqueue_job(document(store))
+    claimed = store.claim_job("worker-a", lease_seconds=0.2, max_attempts=3)
+    assert claimed is not None and claimed.id == job.id and claimed.attempts == 1
+    assert store.claim_job("worker-b", lease_seconds=0.2, max_attempts=3) is None  # lease still held
+    time.sleep(0.3)  # worker-a died: no heartbeat
+    reclaimed = store.claim_job("worker-b", lease_seconds=5, max_attempts=3)
+    assert reclaimed is not None and reclaimed.id == job.id and reclaimed.attempts == 2
+    # the dead worker's late result is refused; the live one's is stored once
+    assert not store.complete_job(job.id, "worker-a", bundle("b1", "p1"))
+    assert not store.heartbeat(job.id, "worker-a", 5, "ocr", 1, 1)
+    assert store.complete_job(job.id, "worker-b", bundle("b1", "p1"))
+    assert store.get_job(job.id).status == "succeeded"  # type: ignore[union-attr]
+    found, total = store.search_resources("Bundle")
+    assert total == 1 and found[0].id == "b1"
+
+
+def test_completing_twice_versions_instead_of_duplicating(store: SqliteStore) -> None:
+    document_id = document(store)
+    for _ in range(2):
+        store.enqueue_job(document_id)
+        job = store.claim_job("w", 5, 3)
+        assert job is not None
+        store.complete_job(job.id, "w", bundle("same-bundle", "p1"))
+    found, total = store.search_resources("Observation", patient="p1")
+    assert total == 1 and found[0].version_id == 2
+
+
+def test_failures_retry_then_give_up(store: SqliteStore) -> None:
+    job = store.enqueue_job(document(store))
+    error = JobError(http_status=500, issue_code="exception", message="OCR failed on page 1")
+    for attempt in (1, 2):
+        claimed = store.claim_job("w", 5, max_attempts=2)
+        assert claimed is not None and claimed.attempts == attempt
+        failed = store.fail_job(job.id, "w", error, retry=True, max_attempts=2)
+        assert failed is not None
+    assert failed.status == "failed" and failed.error == error
+    assert store.claim_job("w", 5, max_attempts=2) is None
+
+
+def test_search_by_patient(store: SqliteStore) -> None:
+    document_id = document(store)
+    store.enqueue_job(document_id)
+    job = store.claim_job("w", 5, 3)
+    assert job is not None
+    store.complete_job(job.id, "w", bundle("b", "p9"))
+    assert store.search_resources("Observation", patient="p9")[1] == 1
+    assert store.search_resources("Observation", patient="other")[1] == 0
+    assert store.read_resource("Patient", "p9") is not None
