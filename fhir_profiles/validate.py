@@ -32,8 +32,17 @@ _REQUIRED_CODES: Final[dict[tuple[str, str], frozenset[str]]] = {
     ),
     ("DocumentReference", "status"): frozenset({"current", "superseded", "entered-in-error"}),
     ("Bundle", "type"): frozenset(
-        {"document", "message", "transaction", "transaction-response", "batch", "batch-response", "history",
-         "searchset", "collection"}
+        {
+            "document",
+            "message",
+            "transaction",
+            "transaction-response",
+            "batch",
+            "batch-response",
+            "history",
+            "searchset",
+            "collection",
+        }
     ),
 }
 _REQUIRED_CODINGS: Final[dict[tuple[str, str], tuple[str, frozenset[str]]]] = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import mimetypes
 import sys
 import uuid
 from pathlib import Path
@@ -55,7 +54,7 @@ def _extract(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"paperchart: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 2
-    content_type = args.content_type or _CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
+    content_type = args.content_type or _CONTENT_TYPES.get(path.suffix.lower())
     if content_type is None:
         print(f"paperchart: cannot tell the type of {path.name}; pass --content-type", file=sys.stderr)
         return 2

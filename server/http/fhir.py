@@ -11,12 +11,13 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any, Final
+from typing import Annotated, Any, Final
 from urllib.parse import urlencode
 
 import anyio.to_thread
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from fhir_profiles import FhirValidationError, operation_outcome, validate_resource
 from server.auth import Caller
@@ -84,12 +85,12 @@ class FhirController(Controller):
     path = "/fhir"
 
     @get("/metadata", sync_to_thread=False)
-    def metadata(self, services: Services) -> Response[bytes]:
+    def metadata(self, services: NamedDependency[Services]) -> Response[bytes]:
         return fhir_response(capability_statement(services.settings))
 
     @post("/DocumentReference", status_code=201)
     async def create_document_reference(
-        self, request: Request[Any, Any, Any], services: Services, caller: Caller
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
         body = await request.body()
         resource = _parse_json(body)
@@ -108,7 +109,9 @@ class FhirController(Controller):
             raise UnprocessableDocument(
                 "attachment.contentType is required", expression="DocumentReference.content[0].attachment.contentType"
             )
-        if not isinstance(data, str) or not data:
+        if data == "":
+            raise UnprocessableDocument("document is empty", expression="DocumentReference.content[0].attachment.data")
+        if not isinstance(data, str):
             raise UnprocessableDocument(
                 "attachment.data (base64) is required", expression="DocumentReference.content[0].attachment.data"
             )
@@ -140,7 +143,9 @@ class FhirController(Controller):
         return fhir_response(document, 201, {"Location": location, "ETag": 'W/"1"', "Last-Modified": record.created_at})
 
     @get("/DocumentReference/{document_id:str}")
-    async def read_document_reference(self, document_id: str, services: Services, caller: Caller) -> Response[bytes]:
+    async def read_document_reference(
+        self, document_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
+    ) -> Response[bytes]:
         record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
         if record is None:
             raise NotFound(f"DocumentReference/{document_id} is not known")
@@ -149,7 +154,9 @@ class FhirController(Controller):
         return fhir_response(document, headers={"ETag": f'W/"{record.version_id}"'})
 
     @get("/Binary/{document_id:str}")
-    async def read_binary(self, document_id: str, services: Services, caller: Caller) -> Response[bytes]:
+    async def read_binary(
+        self, document_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
+    ) -> Response[bytes]:
         record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
         content = await anyio.to_thread.run_sync(services.store.get_document_content, document_id)
         if record is None or content is None:
@@ -158,7 +165,11 @@ class FhirController(Controller):
 
     @post("/DocumentReference/{document_id:str}/$extract")
     async def extract(
-        self, request: Request[Any, Any, Any], document_id: str, services: Services, caller: Caller
+        self,
+        request: Request[Any, Any, Any],
+        document_id: FromPath[str],
+        services: NamedDependency[Services],
+        caller: NamedDependency[Caller],
     ) -> Response[bytes]:
         record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
         if record is None:
@@ -180,7 +191,9 @@ class FhirController(Controller):
         )
 
     @get("/_jobs/{job_id:str}")
-    async def job_status(self, job_id: str, services: Services, caller: Caller) -> Response[bytes]:
+    async def job_status(
+        self, job_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
+    ) -> Response[bytes]:
         job = await anyio.to_thread.run_sync(services.store.get_job, job_id)
         if job is None:
             raise NotFound(f"job {job_id} is not known")
@@ -211,7 +224,13 @@ class FhirController(Controller):
         )
 
     @get("/{resource_type:str}/{resource_id:str}")
-    async def read(self, resource_type: str, resource_id: str, services: Services, caller: Caller) -> Response[bytes]:
+    async def read(
+        self,
+        resource_type: FromPath[str],
+        resource_id: FromPath[str],
+        services: NamedDependency[Services],
+        caller: NamedDependency[Caller],
+    ) -> Response[bytes]:
         if resource_type not in SEARCHABLE_TYPES:
             raise NotFound(f"resource type {resource_type} is not supported")
         stored = await anyio.to_thread.run_sync(services.store.read_resource, resource_type, resource_id)
@@ -225,14 +244,14 @@ class FhirController(Controller):
     async def search(
         self,
         request: Request[Any, Any, Any],
-        resource_type: str,
-        services: Services,
-        caller: Caller,
-        patient: str | None = Parameter(query="patient", default=None),
-        subject: str | None = Parameter(query="subject", default=None),
-        id_: str | None = Parameter(query="_id", default=None),
-        count: int = Parameter(query="_count", default=50, ge=0, le=500),
-        offset: int = Parameter(query="_offset", default=0, ge=0),
+        resource_type: FromPath[str],
+        services: NamedDependency[Services],
+        caller: NamedDependency[Caller],
+        patient: FromQuery[str | None] = None,
+        subject: FromQuery[str | None] = None,
+        id_: Annotated[str | None, QueryParameter(name="_id")] = None,
+        count: Annotated[int, QueryParameter(name="_count", ge=0, le=500)] = 50,
+        offset: Annotated[int, QueryParameter(name="_offset", ge=0)] = 0,
     ) -> Response[bytes]:
         if resource_type not in SEARCHABLE_TYPES:
             raise NotFound(f"resource type {resource_type} is not supported")
@@ -257,7 +276,7 @@ class FhirController(Controller):
 
 def _searchset(
     services: Services,
-    resource_type: str,
+    resource_type: FromPath[str],
     request: Request[Any, Any, Any],
     found: list[StoredResource],
     total: int,

@@ -10,13 +10,14 @@ from typing import Any
 
 import anyio.to_thread
 from litestar import Response, get
+from litestar.di import NamedDependency
 
 from server import __version__
 from server.services import Services
 
 
 @get("/health")
-async def health(services: Services) -> Response[dict[str, Any]]:
+async def health(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
     store_ok = await anyio.to_thread.run_sync(services.store.health)
     ocr_ok = await anyio.to_thread.run_sync(services.pipeline.ocr_engine.ready)
     checks = {

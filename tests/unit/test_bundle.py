@@ -24,27 +24,55 @@ from fhir_profiles.extraction import (
     Vital,
 )
 
-EVIDENCE = Evidence(page=2, start=10, end=25, text="Metformin 500 mg", boxes=(Box(x0=0.1, y0=0.2, x1=0.3, y1=0.22),),
-                    ocr_confidence=0.97)
-CONTEXT = BundleContext(bundle_id="b-1", id_seed="job-1", document_reference_id="doc-1",
-                        fhir_base_url="http://example.test/fhir", recorded="2026-11-23T10:00:00.000Z",
-                        software="paperchart 0.1.0", ocr_engine="rapidocr-ppocr")
+EVIDENCE = Evidence(
+    page=2,
+    start=10,
+    end=25,
+    text="Metformin 500 mg",
+    boxes=(Box(x0=0.1, y0=0.2, x1=0.3, y1=0.22),),
+    ocr_confidence=0.97,
+)
+CONTEXT = BundleContext(
+    bundle_id="b-1",
+    id_seed="job-1",
+    document_reference_id="doc-1",
+    fhir_base_url="http://example.test/fhir",
+    recorded="2026-11-23T10:00:00.000Z",
+    software="paperchart 0.1.0",
+    ocr_engine="rapidocr-ppocr",
+)
 
 
 def extraction(**extra: Any) -> Extraction:
     return Extraction(
         document_type="clinic-letter",
-        patient=PatientFacts(name=TextFact(value="Jane Smith", evidence=EVIDENCE), given=("Jane",), family="Smith",
-                             birth_date=TextFact(value="1956-03-14"), sex=TextFact(value="female"),
-                             identifiers=(Identifier(kind="nhs", value="9434765919"),
-                                          Identifier(kind="mrn", value="MRN1234567"))),
-        diagnoses=(Diagnosis(text="Essential hypertension", evidence=EVIDENCE),
-                   Diagnosis(text="chest pain", assertion="negated")),
-        medications=(Medication(name="Metformin", text="Metformin 500 mg PO BID", dose_value=500, dose_unit="mg",
-                                route="oral", timing=Timing(frequency=2, period=1, period_unit="d", code="BID"),
-                                evidence=EVIDENCE),),
-        vitals=(Vital(kind="blood_pressure", value=142, diastolic=88, unit="mm[Hg]"),
-                Vital(kind="heart_rate", value=72, unit="/min")),
+        patient=PatientFacts(
+            name=TextFact(value="Jane Smith", evidence=EVIDENCE),
+            given=("Jane",),
+            family="Smith",
+            birth_date=TextFact(value="1956-03-14"),
+            sex=TextFact(value="female"),
+            identifiers=(Identifier(kind="nhs", value="9434765919"), Identifier(kind="mrn", value="MRN1234567")),
+        ),
+        diagnoses=(
+            Diagnosis(text="Essential hypertension", evidence=EVIDENCE),
+            Diagnosis(text="chest pain", assertion="negated"),
+        ),
+        medications=(
+            Medication(
+                name="Metformin",
+                text="Metformin 500 mg PO BID",
+                dose_value=500,
+                dose_unit="mg",
+                route="oral",
+                timing=Timing(frequency=2, period=1, period_unit="d", code="BID"),
+                evidence=EVIDENCE,
+            ),
+        ),
+        vitals=(
+            Vital(kind="blood_pressure", value=142, diastolic=88, unit="mm[Hg]"),
+            Vital(kind="heart_rate", value=72, unit="/min"),
+        ),
         labs=(LabResult(test="Haemoglobin", value=112, unit="g/L", unit_text="g/L", low=130, high=180, flag="L"),),
         **extra,
     )
@@ -84,10 +112,17 @@ def test_medication_dosage() -> None:
     dosage = statement["dosage"][0]
     assert statement["medicationCodeableConcept"]["text"] == "Metformin"
     assert dosage["timing"]["repeat"] == {"frequency": 2, "period": 1.0, "periodUnit": "d"}
-    assert dosage["route"]["coding"][0] == {"system": "http://snomed.info/sct", "code": "26643006",
-                                            "display": "Oral route"}
-    assert dosage["doseAndRate"][0]["doseQuantity"] == {"value": 500, "unit": "mg",
-                                                        "system": "http://unitsofmeasure.org", "code": "mg"}
+    assert dosage["route"]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": "26643006",
+        "display": "Oral route",
+    }
+    assert dosage["doseAndRate"][0]["doseQuantity"] == {
+        "value": 500,
+        "unit": "mg",
+        "system": "http://unitsofmeasure.org",
+        "code": "mg",
+    }
 
 
 def test_observations_vitals_and_labs() -> None:
@@ -108,8 +143,11 @@ def test_every_resource_has_a_provenance_pointing_at_the_page() -> None:
     bundle = build_bundle(extraction(), CONTEXT)
     provenances = by_type(bundle, "Provenance")
     targets = {p["target"][0]["reference"] for p in provenances}
-    others = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]
-              if e["resource"]["resourceType"] != "Provenance"}
+    others = {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}"
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] != "Provenance"
+    }
     assert targets == others
     medication = by_type(bundle, "MedicationStatement")[0]
     provenance = next(p for p in provenances if p["target"][0]["reference"].endswith(medication["id"]))
@@ -131,8 +169,11 @@ def test_ids_are_stable_for_a_job_so_reruns_replace() -> None:
 def test_review_flag_is_a_tag_and_makes_observations_preliminary() -> None:
     flagged = extraction(review_reasons=(ReviewReason(code="low-ocr-confidence", message="..."),))
     bundle = build_bundle(flagged, CONTEXT)
-    assert bundle["meta"]["tag"][0] == {"system": REVIEW_TAG_SYSTEM, "code": "requires-review",
-                                        "display": "Requires human review"}
+    assert bundle["meta"]["tag"][0] == {
+        "system": REVIEW_TAG_SYSTEM,
+        "code": "requires-review",
+        "display": "Requires human review",
+    }
     assert {o["status"] for o in by_type(bundle, "Observation")} == {"preliminary"}
     clean = build_bundle(extraction(), CONTEXT)
     assert {o["status"] for o in by_type(clean, "Observation")} == {"final"}
@@ -147,8 +188,16 @@ def test_invalid_fhir_is_refused() -> None:
     with pytest.raises(FhirValidationError, match="code"):
         validate_resource({"resourceType": "Observation", "status": "final"})
     with pytest.raises(FhirValidationError, match="verificationStatus"):
-        validate_resource({"resourceType": "Condition", "subject": {"reference": "Patient/1"},
-                           "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
-                                                              "condition-ver-status", "code": "maybe"}]}})
+        validate_resource(
+            {
+                "resourceType": "Condition",
+                "subject": {"reference": "Patient/1"},
+                "verificationStatus": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "maybe"}
+                    ]
+                },
+            }
+        )
     with pytest.raises(FhirValidationError):
         validate_resource({"resourceType": "NotAThing"})

@@ -20,8 +20,9 @@ def test_defaults_are_the_embedded_setup() -> None:
 
 
 def test_environment_is_typed() -> None:
-    settings = load_settings({"PAPERCHART_DATA_DIR": "/srv/pc", "PAPERCHART_PORT": "9000",
-                              "PAPERCHART_OCR_CONFIDENCE_THRESHOLD": "0.8"})
+    settings = load_settings(
+        {"PAPERCHART_DATA_DIR": "/srv/pc", "PAPERCHART_PORT": "9000", "PAPERCHART_OCR_CONFIDENCE_THRESHOLD": "0.8"}
+    )
     assert settings.data_dir == Path("/srv/pc")
     assert settings.port == 9000 and settings.fhir_base_url == "http://127.0.0.1:9000/fhir"
     assert settings.ocr_confidence_threshold == 0.8

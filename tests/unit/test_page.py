@@ -21,8 +21,10 @@ def test_words_on_a_skewed_page_stay_on_their_lines() -> None:
 
 
 def test_evidence_maps_a_text_span_to_normalized_boxes() -> None:
-    words = [Word(text="BP", bbox=(100, 200, 140, 220), confidence=0.9),
-             Word(text="120/80", bbox=(150, 200, 250, 220), confidence=0.6)]
+    words = [
+        Word(text="BP", bbox=(100, 200, 140, 220), confidence=0.9),
+        Word(text="120/80", bbox=(150, 200, 250, 220), confidence=0.6),
+    ]
     page = compose_page(2, 1000, 2000, "ocr", words)
     start = page.text.index("120/80")
     evidence = page.evidence(start, start + 6)

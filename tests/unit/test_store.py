@@ -17,17 +17,32 @@ def store(tmp_path: Path) -> SqliteStore:
 
 
 def document(store: SqliteStore) -> str:
-    resource = {"resourceType": "DocumentReference", "status": "current",
-                "content": [{"attachment": {"contentType": "application/pdf"}}]}
+    resource = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "content": [{"attachment": {"contentType": "application/pdf"}}],
+    }
     return store.create_document(resource, b"%PDF-1.4 bytes", "application/pdf", 1).id
 
 
 def bundle(bundle_id: str, patient_id: str) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "id": bundle_id, "type": "collection", "entry": [
-        {"resource": {"resourceType": "Patient", "id": patient_id}},
-        {"resource": {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
-                      "subject": {"reference": f"Patient/{patient_id}"}}},
-    ]}
+    return {
+        "resourceType": "Bundle",
+        "id": bundle_id,
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": patient_id}},
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "o1",
+                    "status": "final",
+                    "code": {"text": "x"},
+                    "subject": {"reference": f"Patient/{patient_id}"},
+                }
+            },
+        ],
+    }
 
 
 def test_documents_round_trip(store: SqliteStore) -> None:

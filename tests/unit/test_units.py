@@ -9,9 +9,21 @@ from terminology import find_lab_test, normalize_unit
 
 @pytest.mark.parametrize(
     ("written", "ucum"),
-    [("mgs", "mg"), ("mcg", "ug"), ("µg", "ug"), ("mmHg", "mm[Hg]"), ("x10^9/L", "10*9/L"), ("x10~9/L", "10*9/L"),
-     ("10*9/l", "10*9/L"), ("umol/L", "umol/L"), ("mU/L", "m[IU]/L"), ("bpm", "/min"), ("C", "Cel"),
-     ("furlongs", None), ("", None)],
+    [
+        ("mgs", "mg"),
+        ("mcg", "ug"),
+        ("µg", "ug"),
+        ("mmHg", "mm[Hg]"),
+        ("x10^9/L", "10*9/L"),
+        ("x10~9/L", "10*9/L"),
+        ("10*9/l", "10*9/L"),
+        ("umol/L", "umol/L"),
+        ("mU/L", "m[IU]/L"),
+        ("bpm", "/min"),
+        ("C", "Cel"),
+        ("furlongs", None),
+        ("", None),
+    ],
 )
 def test_normalize_unit(written: str, ucum: str | None) -> None:
     assert normalize_unit(written) == ucum

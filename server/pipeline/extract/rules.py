@@ -565,7 +565,9 @@ def _vitals(lines: Sequence[_Line]) -> list[Vital]:
 
 _LAB_VALUE = re.compile(
     r"^\s*[:\-]?\s*(?P<cmp><=|>=|<|>)?\s*(?P<value>\d+(?:\.\d+)?)(?!\d)"
-    r"(?:\s*(?P<unit>(?:x|\u00d7)\s*10\s*\S*|[A-Za-zµμ%/][^\s]*))?"
+    # the unit: anything in the unit column that is not the range; an OCR-garbled unit is kept
+    # (and later flagged as unrecognised) rather than losing the value
+    r"(?:\s*(?P<unit>(?:x|\u00d7)\s*10\s*\S*|[A-Za-zµμ%/][^\s]*|(?!\d+(?:\.\d+)?\s*[-\u2013])\S+))?"
     r"(?:\s+(?:(?P<low>\d+(?:\.\d+)?)\s*[-\u2013]\s*(?P<high>\d+(?:\.\d+)?)|<\s*(?P<upper>\d+(?:\.\d+)?)))?"
     r"(?:\s+(?P<flag>HH|LL|H|L|High|Low|\*{1,2}))?\s*$",
     re.IGNORECASE,

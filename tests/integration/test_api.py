@@ -1,0 +1,242 @@
+"""The real app (Litestar test client, real SQLite, real OCR): documents in, FHIR out."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pypdfium2 as pdfium
+import pytest
+from litestar.testing import TestClient
+
+from server.app import create_app
+from server.config import Settings
+from terminology.sqlite_driver import connect
+from tests.conftest import document_reference, rendered
+from tests.fixtures.generate import DocumentTruth, ScanEffects
+from tests.unit.test_inspect import make_pdf, png_bomb
+
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient[Any]]:
+    with TestClient(app=create_app(settings)) as test_client:
+        yield test_client
+
+
+def upload(client: TestClient[Any], content: bytes, content_type: str) -> dict[str, Any]:
+    response = client.post(
+        "/fhir/DocumentReference", content=json.dumps(document_reference(content, content_type)), headers=FHIR_JSON
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def entries(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == resource_type]
+
+
+def poll(client: TestClient[Any], url: str, limit: float = 120) -> Any:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        response = client.get(url)
+        if response.status_code != 202:
+            return response
+        assert response.headers["X-Progress"]
+        time.sleep(0.2)
+    raise AssertionError("job did not finish")
+
+
+def assert_matches_truth(bundle: dict[str, Any], truth: DocumentTruth) -> None:
+    patient = entries(bundle, "Patient")[0]
+    assert patient["name"][0]["text"] == truth.patient.name
+    assert patient["birthDate"] == truth.patient.birth_date
+    assert patient["gender"] == truth.patient.sex
+    assert {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": truth.patient.nhs_number} in patient["identifier"]
+    statements = {m["medicationCodeableConcept"]["text"]: m for m in entries(bundle, "MedicationStatement")}
+    for medication in truth.medications:
+        dose = statements[medication.name]["dosage"][0]["doseAndRate"][0]["doseQuantity"]
+        assert dose["value"] == medication.dose
+    observations = entries(bundle, "Observation")
+    for lab in truth.labs:
+        observation = next(o for o in observations if o["code"]["text"] == lab.test)
+        assert observation["valueQuantity"]["value"] == lab.value
+        assert observation["interpretation"][0]["coding"][0]["code"] == lab.flag
+
+
+def test_born_digital_pdf_sync_extract_returns_the_right_facts(client: TestClient[Any]) -> None:
+    document = rendered("clinic_note", seed=11)
+    stored = upload(client, document.pdf, "application/pdf")
+    assert stored["meta"]["versionId"] == "1" and stored["id"]
+    assert stored["content"][0]["attachment"]["size"] == len(document.pdf)
+    assert "data" not in stored["content"][0]["attachment"]
+
+    response = client.post(f"/fhir/DocumentReference/{stored['id']}/$extract", headers={"Prefer": "respond-sync"})
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
+    assert_matches_truth(bundle, document.truth)
+    vitals = {o["code"]["coding"][0]["code"]: o for o in entries(bundle, "Observation")}
+    truth_vitals = {v.kind: v for v in document.truth.vitals}
+    bp = {c["code"]["coding"][0]["code"]: c["valueQuantity"] for c in vitals["85354-9"]["component"]}
+    assert bp["8480-6"]["value"] == truth_vitals["blood_pressure"].value
+    assert bp["8462-4"] == {
+        "value": truth_vitals["blood_pressure"].diastolic,
+        "unit": "mm[Hg]",
+        "system": "http://unitsofmeasure.org",
+        "code": "mm[Hg]",
+    }
+    assert vitals["8867-4"]["valueQuantity"]["value"] == truth_vitals["heart_rate"].value
+    conditions = {c["code"]["text"].lower(): c for c in entries(bundle, "Condition")}
+    for diagnosis in document.truth.diagnoses:
+        status = conditions[diagnosis.text.lower()]["verificationStatus"]["coding"][0]["code"]
+        assert status == ("refuted" if diagnosis.assertion == "negated" else "confirmed")
+
+
+@pytest.mark.slow
+def test_scanned_lab_report_async_extract_and_reads(client: TestClient[Any]) -> None:
+    document = rendered("lab_report", seed=3, effects=ScanEffects(noise=0.01, blur=0.6, rotation=1.5))
+    stored = upload(client, document.png_pages[0], "image/png")
+    response = client.post(f"/fhir/DocumentReference/{stored['id']}/$extract")
+    assert response.status_code == 202
+    status_url = response.headers["Content-Location"]
+    assert status_url.startswith("http://127.0.0.1:8080/fhir/_jobs/")
+    result = poll(client, status_url.removeprefix("http://127.0.0.1:8080"))
+    assert result.status_code == 200, result.text
+    bundle = result.json()
+    assert_matches_truth(bundle, document.truth)
+
+    # every resource can be read back, and searched by patient
+    patient_id = entries(bundle, "Patient")[0]["id"]
+    assert client.get(f"/fhir/Bundle/{bundle['id']}").json()["id"] == bundle["id"]
+    assert client.get(f"/fhir/Patient/{patient_id}").json()["name"][0]["text"] == document.truth.patient.name
+    search = client.get("/fhir/Observation", params={"patient": patient_id}).json()
+    assert search["type"] == "searchset" and search["total"] == len(document.truth.labs)
+    assert all(e["search"]["mode"] == "match" for e in search["entry"])
+    # provenance points at the uploaded document, page 1, with boxes
+    provenance = entries(bundle, "Provenance")[1]
+    assert provenance["entity"][0]["what"]["reference"] == f"DocumentReference/{stored['id']}"
+    assert "rapidocr" in provenance["agent"][0]["who"]["display"]
+    # the stored bytes come back as the Binary
+    binary = client.get(stored["content"][0]["attachment"]["url"].join(["/fhir/", ""]))
+    assert binary.content == document.png_pages[0] and binary.headers["content-type"] == "image/png"
+
+
+def test_searches_by_patient_across_types(client: TestClient[Any]) -> None:
+    document = rendered("discharge_summary", seed=5)
+    stored = upload(client, document.pdf, "application/pdf")
+    bundle = client.post(f"/fhir/DocumentReference/{stored['id']}/$extract", headers={"Prefer": "respond-sync"}).json()
+    patient_id = entries(bundle, "Patient")[0]["id"]
+    for resource_type in ("Condition", "MedicationStatement", "Observation"):
+        search = client.get(f"/fhir/{resource_type}", params={"patient": f"Patient/{patient_id}"}).json()
+        assert search["total"] == len(entries(bundle, resource_type)) > 0
+    paged = client.get("/fhir/MedicationStatement", params={"patient": patient_id, "_count": 1}).json()
+    assert len(paged["entry"]) == 1 and any(link["relation"] == "next" for link in paged["link"])
+    assert client.get("/fhir/Condition", params={"patient": "someone-else"}).json()["total"] == 0
+
+
+def test_capability_statement_and_health(client: TestClient[Any]) -> None:
+    statement = client.get("/fhir/metadata").json()
+    assert statement["resourceType"] == "CapabilityStatement"
+    assert statement["fhirVersion"] == "4.0.1" and "json" in statement["format"]
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert {i["code"] for i in resources["DocumentReference"]["interaction"]} == {"create", "read"}
+    assert resources["DocumentReference"]["operation"][0]["name"] == "extract"
+    assert {"Patient", "Observation", "Condition", "MedicationStatement", "Bundle"} <= set(resources)
+    health = client.get("/health")
+    assert health.status_code == 200 and health.headers["content-type"].startswith("application/health+json")
+    checks = health.json()["checks"]
+    assert {name: c[0]["status"] for name, c in checks.items()} == {"store": "pass", "ocr": "pass", "extractor": "pass"}
+
+
+def _empty_pdf() -> bytes:
+    buffer = io.BytesIO()
+    pdfium.PdfDocument.new().save(buffer)
+    return buffer.getvalue()
+
+
+PHI_NAME = "Zebedee Quartermaine"
+
+
+def _reference(content_type: str, data: str) -> dict[str, Any]:
+    return {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "description": f"Letter for {PHI_NAME}",
+        "content": [{"attachment": {"contentType": content_type, "data": data}}],
+    }
+
+
+def _b64(content: bytes) -> str:
+    return base64.b64encode(content).decode()
+
+
+BAD_UPLOADS: list[tuple[str, bytes | dict[str, Any], int, str]] = [
+    ("not json", b"{not json", 400, "not valid JSON"),
+    ("json array", b"[1, 2]", 400, "JSON object"),
+    ("wrong resourceType", {"resourceType": "Patient", "name": [{"text": PHI_NAME}]}, 400, "DocumentReference"),
+    ("no attachment", {"resourceType": "DocumentReference", "status": "current", "content": []}, 422, "attachment"),
+    (
+        "no contentType",
+        {
+            "resourceType": "DocumentReference",
+            "status": "current",
+            "content": [{"attachment": {"data": _b64(b"%PDF-")}}],
+        },
+        422,
+        "contentType",
+    ),
+    ("bad base64", _reference("application/pdf", "%%%not-base64%%%"), 400, "base64"),
+    ("type lies", _reference("application/pdf", _b64(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)), 422, "image/png"),
+    ("empty data", _reference("application/pdf", ""), 422, "empty"),
+    ("pdf without pages", _reference("application/pdf", _b64(_empty_pdf())), 422, "PDF"),
+    ("encrypted pdf", _reference("application/pdf", _b64(make_pdf(password="pw"))), 422, "encrypted"),
+    ("corrupt pdf", _reference("application/pdf", _b64(make_pdf()[:300])), 422, "corrupt"),
+    ("too many pages", _reference("application/pdf", _b64(make_pdf(4))), 413, "limit is 3"),
+    ("decompression bomb", _reference("image/png", _b64(png_bomb(60_000, 60_000))), 413, "decompression bomb"),
+    ("unsupported type", _reference("text/html", _b64(b"<html>")), 415, "not supported"),
+    ("invalid FHIR", {**_reference("application/pdf", _b64(make_pdf())), "status": "sometimes"}, 400, "valid FHIR"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "words"), BAD_UPLOADS, ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_uploads_get_a_clear_outcome_and_store_nothing(
+    tmp_path: Any, settings: Settings, case: str, body: bytes | dict[str, Any], status: int, words: str
+) -> None:
+    limited = type(settings)(**{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "max_pages": 3})
+    with TestClient(app=create_app(limited)) as client:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        response = client.post("/fhir/DocumentReference", content=content, headers=FHIR_JSON)
+    assert response.status_code == status, response.text
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert words in outcome["issue"][0]["details"]["text"]
+    assert "Traceback" not in response.text and PHI_NAME not in response.text
+    db = connect(limited.database_path)
+    assert db.execute("SELECT COUNT(*) FROM documents").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM document_content").fetchone()[0] == 0
+
+
+def test_oversized_upload_is_413(settings: Settings) -> None:
+    small = type(settings)(
+        **{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "max_upload_bytes": 10_000}
+    )
+    with TestClient(app=create_app(small)) as client:
+        big = document_reference(b"%PDF-1.4" + b"0" * 200_000, "application/pdf")
+        response = client.post("/fhir/DocumentReference", content=json.dumps(big), headers=FHIR_JSON)
+    assert response.status_code == 413
+    assert response.json()["issue"][0]["code"] == "too-costly"
+
+
+def test_unknown_things_are_404_outcomes(client: TestClient[Any]) -> None:
+    for url in ("/fhir/_jobs/nope", "/fhir/Patient/nope", "/fhir/DocumentReference/nope", "/fhir/Nonsense/1"):
+        response = client.get(url)
+        assert response.status_code == 404 and response.json()["resourceType"] == "OperationOutcome"
+    response = client.post("/fhir/DocumentReference/nope/$extract")
+    assert response.status_code == 404
+    assert client.get("/fhir/Observation", params={"code": "x"}).status_code == 400

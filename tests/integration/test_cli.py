@@ -1,0 +1,62 @@
+"""``paperchart extract FILE`` prints a FHIR Bundle, and fails clearly on bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import rendered
+
+PAPERCHART = [sys.executable, "-m", "server.cli"]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PAPERCHART, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False)
+
+
+def test_extract_born_digital_pdf(tmp_path: Path) -> None:
+    document = rendered("medication_list", seed=4)
+    path = tmp_path / "meds.pdf"
+    path.write_bytes(document.pdf)
+    result = run("extract", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    bundle = json.loads(result.stdout)
+    assert bundle["resourceType"] == "Bundle"
+    resources = [e["resource"] for e in bundle["entry"]]
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    assert patient["name"][0]["text"] == document.truth.patient.name
+    names = {r["medicationCodeableConcept"]["text"] for r in resources if r["resourceType"] == "MedicationStatement"}
+    assert names == {m.name for m in document.truth.medications}
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+@pytest.mark.slow
+def test_extract_scanned_image(tmp_path: Path) -> None:
+    document = rendered("clinic_note", seed=8)
+    path = tmp_path / "note.png"
+    path.write_bytes(document.png_pages[0])
+    result = run("extract", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    resources = [e["resource"] for e in json.loads(result.stdout)["entry"]]
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    assert patient["birthDate"] == document.truth.patient.birth_date
+    provenance = next(r for r in resources if r["resourceType"] == "Provenance")
+    assert "rapidocr" in provenance["agent"][0]["who"]["display"]
+
+
+def test_bad_files_fail_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    corrupt = tmp_path / "broken.pdf"
+    corrupt.write_bytes(b"%PDF-1.4 this is not really a pdf")
+    result = run("extract", str(corrupt), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "corrupt" in result.stderr and "Traceback" not in result.stderr
+    missing = run("extract", str(tmp_path / "missing.pdf"), cwd=tmp_path)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    unknown = tmp_path / "notes.xyz"
+    unknown.write_bytes(b"hello")
+    result = run("extract", str(unknown), cwd=tmp_path)
+    assert result.returncode == 2 and "--content-type" in result.stderr
