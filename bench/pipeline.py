@@ -23,19 +23,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fhir_profiles import BundleContext  # noqa: E402
-from server.config import load_settings  # noqa: E402
-from server.pipeline import software_name  # noqa: E402
-from server.services import build_pipeline  # noqa: E402
-from tests.fixtures.generate import KINDS, RenderedDocument, ScanEffects, render_document  # noqa: E402
+from fhir_profiles import BundleContext
+from server.config import load_settings
+from server.pipeline import software_name
+from server.services import build_pipeline
+from tests.fixtures.generate import KINDS, RenderedDocument, ScanEffects, render_document
 
 SCAN = ScanEffects(dpi=200, noise=0.004, blur=0.5, rotation=1.0)
 
 
 def context() -> BundleContext:
-    return BundleContext(bundle_id=str(uuid.uuid4()), id_seed=str(uuid.uuid4()), document_reference_id="bench",
-                         fhir_base_url="http://127.0.0.1:8080/fhir", recorded="2026-11-23T00:00:00Z",
-                         software=software_name())
+    return BundleContext(
+        bundle_id=str(uuid.uuid4()),
+        id_seed=str(uuid.uuid4()),
+        document_reference_id="bench",
+        fhir_base_url="http://127.0.0.1:8080/fhir",
+        recorded="2026-11-23T00:00:00Z",
+        software=software_name(),
+    )
 
 
 def run_corpus(documents: list[RenderedDocument], scanned: bool) -> tuple[int, float, dict[str, float]]:
@@ -81,8 +86,10 @@ def main() -> None:
     tesseract = run_tesseract(documents)
 
     ours = scanned_pages / scanned_seconds * 60
-    rows = [("scanned PDF, full pipeline (paperchart)", scanned_pages, ours),
-            ("born-digital PDF, full pipeline (paperchart)", digital_pages, digital_pages / digital_seconds * 60)]
+    rows = [
+        ("scanned PDF, full pipeline (paperchart)", scanned_pages, ours),
+        ("born-digital PDF, full pipeline (paperchart)", digital_pages, digital_pages / digital_seconds * 60),
+    ]
     out = io.StringIO()
     out.write(f"{'corpus':<48} {'pages':>6} {'pages/min':>10}\n")
     for name, pages, rate in rows:

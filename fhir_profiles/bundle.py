@@ -17,6 +17,7 @@ import msgspec
 
 from fhir_profiles.extraction import Diagnosis, Evidence, Extraction, LabResult, Medication, Vital
 from fhir_profiles.validate import validate_resource
+from terminology.labs import DIASTOLIC, SYSTOLIC, VITAL_CODES
 from terminology.units import UCUM_SYSTEM
 
 Resource = dict[str, Any]
@@ -36,19 +37,7 @@ OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation
 INTERPRETATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 PROVENANCE_AGENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
-# FHIR R4 vital-signs profile codes (http://hl7.org/fhir/R4/observation-vitalsigns.html).
-VITAL_CODES: Final[dict[str, tuple[str, str]]] = {
-    "blood_pressure": ("85354-9", "Blood pressure panel with all children optional"),
-    "heart_rate": ("8867-4", "Heart rate"),
-    "respiratory_rate": ("9279-1", "Respiratory rate"),
-    "body_temperature": ("8310-5", "Body temperature"),
-    "oxygen_saturation": ("2708-6", "Oxygen saturation in Arterial blood"),
-    "body_weight": ("29463-7", "Body weight"),
-    "body_height": ("8302-2", "Body height"),
-    "bmi": ("39156-5", "Body mass index (BMI) [Ratio]"),
-}
-SYSTOLIC: Final = ("8480-6", "Systolic blood pressure")
-DIASTOLIC: Final = ("8462-4", "Diastolic blood pressure")
+
 # SNOMED CT route of administration qualifier values.
 ROUTE_CODES: Final[dict[str, tuple[str, str]]] = {
     "oral": ("26643006", "Oral route"),

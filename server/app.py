@@ -23,8 +23,9 @@ from server.http.errors import (
 )
 from server.http.fhir import FhirController
 from server.http.health import health
+from server.http.terminology import TerminologyController
 from server.jobs import JobRunner
-from server.services import Services, build_pipeline, build_store
+from server.services import Services, build_pipeline, build_store, build_terminology
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         store = build_store(settings)
-        pipeline = build_pipeline(settings)
+        terminology = build_terminology(settings)
+        pipeline = build_pipeline(settings, terminology)
         jobs = JobRunner(settings, store, pipeline)
-        app.state.services = Services(settings=settings, store=store, pipeline=pipeline, jobs=jobs)
+        app.state.services = Services(
+            settings=settings, store=store, pipeline=pipeline, jobs=jobs, terminology=terminology
+        )
         jobs.start()
         logger.info("paperchart ready: FHIR base %s, data in %s", settings.fhir_base_url, settings.data_dir)
         try:
@@ -50,6 +54,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await jobs.stop()
             store.close()
+            if terminology is not None:
+                terminology.close()
 
     # base64 inflates by 4/3; allow the JSON around it too
     max_body = settings.max_upload_bytes * 4 // 3 + 1024 * 1024
@@ -60,7 +66,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         Exception: unexpected_error_handler,
     }
     return Litestar(
-        route_handlers=[FhirController, health],
+        route_handlers=[TerminologyController, FhirController, health],
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False), "caller": Provide(resolve_caller)},
         exception_handlers=handlers,

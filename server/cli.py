@@ -8,9 +8,14 @@ import logging
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
-from server.config import load_settings
-from server.errors import PaperchartError
+import msgspec
+
+from server.config import Settings, load_settings
+from server.errors import ConfigurationError, PaperchartError
+from terminology import TerminologyImportError, TerminologyService
+from terminology.importers import FORMATS
 
 _CONTENT_TYPES = {
     ".pdf": "application/pdf",
@@ -20,6 +25,54 @@ _CONTENT_TYPES = {
     ".tif": "image/tiff",
     ".tiff": "image/tiff",
 }
+
+
+class _ProgressBars:
+    """tqdm bars on stderr, one per phase (import, embed); quiet when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._bars: dict[str, object] = {}
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        bar: Any = self._bars.get(phase)
+        if bar is None:
+            bar = self._tqdm(
+                total=total or None, desc=phase, unit="term" if phase == "embed" else "concept", file=sys.stderr
+            )
+            self._bars[phase] = bar
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()  # type: ignore[attr-defined]
+
+
+def _build_builtin_terminology(settings: Settings, *, fresh: bool = True) -> None:
+    from server.services import build_embedder
+    from terminology.index import build_index, builtin_importers
+
+    embedder = build_embedder(settings)
+    if embedder is None:
+        raise ConfigurationError("building the terminology index needs PAPERCHART_SEMANTIC_SEARCH=true")
+    print(
+        f"paperchart: building the built-in terminology index at {settings.terminology_index_path} "
+        "(ICD-10-CM, SNOMED CT GPS, LOINC subset, UCUM; a few minutes on 2 cores)",
+        file=sys.stderr,
+        flush=True,
+    )
+    bars = _ProgressBars()
+    try:
+        counts = build_index(settings.terminology_index_path, embedder, builtin_importers(), fresh=fresh, progress=bars)
+    finally:
+        bars.close()
+    for name, count in counts.items():
+        print(f"  {name}: {count} concepts", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -34,6 +87,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     settings = load_settings(None, **overrides)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.build_terminology and settings.semantic_search and not settings.terminology_index_path.exists():
+        _build_builtin_terminology(settings)
     print(f"paperchart: serving FHIR at {settings.fhir_base_url} (data in {settings.data_dir.resolve()})", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     return 0
@@ -87,6 +142,75 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminology_build(args: argparse.Namespace) -> int:
+    _build_builtin_terminology(load_settings())
+    return 0
+
+
+def _terminology_import(args: argparse.Namespace) -> int:
+    from server.services import build_embedder
+    from terminology.importers import create_importer
+    from terminology.index import build_index
+
+    settings = load_settings()
+    embedder = build_embedder(settings)
+    if embedder is None:
+        raise ConfigurationError("importing needs PAPERCHART_SEMANTIC_SEARCH=true (designations are embedded)")
+    bars = _ProgressBars()
+    try:
+        counts = build_index(
+            settings.terminology_index_path, embedder, [create_importer(args.format, args.path)], progress=bars
+        )
+    finally:
+        bars.close()
+    for name, count in counts.items():
+        print(f"imported {name}: {count} concepts")
+    return 0
+
+
+def _open_terminology() -> TerminologyService:
+    from server.services import build_terminology
+
+    service = build_terminology(load_settings())
+    if service is None:
+        raise ConfigurationError("no terminology index yet; run: paperchart terminology build")
+    return service
+
+
+def _terminology_lookup(args: argparse.Namespace) -> int:
+    from terminology import resolve_system
+
+    service = _open_terminology()
+    candidates = service.lookup(
+        args.text,
+        systems=[resolve_system(s) for s in args.system],
+        semantic_types=args.semantic_types,
+        limit=args.limit,
+        mode=args.mode,
+    )
+    if args.json:
+        print(json.dumps([msgspec.to_builtins(c) for c in candidates], indent=2))
+        return 0
+    for rank, c in enumerate(candidates, start=1):
+        print(
+            f"{rank}. {c.code:<12} {c.display}  [{c.system.rsplit('/', 1)[-1]}; matched {c.matched!r}; "
+            f"score {c.score:.4f}]"
+        )
+    if not candidates:
+        print("no match")
+    return 0
+
+
+def _terminology_info(args: argparse.Namespace) -> int:
+    for summary in _open_terminology().code_systems():
+        info = summary.info
+        print(
+            f"{info.name} ({info.system}), version {info.version}: {summary.concepts} concepts\n"
+            f"  source: {info.source}\n  licence: {info.licence}\n  imported: {summary.imported_at}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paperchart", description="Clinical documents in, coded FHIR R4 out.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,7 +218,38 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the HTTP server (FHIR API under /fhir)")
     serve.add_argument("--host", help="address to bind (default PAPERCHART_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default PAPERCHART_PORT or 8080)")
+    serve.add_argument(
+        "--no-build-terminology",
+        dest="build_terminology",
+        action="store_false",
+        help="do not build the terminology index on first start",
+    )
     serve.set_defaults(handler=_serve)
+
+    terminology = commands.add_parser("terminology", help="build, import, search and describe code systems")
+    actions = terminology.add_subparsers(dest="action", required=True)
+    build = actions.add_parser("build", help="(re)build the index of built-in code systems")
+    build.set_defaults(handler=_terminology_build)
+    import_ = actions.add_parser("import", help="import a code system from the user's own release files")
+    import_.add_argument("--format", required=True, choices=FORMATS)
+    import_.add_argument("path", type=Path)
+    import_.set_defaults(handler=_terminology_import)
+    lookup = actions.add_parser("lookup", help="find codes for a phrase")
+    lookup.add_argument("text")
+    lookup.add_argument("--system", action="append", default=[], help="icd10cm, snomed, loinc, rxnorm, ucum or a URI")
+    lookup.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        dest="semantic_types",
+        help="semantic type filter: disorder, finding, drug, substance, lab-test, unit...",
+    )
+    lookup.add_argument("--limit", type=int, default=5)
+    lookup.add_argument("--mode", choices=("hybrid", "lexical", "semantic"), default="hybrid")
+    lookup.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    lookup.set_defaults(handler=_terminology_lookup)
+    info = actions.add_parser("info", help="code systems in the index, with versions, sources and licences")
+    info.set_defaults(handler=_terminology_info)
 
     extract = commands.add_parser("extract", help="extract a PDF or image and print a FHIR Bundle (JSON)")
     extract.add_argument("file", type=Path)
@@ -107,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args))
     except PaperchartError as exc:
         print(f"paperchart: {exc.message}", file=sys.stderr)
+        return 1
+    except TerminologyImportError as exc:
+        print(f"paperchart: cannot import {exc}; the existing index is unchanged", file=sys.stderr)
         return 1
 
 

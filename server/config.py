@@ -39,6 +39,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     job_poll_seconds: float = 0.5
     sync_wait_seconds: float = 120.0
 
+    # Terminology index (built by `paperchart terminology build`); semantic search loads torch.
+    terminology_path: Path | None = None
+    semantic_search: bool = True
+
     log_level: str = "INFO"
 
     @property
@@ -49,9 +53,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def database_path(self) -> Path:
         return self.data_dir / "paperchart.db"
 
+    @property
+    def terminology_index_path(self) -> Path:
+        return self.terminology_path or self.data_dir / "terminology.db"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
 
 def _decode_path(type_: type, value: object) -> object:
-    if type_ is Path and isinstance(value, str | Path):
+    if type_ is Path and isinstance(value, str | Path) and value != "":
         return Path(value)
     raise NotImplementedError
 

@@ -11,10 +11,25 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from typing import Final
 
 import msgspec
 
 LOINC_SYSTEM = "http://loinc.org"
+
+# FHIR R4 vital-signs profile codes (http://hl7.org/fhir/R4/observation-vitalsigns.html).
+VITAL_CODES: Final[dict[str, tuple[str, str]]] = {
+    "blood_pressure": ("85354-9", "Blood pressure panel with all children optional"),
+    "heart_rate": ("8867-4", "Heart rate"),
+    "respiratory_rate": ("9279-1", "Respiratory rate"),
+    "body_temperature": ("8310-5", "Body temperature"),
+    "oxygen_saturation": ("2708-6", "Oxygen saturation in Arterial blood"),
+    "body_weight": ("29463-7", "Body weight"),
+    "body_height": ("8302-2", "Body height"),
+    "bmi": ("39156-5", "Body mass index (BMI) [Ratio]"),
+}
+SYSTOLIC: Final = ("8480-6", "Systolic blood pressure")
+DIASTOLIC: Final = ("8462-4", "Diastolic blood pressure")
 
 
 class LabTest(msgspec.Struct, frozen=True, kw_only=True):

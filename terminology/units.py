@@ -11,7 +11,7 @@ import re
 UCUM_SYSTEM = "http://unitsofmeasure.org"
 
 # Lower-cased written form (spaces removed) -> UCUM code.
-_WRITTEN_TO_UCUM: dict[str, str] = {
+WRITTEN_TO_UCUM: dict[str, str] = {
     "mg": "mg",
     "mgs": "mg",
     "milligram": "mg",
@@ -80,11 +80,52 @@ def normalize_unit(written: str | None) -> str | None:
     if not written:
         return None
     key = written.strip().replace(" ", "").lower().rstrip(".")
-    if key in _WRITTEN_TO_UCUM:
-        return _WRITTEN_TO_UCUM[key]
+    if key in WRITTEN_TO_UCUM:
+        return WRITTEN_TO_UCUM[key]
     match = _CELL_COUNT.match(key)
     if match:
         exponent, volume = match.groups()
         volume_code = {"l": "L", "ul": "uL", "µl": "uL", "mm3": "mm3"}[volume.lower()]
         return f"10*{exponent}/{volume_code}"
     return None
+
+
+# Display names of the UCUM codes above, for the built-in UCUM code system.
+UCUM_NAMES: dict[str, str] = {
+    "mg": "milligram",
+    "g": "gram",
+    "ug": "microgram",
+    "ng": "nanogram",
+    "kg": "kilogram",
+    "[lb_av]": "pound",
+    "mL": "milliliter",
+    "L": "liter",
+    "[iU]": "international unit",
+    "U": "enzyme unit",
+    "mm[Hg]": "millimeter of mercury",
+    "/min": "per minute",
+    "Cel": "degree Celsius",
+    "[degF]": "degree Fahrenheit",
+    "%": "percent",
+    "cm": "centimeter",
+    "m": "meter",
+    "kg/m2": "kilogram per square meter",
+    "g/L": "gram per liter",
+    "g/dL": "gram per deciliter",
+    "mg/dL": "milligram per deciliter",
+    "mg/L": "milligram per liter",
+    "mmol/L": "millimole per liter",
+    "umol/L": "micromole per liter",
+    "mmol/mol": "millimole per mole",
+    "U/L": "enzyme unit per liter",
+    "[IU]/L": "international unit per liter",
+    "m[IU]/L": "milli international unit per liter",
+    "pmol/L": "picomole per liter",
+    "nmol/L": "nanomole per liter",
+    "ng/mL": "nanogram per milliliter",
+    "fL": "femtoliter",
+    "pg": "picogram",
+    "10*9/L": "billion per liter",
+    "10*12/L": "trillion per liter",
+    "10*3/uL": "thousand per microliter",
+}

@@ -12,6 +12,7 @@ import pytest
 
 from server.config import Settings, load_settings
 from server.pipeline.ocr.rapid import RapidOcrEngine
+from terminology.embed import MiniLmEmbedder
 from tests.fixtures.generate import DocumentKind, RenderedDocument, ScanEffects, render_document
 
 
@@ -55,6 +56,19 @@ def document_reference(content: bytes, content_type: str, **extra: Any) -> dict[
         "content": [{"attachment": {"contentType": content_type, "data": base64.b64encode(content).decode()}}],
         **extra,
     }
+
+
+@pytest.fixture(scope="session")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> MiniLmEmbedder:
+    return MiniLmEmbedder(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def terminology_index(tmp_path_factory: pytest.TempPathFactory, embedder: MiniLmEmbedder) -> Path:
+    """A real index (ICD-10-CM, SNOMED CT, LOINC, UCUM slices), built once per session."""
+    from tests.terminology_fixtures import build_test_index
+
+    return build_test_index(tmp_path_factory.mktemp("terminology") / "terminology.db", embedder)
 
 
 @pytest.fixture

@@ -34,6 +34,22 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
             ],
         },
         {"type": "Binary", "interaction": [{"code": "read"}]},
+        {
+            "type": "CodeSystem",
+            "operation": [
+                {"name": "lookup", "definition": "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup"},
+                {
+                    "name": "validate-code",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/CodeSystem-validate-code",
+                },
+            ],
+        },
+        {
+            "type": "ValueSet",
+            "operation": [
+                {"name": "expand", "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"},
+            ],
+        },
     ]
     for resource_type in SEARCHABLE_TYPES:
         params = [_ID_PARAM] if resource_type in ("Patient", "Bundle", "Provenance") else [_PATIENT_PARAM, _ID_PARAM]

@@ -18,15 +18,17 @@ from server import __version__
 from server.config import Settings
 from server.errors import InvalidFhirOutput
 from server.pipeline.base import Extractor, OcrEngine
+from server.pipeline.code import code_extraction
 from server.pipeline.inspect import DocumentInfo, Limits, inspect_document
 from server.pipeline.page import OcrPage
 from server.pipeline.preprocess import prepare_for_ocr
 from server.pipeline.rasterize import PageImage, iter_pages
 from server.pipeline.validate import with_review
+from terminology import TerminologyService
 
 # progress(stage, done, total): called after each page and each stage
 ProgressCallback = Callable[[str, int, int], None]
-STAGES = ("rasterize", "ocr", "extract", "map")
+STAGES = ("rasterize", "ocr", "extract", "code", "map")
 
 
 class PipelineResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,10 +41,17 @@ class PipelineResult(msgspec.Struct, frozen=True, kw_only=True):
 class Pipeline:
     """The configured stages; built once per process and shared by every job."""
 
-    def __init__(self, settings: Settings, ocr_engine: OcrEngine, extractor: Extractor) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ocr_engine: OcrEngine,
+        extractor: Extractor,
+        terminology: TerminologyService | None = None,
+    ) -> None:
         self.settings = settings
         self.ocr_engine = ocr_engine
         self.extractor = extractor
+        self.terminology = terminology
         self.limits = Limits(
             max_bytes=settings.max_upload_bytes,
             max_pages=settings.max_pages,
@@ -85,6 +94,11 @@ class Pipeline:
         seconds["extract"] = time.perf_counter() - started
         if progress:
             progress("extract", 1, 1)
+
+        started = time.perf_counter()
+        if self.terminology is not None:
+            extraction = code_extraction(extraction, self.terminology)
+        seconds["code"] = time.perf_counter() - started
 
         started = time.perf_counter()
         ocr_used = any(page.source == "ocr" for page in pages)

@@ -363,9 +363,9 @@ class SqliteStore:
             where.append(f"id IN ({', '.join('?' for _ in ids)})")
             parameters.extend(ids)
         clause = " AND ".join(where)
-        total = self._query(f"SELECT COUNT(*) FROM resources WHERE {clause}", parameters)[0][0]  # noqa: S608
+        total = self._query(f"SELECT COUNT(*) FROM resources WHERE {clause}", parameters)[0][0]
         rows = self._query(
-            f"SELECT resource_type, id, version_id, last_updated, resource FROM resources WHERE {clause}"  # noqa: S608
+            f"SELECT resource_type, id, version_id, last_updated, resource FROM resources WHERE {clause}"
             " ORDER BY last_updated, id LIMIT ? OFFSET ?",
             [*parameters, count, offset],
         )

@@ -1,0 +1,270 @@
+"""Which code is this mention? Hybrid lookup over the terminology index.
+
+Three ranked lists are fused by reciprocal rank (Cormack et al., SIGIR 2009, k=60):
+exact designation matches, lexical FTS5/BM25 matches, and semantic KNN matches (sqlite-vec,
+cosine over all-MiniLM-L6-v2 embeddings). Clinical abbreviations are expanded first.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+import numpy as np
+
+from terminology.abbreviations import expand_abbreviations
+from terminology.embed import Embedder
+from terminology.index import open_index
+from terminology.model import Candidate, CodeSystemInfo, ConceptDetail
+
+RRF_K: Final = 60
+POOL: Final = 50  # candidates taken from each list before fusion
+Mode = Literal["hybrid", "lexical", "semantic"]
+_RESIDUAL_SUFFIXES: Final = (", unspecified", " NOS", ", unspecified organism", ", not elsewhere classified")
+_TOKEN = re.compile(r"[\w]+", re.UNICODE)
+
+
+class CodeSystemSummary(msgspec.Struct, frozen=True, kw_only=True):
+    info: CodeSystemInfo
+    concepts: int
+    imported_at: str
+
+
+class _Hit(msgspec.Struct):
+    concept_id: int
+    term: str
+    similarity: float | None = None
+
+
+class TerminologyService:
+    """Read-only lookups on one index file. Thread-safe."""
+
+    def __init__(self, path: Path, embedder: Embedder | None) -> None:
+        self.path = path
+        self.embedder = embedder
+        self._lock = threading.Lock()
+        self._db: Any = open_index(path, readonly=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _rows(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return list(self._db.execute(sql, parameters).fetchall())
+
+    # --- search ------------------------------------------------------------------------
+
+    def lookup(
+        self,
+        text: str,
+        *,
+        systems: Sequence[str] = (),
+        semantic_types: Sequence[str] = (),
+        limit: int = 5,
+        mode: Mode = "hybrid",
+    ) -> list[Candidate]:
+        query = expand_abbreviations(" ".join(text.split()))
+        if not query:
+            return []
+        lists: list[list[_Hit]] = []
+        lexical: list[_Hit] = []
+        semantic: list[_Hit] = []
+        if mode in ("hybrid", "lexical"):
+            lists.append(self._exact(query, systems, semantic_types))
+            lexical = self._lexical(query, systems, semantic_types)
+            lists.append(lexical)
+        if mode in ("hybrid", "semantic") and self.embedder is not None:
+            semantic = self._semantic(query, systems, semantic_types)
+            lists.append(semantic)
+        scores: dict[int, float] = {}
+        best_term: dict[int, tuple[int, str]] = {}
+        for hits in lists:
+            seen: set[int] = set()
+            for rank, hit in enumerate(hits, start=1):
+                if hit.concept_id in seen:
+                    continue
+                seen.add(hit.concept_id)
+                scores[hit.concept_id] = scores.get(hit.concept_id, 0.0) + 1.0 / (RRF_K + rank)
+                if hit.concept_id not in best_term or rank < best_term[hit.concept_id][0]:
+                    best_term[hit.concept_id] = (rank, hit.term)
+        top = sorted(scores, key=lambda c: -scores[c])[:limit]
+        if not top:
+            return []
+        lexical_rank = _first_ranks(lexical)
+        semantic_rank = _first_ranks(semantic)
+        exact_ids = {hit.concept_id for hit in lists[0]} if mode != "semantic" else set()
+        similarity: dict[int, float] = {}
+        for hit in semantic:
+            if hit.similarity is not None:
+                similarity[hit.concept_id] = max(similarity.get(hit.concept_id, -1.0), hit.similarity)
+        marks = ",".join("?" * len(top))
+        details = {
+            row[0]: row
+            for row in self._rows(
+                f"SELECT id, system, code, display, semantic_type FROM concept WHERE id IN ({marks})", top
+            )
+        }
+        return [
+            Candidate(
+                system=details[c][1],
+                code=details[c][2],
+                display=details[c][3] or "",
+                semantic_type=details[c][4],
+                score=round(scores[c], 6),
+                matched=best_term[c][1],
+                lexical_rank=lexical_rank.get(c),
+                semantic_rank=semantic_rank.get(c),
+                exact=c in exact_ids,
+                similarity=round(similarity[c], 4) if c in similarity else None,
+            )
+            for c in top
+        ]
+
+    @staticmethod
+    def _filters(systems: Sequence[str], semantic_types: Sequence[str]) -> tuple[str, list[str]]:
+        clauses: list[str] = []
+        parameters: list[str] = []
+        if systems:
+            clauses.append(f"c.system IN ({','.join('?' * len(systems))})")
+            parameters.extend(systems)
+        if semantic_types:
+            clauses.append(f"c.semantic_type IN ({','.join('?' * len(semantic_types))})")
+            parameters.extend(semantic_types)
+        return "".join(f" AND {c}" for c in clauses), parameters
+
+    def _exact(self, query: str, systems: Sequence[str], semantic_types: Sequence[str]) -> list[_Hit]:
+        where, parameters = self._filters(systems, semantic_types)
+        # ICD-style titles add a residual qualifier to the plain name ("Heart failure, unspecified")
+        variants = [query, *(query + suffix for suffix in _RESIDUAL_SUFFIXES)]
+        rows = self._rows(
+            "SELECT d.concept_id, d.term FROM designation d JOIN concept c ON c.id = d.concept_id"
+            f" WHERE d.term COLLATE NOCASE IN ({','.join('?' * len(variants))}){where}"
+            f" ORDER BY d.kind = 'preferred' DESC LIMIT {POOL}",
+            [*variants, *parameters],
+        )
+        return [_Hit(concept_id=r[0], term=r[1]) for r in rows]
+
+    def _lexical(self, query: str, systems: Sequence[str], semantic_types: Sequence[str]) -> list[_Hit]:
+        tokens = [t for t in _TOKEN.findall(query.lower()) if len(t) > 1 or t.isdigit()]
+        if not tokens:
+            return []
+        match = " OR ".join(f'"{t}"' for t in tokens)
+        where, parameters = self._filters(systems, semantic_types)
+        rows = self._rows(
+            "SELECT d.concept_id, d.term FROM designation_fts f JOIN designation d ON d.id = f.rowid"
+            f" JOIN concept c ON c.id = d.concept_id WHERE designation_fts MATCH ?{where}"
+            f" ORDER BY bm25(designation_fts) LIMIT {POOL}",
+            [match, *parameters],
+        )
+        return [_Hit(concept_id=r[0], term=r[1]) for r in rows]
+
+    def _semantic(self, query: str, systems: Sequence[str], semantic_types: Sequence[str]) -> list[_Hit]:
+        if self.embedder is None:
+            return []
+        vector = self.embedder.embed([query])[0].astype(np.float32).tobytes()
+        found: list[tuple[float, int]] = []
+        targets: list[str | None] = list(systems) or [None]
+        for system in targets:
+            clause, filters = "", []
+            if system is not None:
+                clause, filters = " AND system = ?", [system]
+            if len(semantic_types) == 1:
+                clause += " AND semantic_type = ?"
+                filters.append(semantic_types[0])
+            rows = self._rows(
+                f"SELECT rowid, distance FROM designation_vec WHERE embedding MATCH ? AND k = {POOL}{clause}",
+                [vector, *filters],
+            )
+            found.extend((r[1], r[0]) for r in rows)
+        found.sort()
+        if not found:
+            return []
+        ids = [designation_id for _, designation_id in found[:POOL]]
+        marks = ",".join("?" * len(ids))
+        where, parameters = self._filters((), semantic_types)
+        by_id = {
+            r[0]: r
+            for r in self._rows(
+                f"SELECT d.id, d.concept_id, d.term FROM designation d JOIN concept c ON c.id = d.concept_id"
+                f" WHERE d.id IN ({marks}){where}",
+                [*ids, *parameters],
+            )
+        }
+        return [_Hit(concept_id=by_id[i][1], term=by_id[i][2], similarity=1 - d) for d, i in found[:POOL] if i in by_id]
+
+    # --- FHIR terminology operations --------------------------------------------------
+
+    def concept(self, system: str, code: str) -> ConceptDetail | None:
+        rows = self._rows(
+            "SELECT c.id, c.display, c.semantic_type, s.version FROM concept c"
+            " JOIN code_system s ON s.system = c.system WHERE c.system = ? AND c.code = ?",
+            (system, code),
+        )
+        if not rows:
+            return None
+        concept_id, display, semantic_type, version = rows[0]
+        designations = tuple(
+            (r[0], r[1])
+            for r in self._rows("SELECT term, kind FROM designation WHERE concept_id = ? ORDER BY id", (concept_id,))
+        )
+        return ConceptDetail(
+            system=system,
+            code=code,
+            display=display or "",
+            semantic_type=semantic_type,
+            version=version,
+            designations=designations,
+        )
+
+    def expand(
+        self, system: str | None, text: str | None, *, count: int = 20, offset: int = 0
+    ) -> tuple[list[tuple[str, str, str]], int]:
+        """(system, code, display) of concepts whose designations match ``text`` (prefix match per word)."""
+        where, parameters = self._filters([system] if system else [], [])
+        if text and _TOKEN.findall(text):
+            match = " ".join(f'"{t}"*' for t in _TOKEN.findall(text.lower()))
+            # bm25() cannot sit inside an aggregate: rank the FTS hits first, then group by concept
+            hits = (
+                "WITH h AS MATERIALIZED (SELECT rowid AS id, bm25(designation_fts) AS score"
+                " FROM designation_fts WHERE designation_fts MATCH ?) "
+            )
+            base = f"FROM h JOIN designation d ON d.id = h.id JOIN concept c ON c.id = d.concept_id WHERE 1 = 1{where}"
+            parameters = [match, *parameters]
+            total = self._rows(f"{hits}SELECT COUNT(DISTINCT c.id) {base}", parameters)[0][0]
+            rows = self._rows(
+                f"{hits}SELECT c.system, c.code, c.display, MIN(h.score) AS best {base}"
+                f" GROUP BY c.id ORDER BY best, length(c.display) LIMIT ? OFFSET ?",
+                [*parameters, count, offset],
+            )
+        else:
+            base = f"FROM concept c WHERE 1 = 1{where}"
+            total = self._rows(f"SELECT COUNT(*) {base}", parameters)[0][0]
+            rows = self._rows(
+                f"SELECT c.system, c.code, c.display {base} ORDER BY c.code LIMIT ? OFFSET ?",
+                [*parameters, count, offset],
+            )
+        return [(r[0], r[1], r[2] or "") for r in rows], int(total)
+
+    def code_systems(self) -> list[CodeSystemSummary]:
+        return [
+            CodeSystemSummary(
+                info=CodeSystemInfo(system=r[0], name=r[1], version=r[2], licence=r[3], source=r[4]),
+                concepts=r[5],
+                imported_at=r[6],
+            )
+            for r in self._rows(
+                "SELECT system, name, version, licence, source, concepts, imported_at FROM code_system ORDER BY name"
+            )
+        ]
+
+
+def _first_ranks(hits: list[_Hit]) -> dict[int, int]:
+    ranks: dict[int, int] = {}
+    for rank, hit in enumerate(hits, start=1):
+        ranks.setdefault(hit.concept_id, rank)
+    return ranks

@@ -1,0 +1,272 @@
+"""The terminology index: importers of every format, hybrid lookup, atomic rebuilds, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from terminology import TerminologyImportError, TerminologyService
+from terminology.abbreviations import expand_abbreviations
+from terminology.embed import MiniLmEmbedder
+from terminology.importers import create_importer
+from terminology.index import build_index
+from terminology.model import ICD10CM, LOINC, RXNORM, SNOMED
+
+pytestmark = pytest.mark.slow  # the session builds a real index with real embeddings once (~20 s)
+
+
+@pytest.fixture(scope="module")
+def service(terminology_index: Path, embedder: MiniLmEmbedder) -> TerminologyService:
+    return TerminologyService(terminology_index, embedder)
+
+
+def top_codes(service: TerminologyService, text: str, system: str, **kwargs: object) -> list[str]:
+    return [c.code for c in service.lookup(text, systems=[system], **kwargs)]  # type: ignore[arg-type]
+
+
+def test_builtin_systems_are_recorded_with_source_and_licence(service: TerminologyService) -> None:
+    systems = {s.info.system: s for s in service.code_systems()}
+    assert {ICD10CM, SNOMED, LOINC, "http://unitsofmeasure.org"} <= set(systems)
+    assert "CC BY 4.0" in systems[SNOMED].info.licence
+    assert systems[ICD10CM].concepts > 100 and "simple-icd-10-cm" in systems[ICD10CM].info.source
+
+
+@pytest.mark.parametrize(
+    ("mention", "expected"),
+    [
+        ("Essential hypertension", "I10"),
+        ("HTN", "I10"),  # abbreviation expansion
+        ("Hyperlipidaemia", "E78.5"),  # British spelling
+        ("Gastro-oesophageal reflux disease", "K21.9"),
+        ("Heart failure", "I50.9"),  # residual "unspecified" title
+        ("Osteoarthritis of knee", "M17.9"),
+        ("Esophageal reflux NOS", "K21.9"),  # an inclusion term
+    ],
+)
+def test_icd10cm_lookup(service: TerminologyService, mention: str, expected: str) -> None:
+    assert top_codes(service, mention, ICD10CM)[0] == expected
+
+
+def test_semantic_search_finds_what_words_do_not(service: TerminologyService) -> None:
+    # no designation contains "blood pressure", yet the meaning is hypertension
+    assert "I10" in top_codes(service, "high blood pressure", ICD10CM, limit=3, mode="semantic")
+    lexical_only = service.lookup("breathlessness", systems=[SNOMED], mode="lexical")
+    semantic = service.lookup("breathlessness", systems=[SNOMED], mode="semantic", limit=3)
+    assert not lexical_only and "267036007" in [c.code for c in semantic]  # Dyspnea
+
+
+def test_filters_by_system_and_semantic_type(service: TerminologyService) -> None:
+    disorders = service.lookup("asthma", systems=[SNOMED], semantic_types=["disorder"])
+    assert disorders[0].code == "195967001" and all(c.semantic_type == "disorder" for c in disorders)
+    findings = service.lookup("chest pain", systems=[SNOMED], semantic_types=["finding"])
+    assert findings[0].code == "29857009"
+    drug = service.lookup("Metformin", systems=[SNOMED], semantic_types=["drug"])[0]
+    assert drug.code == "109081006" and drug.exact
+
+
+def test_candidates_say_what_matched(service: TerminologyService) -> None:
+    candidate = service.lookup("Esophageal reflux NOS", systems=[ICD10CM])[0]
+    assert candidate.matched == "Esophageal reflux NOS" and candidate.exact
+    assert candidate.display == "Gastro-esophageal reflux disease without esophagitis"
+    assert candidate.lexical_rank is not None and candidate.semantic_rank is not None
+
+
+def test_expand_and_concept_details(service: TerminologyService) -> None:
+    contains, total = service.expand(ICD10CM, "hyperten", count=5)
+    assert total >= 1 and ("http://hl7.org/fhir/sid/icd-10-cm", "I10", "Essential (primary) hypertension") in contains
+    concept = service.concept(LOINC, "718-7")
+    assert concept is not None and concept.display == "Hemoglobin [Mass/volume] in Blood"
+    assert ("haemoglobin", "synonym") in concept.designations
+    assert service.concept(LOINC, "0000-0") is None
+
+
+def test_abbreviations() -> None:
+    assert expand_abbreviations("T2DM and HTN, SOB on exertion") == (
+        "type 2 diabetes mellitus and hypertension, shortness of breath on exertion"
+    )
+    assert expand_abbreviations("pe and dm in lower case stay") == "pe and dm in lower case stay"
+    assert expand_abbreviations("Metformin 500 mg BID") == "Metformin 500 mg twice daily"
+
+
+# --- importers of the user's own release files --------------------------------------------
+
+
+def rrf_row(rxcui: str, tty: str, text: str, *, sab: str = "RXNORM", suppress: str = "N") -> str:
+    fields = [
+        rxcui,
+        "ENG",
+        "",
+        "",
+        "",
+        "",
+        "",
+        f"A{rxcui}{tty}",
+        "",
+        "",
+        "",
+        sab,
+        tty,
+        rxcui,
+        text,
+        "",
+        suppress,
+        "4096",
+    ]
+    return "|".join(fields) + "|"
+
+
+RXNCONSO = (
+    "\n".join(
+        [
+            rrf_row("6809", "IN", "metformin"),
+            rrf_row("861007", "SCD", "metformin hydrochloride 500 MG Oral Tablet"),
+            rrf_row("861007", "SY", "metformin 500 mg tablet"),
+            rrf_row("161", "IN", "acetaminophen"),
+            rrf_row("161", "SY", "paracetamol"),
+            rrf_row("999", "IN", "withdrawn drug", suppress="O"),
+            rrf_row("6809", "IN", "metformin from another source", sab="MMSL"),
+        ]
+    )
+    + "\n"
+)
+
+
+@pytest.fixture
+def scratch_index(tmp_path: Path, terminology_index: Path) -> Path:
+    copy = tmp_path / "terminology.db"
+    shutil.copyfile(terminology_index, copy)
+    return copy
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_rxnorm_rrf_import(tmp_path: Path, scratch_index: Path, embedder: MiniLmEmbedder) -> None:
+    source = tmp_path / "RXNCONSO.RRF"
+    source.write_text(RXNCONSO)
+    counts = build_index(scratch_index, embedder, [create_importer("rxnorm-rrf", source)])
+    assert counts == {"RxNorm": 3}
+    service = TerminologyService(scratch_index, embedder)
+    assert top_codes(service, "paracetamol", RXNORM)[0] == "161"
+    assert top_codes(service, "metformin 500mg tablet", RXNORM)[0] == "861007"
+    assert service.concept(RXNORM, "999") is None  # suppressed rows are left out
+    assert service.concept(RXNORM, "161").display == "acetaminophen"  # type: ignore[union-attr]
+    # importing again replaces, never duplicates
+    build_index(scratch_index, embedder, [create_importer("rxnorm-rrf", source)])
+    assert [
+        s.concepts for s in TerminologyService(scratch_index, embedder).code_systems() if s.info.system == RXNORM
+    ] == [3]
+
+
+@pytest.mark.parametrize(
+    ("format_", "filename", "content", "problem"),
+    [
+        ("rxnorm-rrf", "RXNCONSO.RRF", RXNCONSO + "6809|ENG|truncated\n", "line 8: expected 18 pipe-terminated fields"),
+        ("rxnorm-rrf", "RXNCONSO.RRF", "LOINC_NUM,COMPONENT\n", "line 1: expected 18"),
+        ("rxnorm-rrf", "RXNCONSO.RRF", b"\xff\xfe\x00bad".decode("latin-1"), "line 1"),
+        ("loinc-csv", "LoincTableCore.csv", "LOINC_NUM,COMPONENT\n1-8,x\n", "line 1: missing LOINC column"),
+        ("icd10cm-order", "icd10cm_order_2026.txt", "this is not an order file\n", "line 1: not an ICD-10-CM"),
+        ("fhir-json", "cs.json", '{"resourceType": "Patient"}', "not a FHIR CodeSystem"),
+        ("snomed-rf2", "rf2", None, "no sct2_Concept_Snapshot"),
+    ],
+)
+def test_bad_files_name_the_line_and_leave_the_index_intact(
+    tmp_path: Path,
+    scratch_index: Path,
+    embedder: MiniLmEmbedder,
+    format_: str,
+    filename: str,
+    content: str | None,
+    problem: str,
+) -> None:
+    source = tmp_path / filename
+    if content is None:
+        source.mkdir()
+    elif format_ == "rxnorm-rrf" and problem == "line 1":
+        source.write_bytes(b"\xff\xfe\x00bad|\n")
+    else:
+        source.write_text(content)
+    before = digest(scratch_index)
+    with pytest.raises(TerminologyImportError) as caught:
+        build_index(scratch_index, embedder, [create_importer(format_, source)])
+    assert problem in str(caught.value)
+    assert digest(scratch_index) == before
+    assert not list(scratch_index.parent.glob(".*building"))  # no half-built file left behind
+
+
+def test_loinc_csv_icd_order_fhir_json_and_rf2(tmp_path: Path, scratch_index: Path, embedder: MiniLmEmbedder) -> None:
+    loinc = tmp_path / "LoincTableCore.csv"
+    loinc.write_text(
+        "LOINC_NUM,COMPONENT,PROPERTY,TIME_ASPCT,SYSTEM,SCALE_TYP,METHOD_TYP,CLASS,CLASSTYPE,LONG_COMMON_NAME,"
+        "SHORTNAME,EXTERNAL_COPYRIGHT_NOTICE,STATUS,VersionFirstReleased,VersionLastChanged\n"
+        '"2339-0","Glucose","MCnc","Pt","Bld","Qn","","CHEM","1","Glucose [Mass/volume] in Blood","Glucose Bld-mCnc",'
+        '"","ACTIVE","1.0","2.73"\n'
+        '"99999-9","Old","MCnc","Pt","Bld","Qn","","CHEM","1","Deprecated thing","Old","","DEPRECATED","1.0","2.0"\n'
+    )
+    order = tmp_path / "icd10cm_order_2026.txt"
+    order.write_text(
+        "00001 A00     0 Cholera                                                      Cholera\n"
+        "00002 A000    1 Cholera due to Vibrio cholerae 01, biovar cholerae           Cholera due to Vibrio cholerae"
+        " 01, biovar cholerae\n"
+    )
+    codesystem = tmp_path / "cs.json"
+    codesystem.write_text(
+        json.dumps(
+            {
+                "resourceType": "CodeSystem",
+                "url": "http://example.org/fhir/CodeSystem/local-findings",
+                "version": "1",
+                "name": "LocalFindings",
+                "status": "active",
+                "content": "complete",
+                "concept": [
+                    {
+                        "code": "wheeze",
+                        "display": "Wheeze",
+                        "concept": [{"code": "exp-wheeze", "display": "Expiratory wheeze"}],
+                    }
+                ],
+            }
+        )
+    )
+    rf2 = tmp_path / "SnomedCT_Test" / "Snapshot" / "Terminology"
+    rf2.mkdir(parents=True)
+    (rf2 / "sct2_Concept_Snapshot_INT_20260101.txt").write_text(
+        "id\teffectiveTime\tactive\tmoduleId\tdefinitionStatusId\n"
+        "22298006\t20020131\t1\t900000000000207008\t900000000000074008\n"
+        "11111111\t20020131\t0\t900000000000207008\t900000000000074008\n"
+    )
+    (rf2 / "sct2_Description_Snapshot-en_INT_20260101.txt").write_text(
+        "id\teffectiveTime\tactive\tmoduleId\tconceptId\tlanguageCode\ttypeId\tterm\tcaseSignificanceId\n"
+        "1\t2002\t1\tm\t22298006\ten\t900000000000003001\tMyocardial infarction (disorder)\tc\n"
+        "2\t2002\t1\tm\t22298006\ten\t900000000000013009\tMyocardial infarction\tc\n"
+        "3\t2002\t1\tm\t22298006\ten\t900000000000013009\tHeart attack\tc\n"
+        "4\t2002\t1\tm\t11111111\ten\t900000000000013009\tInactive thing\tc\n"
+    )
+    (rf2 / "der2_cRefset_LanguageSnapshot-en_INT_20260101.txt").write_text(
+        "id\teffectiveTime\tactive\tmoduleId\trefsetId\treferencedComponentId\tacceptabilityId\n"
+        "a\t2002\t1\tm\t900000000000509007\t2\t900000000000548007\n"
+        "b\t2002\t1\tm\t900000000000509007\t3\t900000000000549004\n"
+    )
+    importers = [
+        create_importer("loinc-csv", loinc),
+        create_importer("icd10cm-order", order),
+        create_importer("fhir-json", codesystem),
+        create_importer("snomed-rf2", rf2.parent.parent),
+    ]
+    counts = build_index(scratch_index, embedder, importers)
+    assert counts == {"LOINC": 1, "ICD-10-CM": 1, "LocalFindings": 2, "SNOMED CT": 1}
+    service = TerminologyService(scratch_index, embedder)
+    assert service.concept(LOINC, "2339-0").display == "Glucose [Mass/volume] in Blood"  # type: ignore[union-attr]
+    assert service.concept(LOINC, "99999-9") is None
+    assert service.concept(ICD10CM, "A00.0") is not None and service.concept(ICD10CM, "A00") is None
+    assert service.concept("http://example.org/fhir/CodeSystem/local-findings", "exp-wheeze") is not None
+    mi = service.concept(SNOMED, "22298006")
+    assert mi is not None and mi.display == "Myocardial infarction" and mi.semantic_type == "disorder"
+    assert top_codes(service, "heart attack", SNOMED)[0] == "22298006"
+    assert service.concept(SNOMED, "11111111") is None
