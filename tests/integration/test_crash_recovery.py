@@ -37,7 +37,10 @@ def server(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
         "PAPERCHART_LOG_LEVEL": "WARNING",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "server.cli", "serve", "--no-build-terminology"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 60

@@ -1,0 +1,162 @@
+"""ICD-10-CM coding accuracy and lookup speed, with a plain SQL LIKE search as the peer.
+
+    .venv/bin/python bench/terminology.py [--queries 600] [--cache bench/.cache]
+
+The index is built from ICD-10-CM billable-code *titles only*; the queries are text the index
+never saw: (1) tabular inclusion terms (held out of the build) and (2) variants of titles with
+clinical abbreviations and one-letter misspellings. Reported: top-1 and top-3 accuracy for
+hybrid (RRF), lexical-only and semantic-only lookup and for the LIKE peer; p50/p99 latency and
+lookups/second; index build time and size. The first run builds the index (~5 min on 2 cores)
+and caches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from terminology.abbreviations import ABBREVIATIONS
+from terminology.embed import MiniLmEmbedder
+from terminology.importers.icd10cm import Icd10cmBuiltinImporter
+from terminology.index import build_index, open_index
+from terminology.lookup import TerminologyService
+from terminology.model import ICD10CM
+
+_REVERSE_ABBREVIATIONS = {long: short for short, long in ABBREVIATIONS.items() if not short.islower()}
+
+
+def held_out_queries(rng: random.Random, count: int) -> list[tuple[str, str, str]]:
+    """(kind, query, expected code) never present as designations in the titles-only index."""
+    import simple_icd_10_cm as icd
+
+    inclusion: list[tuple[str, str, str]] = []
+    titles: list[tuple[str, str]] = []
+    for code in icd.get_all_codes(with_dots=True):
+        if not icd.is_leaf(code):
+            continue
+        title = icd.get_description(code)
+        titles.append((code, title))
+        for term in icd.get_inclusion_term(code):
+            if term.lower() != title.lower():
+                inclusion.append(("inclusion term", term, code))
+    queries = rng.sample(inclusion, min(count, len(inclusion)))
+    variants: list[tuple[str, str, str]] = []
+    rng.shuffle(titles)
+    for code, title in titles:
+        if len(variants) >= count // 2:
+            break
+        lowered = title.lower()
+        for long, short in _REVERSE_ABBREVIATIONS.items():
+            if long in lowered:
+                variants.append(("abbreviation", re.sub(re.escape(long), short, title, flags=re.I), code))
+                break
+        else:
+            words = title.split()
+            candidates = [i for i, w in enumerate(words) if len(w) > 5 and w.isalpha()]
+            if candidates:
+                i = rng.choice(candidates)
+                word = words[i]
+                j = rng.randrange(1, len(word) - 1)
+                words[i] = word[:j] + word[j + 1 :]  # drop one letter
+                variants.append(("misspelling", " ".join(words), code))
+    return queries + variants
+
+
+def like_search(db: object, query: str, limit: int = 3) -> list[str]:
+    """The peer: titles containing every query word (SQL LIKE), shortest first; any word if none."""
+    words = [w for w in re.findall(r"\w+", query.lower()) if len(w) > 2][:6]
+    if not words:
+        return []
+    for joiner in (" AND ", " OR "):
+        clause = joiner.join("display LIKE ?" for _ in words)
+        rows = db.execute(  # type: ignore[attr-defined]
+            f"SELECT code FROM concept WHERE system = ? AND ({clause}) ORDER BY length(display) LIMIT ?",
+            [ICD10CM, *[f"%{w}%" for w in words], limit],
+        ).fetchall()
+        if rows:
+            return [r[0] for r in rows]
+    return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=600, help="inclusion-term queries (plus half as many variants)")
+    parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".cache")
+    args = parser.parse_args()
+
+    embedder = MiniLmEmbedder(args.cache / "models")
+    index = args.cache / "icd10cm-titles.db"
+    build_seconds = None
+    if not index.exists():
+        started = time.perf_counter()
+        build_index(index, embedder, [Icd10cmBuiltinImporter(with_inclusion_terms=False)], fresh=True)
+        build_seconds = time.perf_counter() - started
+    service = TerminologyService(index, embedder)
+    service.lookup("warm up", systems=[ICD10CM])
+    queries = held_out_queries(random.Random(7), args.queries)
+
+    results: dict[str, dict[str, list[bool]]] = {}
+    latencies: dict[str, list[float]] = {}
+    db = open_index(index, readonly=True)
+    methods = {
+        "hybrid (paperchart)": lambda q: [c.code for c in service.lookup(q, systems=[ICD10CM], limit=3)],
+        "lexical only (FTS5/BM25)": lambda q: [
+            c.code for c in service.lookup(q, systems=[ICD10CM], limit=3, mode="lexical")
+        ],
+        "semantic only (sqlite-vec)": lambda q: [
+            c.code for c in service.lookup(q, systems=[ICD10CM], limit=3, mode="semantic")
+        ],
+        "SQL LIKE scan (peer)": lambda q: like_search(db, q),
+    }
+    for name, method in methods.items():
+        hits1: list[bool] = []
+        hits3: list[bool] = []
+        times: list[float] = []
+        per_kind: dict[str, list[bool]] = {}
+        for kind, query, expected in queries:
+            started = time.perf_counter()
+            codes = method(query)
+            times.append(time.perf_counter() - started)
+            hits1.append(bool(codes) and codes[0] == expected)
+            hits3.append(expected in codes[:3])
+            per_kind.setdefault(kind, []).append(bool(codes) and codes[0] == expected)
+        results[name] = {"top1": hits1, "top3": hits3, **{f"top1 {k}": v for k, v in per_kind.items()}}
+        latencies[name] = times
+
+    kinds = sorted({k for k, _, _ in queries})
+    print(
+        f"{len(queries)} held-out queries: " + ", ".join(f"{sum(1 for q in queries if q[0] == k)} {k}" for k in kinds)
+    )
+    header = f"{'method':<28} {'top-1':>6} {'top-3':>6} " + " ".join(f"{'top-1 ' + k:>24}" for k in kinds)
+    print(header + f" {'p50 ms':>7} {'p99 ms':>7} {'lookups/s':>9}")
+    for name in methods:
+        row = results[name]
+        times = sorted(latencies[name])
+        p50 = statistics.median(times) * 1000
+        p99 = times[int(len(times) * 0.99) - 1] * 1000
+        print(
+            f"{name:<28} {statistics.mean(row['top1']):>6.1%} {statistics.mean(row['top3']):>6.1%} "
+            + " ".join(f"{statistics.mean(row['top1 ' + k]):>24.1%}" for k in kinds)
+            + f" {p50:>7.1f} {p99:>7.1f} {len(times) / sum(times):>9.0f}"
+        )
+    ours = statistics.mean(results["hybrid (paperchart)"]["top1"])
+    peer = statistics.mean(results["SQL LIKE scan (peer)"]["top1"])
+    print(
+        f"\ntop-1 ratio hybrid / LIKE peer: {ours / peer if peer else float('inf'):.2f}"
+        f"   speed ratio (lookups/s): {sum(latencies['SQL LIKE scan (peer)']) / sum(latencies['hybrid (paperchart)']):.2f}"
+    )
+    size_mb = index.stat().st_size / 1e6
+    concepts = db.execute("SELECT COUNT(*) FROM concept").fetchone()[0]
+    built = f"built in {build_seconds:.0f} s" if build_seconds else "cached (delete it to time the build)"
+    print(f"index: {concepts} ICD-10-CM codes, {size_mb:.0f} MB, {built}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Terminology through the app: FHIR $lookup/$expand/$validate-code, the CLI, and codes in Bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from server.app import create_app
+from server.config import Settings
+from tests.conftest import document_reference, rendered
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def coded_settings(settings: Settings, terminology_index: Path) -> Settings:
+    fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
+    return type(settings)(**{**fields, "terminology_path": terminology_index})
+
+
+@pytest.fixture
+def client(coded_settings: Settings) -> Iterator[TestClient[Any]]:
+    with TestClient(app=create_app(coded_settings)) as test_client:
+        yield test_client
+
+
+def parameters(resource: dict[str, Any]) -> dict[str, Any]:
+    return {p["name"]: p for p in resource["parameter"]}
+
+
+def test_lookup(client: TestClient[Any]) -> None:
+    response = client.get("/fhir/CodeSystem/$lookup", params={"system": "http://loinc.org", "code": "718-7"})
+    assert response.status_code == 200
+    found = parameters(response.json())
+    assert found["display"]["valueString"] == "Hemoglobin [Mass/volume] in Blood"
+    assert found["name"]["valueString"].startswith("LOINC")
+    missing = client.get("/fhir/CodeSystem/$lookup", params={"system": "http://loinc.org", "code": "0-0"})
+    assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
+    assert client.get("/fhir/CodeSystem/$lookup", params={"code": "718-7"}).status_code == 400
+
+
+def test_expand_is_a_type_ahead(client: TestClient[Any]) -> None:
+    response = client.get(
+        "/fhir/ValueSet/$expand",
+        params={"url": "http://hl7.org/fhir/sid/icd-10-cm?fhir_vs", "filter": "type 2 diab", "count": 5},
+    )
+    assert response.status_code == 200
+    expansion = response.json()["expansion"]
+    assert expansion["total"] > 5 and len(expansion["contains"]) == 5
+    assert all(c["code"].startswith("E11") for c in expansion["contains"])
+    unknown = client.get("/fhir/ValueSet/$expand", params={"url": "http://example.org/nothing"})
+    assert unknown.status_code == 404
+
+
+def test_validate_code(client: TestClient[Any]) -> None:
+    ok = client.get(
+        "/fhir/CodeSystem/$validate-code", params={"url": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}
+    ).json()
+    assert parameters(ok)["result"]["valueBoolean"] is True
+    wrong_display = client.get(
+        "/fhir/CodeSystem/$validate-code",
+        params={"url": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10", "display": "Asthma"},
+    ).json()
+    assert parameters(wrong_display)["result"]["valueBoolean"] is False
+    unknown = client.get("/fhir/CodeSystem/$validate-code", params={"url": "icd10cm", "code": "ZZZ"}).json()
+    assert parameters(unknown)["result"]["valueBoolean"] is False
+
+
+def test_extracted_diagnoses_carry_codes(client: TestClient[Any]) -> None:
+    document = rendered("clinic_note", seed=11)
+    stored = client.post("/fhir/DocumentReference", json=document_reference(document.pdf, "application/pdf")).json()
+    bundle = client.post(f"/fhir/DocumentReference/{stored['id']}/$extract", headers={"Prefer": "respond-sync"}).json()
+    conditions = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition"]
+    coded = [c for c in conditions if c["code"].get("coding")]
+    assert coded, "no diagnosis was coded"
+    for condition in coded:
+        systems = {coding["system"] for coding in condition["code"]["coding"]}
+        assert systems & {"http://hl7.org/fhir/sid/icd-10-cm", "http://snomed.info/sct"}
+    negated = next(c for c in conditions if c["verificationStatus"]["coding"][0]["code"] == "refuted")
+    assert negated["code"]["text"]
+
+
+def test_terminology_without_an_index_is_a_clear_503(settings: Settings) -> None:
+    with TestClient(app=create_app(settings)) as client:
+        response = client.get("/fhir/ValueSet/$expand", params={"filter": "asthma"})
+    assert response.status_code == 503
+    assert "terminology build" in response.json()["issue"][0]["details"]["text"]
+
+
+def test_cli_lookup_and_info(tmp_path: Path, terminology_index: Path) -> None:
+    env = {**os.environ, "PAPERCHART_DATA_DIR": str(tmp_path), "PAPERCHART_TERMINOLOGY_PATH": str(terminology_index)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "server.cli", "terminology", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+
+    lookup = cli("lookup", "high blood pressure", "--system", "icd10cm", "--json")
+    assert lookup.returncode == 0, lookup.stderr
+    assert "I10" in [c["code"] for c in json.loads(lookup.stdout)]
+    info = cli("info")
+    assert info.returncode == 0 and "CC BY 4.0" in info.stdout and "ICD-10-CM" in info.stdout
+    bad = tmp_path / "RXNCONSO.RRF"
+    bad.write_text("not|an|rrf|row\n")
+    failed = cli("import", "--format", "rxnorm-rrf", str(bad))
+    assert failed.returncode == 1 and "line 1" in failed.stderr and "unchanged" in failed.stderr
