@@ -66,6 +66,9 @@ class BundleContext(msgspec.Struct, frozen=True, kw_only=True):
     recorded: str  # FHIR instant
     software: str  # e.g. "paperchart 0.1.0"
     ocr_engine: str | None = None
+    # The document's subject when the sender said who it is (e.g. HL7 PID): used as the Bundle's
+    # Patient instead of demographics read off the page, which only confirm it.
+    patient: dict[str, Any] | None = None
 
 
 def resource_id(seed: str, kind: str, index: int) -> str:
@@ -296,9 +299,13 @@ def _patient_evidence(extraction: Extraction) -> Evidence | None:
 def build_bundle(extraction: Extraction, context: BundleContext) -> Resource:
     """A validated ``collection`` Bundle of everything in ``extraction``, each with a Provenance."""
     meta = _review_meta(extraction.requires_review)
-    patient_id = resource_id(context.id_seed, "Patient", 0)
+    if context.patient is not None:
+        patient = {k: v for k, v in context.patient.items() if k != "meta"}
+        patient_id = str(patient["id"])
+    else:
+        patient_id = resource_id(context.id_seed, "Patient", 0)
+        patient = _patient(extraction, patient_id)
     patient_ref = f"Patient/{patient_id}"
-    patient = _patient(extraction, patient_id)
     items: list[tuple[Resource, Evidence | None]] = [(patient, _patient_evidence(extraction))]
     counters: dict[str, int] = {}
     for kind, resource, evidence in _facts(extraction, patient_ref):

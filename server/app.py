@@ -15,6 +15,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from server.auth import resolve_caller
 from server.config import Settings, load_settings
 from server.errors import PaperchartError
+from server.hl7 import Hl7Service
 from server.http.errors import (
     http_error_handler,
     paperchart_error_handler,
@@ -23,9 +24,10 @@ from server.http.errors import (
 )
 from server.http.fhir import FhirController
 from server.http.health import health
+from server.http.hl7 import receive_hl7
 from server.http.terminology import TerminologyController
 from server.jobs import JobRunner
-from server.services import Services, build_pipeline, build_store, build_terminology
+from server.services import Services, build_mllp, build_pipeline, build_store, build_terminology
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +46,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
         terminology = build_terminology(settings)
         pipeline = build_pipeline(settings, terminology)
         jobs = JobRunner(settings, store, pipeline)
-        app.state.services = Services(
-            settings=settings, store=store, pipeline=pipeline, jobs=jobs, terminology=terminology
+        hl7 = Hl7Service(settings, store, pipeline)
+        services = Services(
+            settings=settings, store=store, pipeline=pipeline, jobs=jobs, terminology=terminology, hl7=hl7
         )
+        app.state.services = services
         jobs.start()
+        mllp = build_mllp(settings, hl7, jobs) if settings.mllp_enabled else None
+        if mllp is not None:
+            await mllp.start()
+            app.state.mllp = mllp
         logger.info("paperchart ready: FHIR base %s, data in %s", settings.fhir_base_url, settings.data_dir)
         try:
             yield
         finally:
+            if mllp is not None:
+                await mllp.stop()  # finish and acknowledge messages in flight first
             await jobs.stop()
             store.close()
             if terminology is not None:
@@ -66,7 +76,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         Exception: unexpected_error_handler,
     }
     return Litestar(
-        route_handlers=[TerminologyController, FhirController, health],
+        route_handlers=[TerminologyController, FhirController, receive_hl7, health],
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False), "caller": Provide(resolve_caller)},
         exception_handlers=handlers,

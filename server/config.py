@@ -39,6 +39,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     job_poll_seconds: float = 0.5
     sync_wait_seconds: float = 120.0
 
+    # HL7 v2 over MLLP (started with the app); TLS when a certificate and key are given
+    mllp_enabled: bool = True
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    mllp_max_message_bytes: int = 96 * 1024 * 1024
+    mllp_idle_timeout_seconds: float = 600.0
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_client_ca: Path | None = None  # require client certificates signed by this CA
+
     # Terminology index (built by `paperchart terminology build`); semantic search loads torch.
     terminology_path: Path | None = None
     semantic_search: bool = True

@@ -158,7 +158,13 @@ class JobRunner:
         content = self.store.get_document_content(job.document_id)
         if document is None or content is None:
             raise ServiceUnavailable("the job's document is missing from the store")
+        subject = document.resource.get("subject", {}).get("reference", "")
+        known_patient = None
+        if subject.startswith("Patient/"):
+            stored = self.store.read_resource("Patient", subject.removeprefix("Patient/"))
+            known_patient = stored.resource if stored is not None else None
         context = BundleContext(
+            patient=known_patient,
             bundle_id=bundle_id_for(job.id),
             id_seed=job.id,
             document_reference_id=document.id,

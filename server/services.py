@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from server.config import Settings
+from server.hl7 import Hl7Service, MllpServer, tls_context
 from server.jobs import JobRunner
 from server.pipeline import Pipeline, create_extractor, create_ocr_engine
 from server.store import SqliteStore, Store
@@ -22,6 +23,7 @@ class Services:
     pipeline: Pipeline
     jobs: JobRunner
     terminology: TerminologyService | None
+    hl7: Hl7Service
 
 
 def build_embedder(settings: Settings) -> Embedder | None:
@@ -45,3 +47,26 @@ def build_pipeline(settings: Settings, terminology: TerminologyService | None = 
 
 def build_store(settings: Settings) -> Store:
     return SqliteStore(settings.database_path)
+
+
+def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner) -> MllpServer:
+    """The MLLP listener, handing each message to the HL7 service off the event loop."""
+    import anyio.to_thread
+
+    async def handle(payload: bytes) -> bytes | None:
+        ack, queued = await anyio.to_thread.run_sync(hl7.receive, payload)
+        if queued:
+            jobs.submit()
+        return ack.encode("utf-8") if ack is not None else None
+
+    context = None
+    if settings.mllp_tls_cert is not None and settings.mllp_tls_key is not None:
+        context = tls_context(settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca)
+    return MllpServer(
+        handle,
+        host=settings.mllp_host,
+        port=settings.mllp_port,
+        max_message_bytes=settings.mllp_max_message_bytes,
+        idle_timeout=settings.mllp_idle_timeout_seconds,
+        ssl_context=context,
+    )

@@ -29,7 +29,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings({}, data_dir=tmp_path / "data", job_poll_seconds=0.05, sync_wait_seconds=60)
+    return load_settings(
+        {}, data_dir=tmp_path / "data", job_poll_seconds=0.05, sync_wait_seconds=60, mllp_enabled=False
+    )
 
 
 _rendered: dict[tuple[str, int, ScanEffects], RenderedDocument] = {}

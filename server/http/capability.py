@@ -9,7 +9,15 @@ from server import __version__
 from server.config import Settings
 
 # Types produced by extraction, readable by id and searchable by patient.
-SEARCHABLE_TYPES: Final = ("Patient", "Condition", "MedicationStatement", "Observation", "Provenance", "Bundle")
+SEARCHABLE_TYPES: Final = (
+    "Patient",
+    "Condition",
+    "MedicationStatement",
+    "Observation",
+    "Provenance",
+    "Bundle",
+    "Encounter",
+)
 _PATIENT_PARAM: Final = {
     "name": "patient",
     "type": "reference",

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import anyio.to_thread
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, QueryParameter
 
 from fhir_profiles import FhirValidationError, operation_outcome, validate_resource
 from server.auth import Caller
@@ -137,8 +137,7 @@ class FhirController(Controller):
         record = await anyio.to_thread.run_sync(
             services.store.create_document, to_store, content, info.content_type, info.pages
         )
-        document = record.resource
-        document["content"][0]["attachment"]["url"] = f"Binary/{record.id}"
+        document = _with_binary_url(record.resource)
         location = f"{services.settings.fhir_base_url}/DocumentReference/{record.id}/_history/1"
         return fhir_response(document, 201, {"Location": location, "ETag": 'W/"1"', "Last-Modified": record.created_at})
 
@@ -149,9 +148,7 @@ class FhirController(Controller):
         record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
         if record is None:
             raise NotFound(f"DocumentReference/{document_id} is not known")
-        document = record.resource
-        document["content"][0]["attachment"]["url"] = f"Binary/{record.id}"
-        return fhir_response(document, headers={"ETag": f'W/"{record.version_id}"'})
+        return fhir_response(_with_binary_url(record.resource), headers={"ETag": f'W/"{record.version_id}"'})
 
     @get("/Binary/{document_id:str}")
     async def read_binary(
@@ -240,6 +237,18 @@ class FhirController(Controller):
             stored.resource, headers={"ETag": f'W/"{stored.version_id}"', "Last-Modified": stored.last_updated}
         )
 
+    @get("/DocumentReference")
+    async def search_document_references(
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[Services],
+        caller: NamedDependency[Caller],
+        count: Annotated[int, QueryParameter(name="_count", ge=0, le=500)] = 50,
+        offset: Annotated[int, QueryParameter(name="_offset", ge=0)] = 0,
+    ) -> Response[bytes]:
+        # its own route: POST /fhir/DocumentReference is static, so the generic search would not match
+        return await _search(request, "DocumentReference", services, count, offset)
+
     @get("/{resource_type:str}")
     async def search(
         self,
@@ -247,31 +256,70 @@ class FhirController(Controller):
         resource_type: FromPath[str],
         services: NamedDependency[Services],
         caller: NamedDependency[Caller],
-        patient: FromQuery[str | None] = None,
-        subject: FromQuery[str | None] = None,
-        id_: Annotated[str | None, QueryParameter(name="_id")] = None,
         count: Annotated[int, QueryParameter(name="_count", ge=0, le=500)] = 50,
         offset: Annotated[int, QueryParameter(name="_offset", ge=0)] = 0,
     ) -> Response[bytes]:
         if resource_type not in SEARCHABLE_TYPES:
             raise NotFound(f"resource type {resource_type} is not supported")
-        supported = {"patient", "subject", "_id", "_count", "_offset", "_format"}
-        unknown = sorted(set(request.query_params) - supported)
-        if unknown:
-            # FHIR R4 §3.1.1.4.3: a server that cannot honour a parameter must not silently drop it
-            raise InvalidRequest(f"search parameter(s) not supported: {', '.join(unknown)}")
-        reference = patient or subject
-        patient_id = reference.removeprefix("Patient/") if reference else None
-        if resource_type == "Patient" and patient_id is not None:
-            id_ = patient_id
-            patient_id = None
-        ids = [i for i in (id_ or "").split(",") if i]
+        return await _search(request, resource_type, services, count, offset)
+
+
+_SEARCH_PARAMETERS: Final = frozenset({"patient", "subject", "_id", "identifier", "_count", "_offset", "_format"})
+
+
+async def _search(
+    request: Request[Any, Any, Any], resource_type: str, services: Services, count: int, offset: int
+) -> Response[bytes]:
+    """Search by patient (or subject), _id and identifier, with _count/_offset paging."""
+    query = request.query_params
+    unknown = sorted(set(query) - _SEARCH_PARAMETERS)
+    if unknown:
+        # FHIR R4 §3.1.1.4.3: a server that cannot honour a parameter must not silently drop it
+        raise InvalidRequest(f"search parameter(s) not supported: {', '.join(unknown)}")
+    reference = query.get("patient") or query.get("subject")
+    patient_id = reference.removeprefix("Patient/") if reference else None
+    id_ = query.get("_id")
+    if resource_type == "Patient" and patient_id is not None:
+        id_ = patient_id
+        patient_id = None
+    ids = [i for i in (id_ or "").split(",") if i]
+    identifier = query.get("identifier")
+    if identifier is not None:
+        # token search (FHIR R4 §3.1.1.4.9): [system]|[value] or value alone
+        system, _, value = identifier.rpartition("|") if "|" in identifier else ("", "", identifier)
+        matched = await anyio.to_thread.run_sync(
+            lambda: services.store.find_by_identifier(resource_type, system or None, value)
+        )
+        ids = [i for i in matched if not ids or i in ids] or ["-no-match-"]
+    if resource_type == "DocumentReference":
+        documents, total = await anyio.to_thread.run_sync(
+            lambda: services.store.search_documents(patient=patient_id, ids=ids, count=count, offset=offset)
+        )
+        found = [
+            StoredResource(
+                resource_type="DocumentReference",
+                id=d.id,
+                version_id=d.version_id,
+                last_updated=d.resource["meta"]["lastUpdated"],
+                resource=_with_binary_url(d.resource),
+            )
+            for d in documents
+        ]
+    else:
         found, total = await anyio.to_thread.run_sync(
             lambda: services.store.search_resources(
                 resource_type, patient=patient_id, ids=ids, count=count, offset=offset
             )
         )
-        return fhir_response(_searchset(services, resource_type, request, found, total, count, offset))
+    return fhir_response(_searchset(services, resource_type, request, found, total, count, offset))
+
+
+def _with_binary_url(document: dict[str, Any]) -> dict[str, Any]:
+    """The stored DocumentReference with its attachment pointing at our Binary endpoint."""
+    content = [dict(c) for c in document.get("content", [])]
+    if content:
+        content[0] = {**content[0], "attachment": {**content[0]["attachment"], "url": f"Binary/{document['id']}"}}
+    return {**document, "content": content}
 
 
 def _searchset(

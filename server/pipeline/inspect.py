@@ -21,7 +21,8 @@ PDF: Final = "application/pdf"
 PNG: Final = "image/png"
 JPEG: Final = "image/jpeg"
 TIFF: Final = "image/tiff"
-SUPPORTED_TYPES: Final = (PDF, PNG, JPEG, TIFF)
+TEXT: Final = "text/plain"  # transcribed notes, e.g. HL7 OBX TX/FT lines
+SUPPORTED_TYPES: Final = (PDF, PNG, JPEG, TIFF, TEXT)
 
 # Magic numbers: PDF 1.7 (ISO 32000-1 §7.5.2), PNG (RFC 2083 §3.1), JPEG SOI marker, TIFF 6.0 header.
 _MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
@@ -75,6 +76,8 @@ def inspect_document(content: bytes, declared_type: str, limits: Limits) -> Docu
         raise UnsupportedMediaType(
             f"content type {declared!r} is not supported; use one of {', '.join(SUPPORTED_TYPES)}"
         )
+    if declared == TEXT:
+        return DocumentInfo(content_type=TEXT, pages=_inspect_text(content, limits), size=len(content))
     actual = sniff_content_type(content)
     if actual is None:
         raise UnprocessableDocument(f"document bytes are not a {declared} (unrecognised file signature)")
@@ -82,6 +85,19 @@ def inspect_document(content: bytes, declared_type: str, limits: Limits) -> Docu
         raise UnprocessableDocument(f"document is declared as {declared} but its bytes are a {actual}")
     pages = _inspect_pdf(content, limits) if actual == PDF else _inspect_image(content, actual, limits)
     return DocumentInfo(content_type=actual, pages=pages, size=len(content))
+
+
+def _inspect_text(content: bytes, limits: Limits) -> int:
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnprocessableDocument("text/plain document is not UTF-8") from None
+    if "\x00" in text:
+        raise UnprocessableDocument("text/plain document contains binary data")
+    pages = text.count("\f") + 1  # form feed separates pages
+    if pages > limits.max_pages:
+        raise TooLarge(f"text has {pages} pages; the limit is {limits.max_pages}")
+    return pages
 
 
 def open_pdf(content: bytes) -> pdfium.PdfDocument:

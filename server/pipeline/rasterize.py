@@ -9,6 +9,7 @@ time so a long document never holds every page image in memory.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Final
@@ -19,7 +20,7 @@ from pdf2image import convert_from_bytes
 from PIL import Image, ImageOps
 
 from server.errors import ProcessingFailed, UnprocessableDocument
-from server.pipeline.inspect import PDF, Limits
+from server.pipeline.inspect import PDF, TEXT, Limits
 from server.pipeline.page import OcrPage, Word, compose_page
 
 # A page whose text layer has fewer characters than this is treated as scanned.
@@ -40,6 +41,8 @@ def iter_pages(content: bytes, content_type: str, limits: Limits) -> Iterator[Ra
     """Yield each page of the document, in order, as a text-layer OcrPage or a PageImage."""
     if content_type == PDF:
         yield from _iter_pdf(content, limits)
+    elif content_type == TEXT:
+        yield from _iter_text(content)
     else:
         yield from _iter_image(content, limits)
 
@@ -83,6 +86,35 @@ def _render_pdf_page(content: bytes, number: int, dpi: int) -> Image.Image:
     if not images:
         raise UnprocessableDocument(f"page {number} of the PDF cannot be rendered")
     return images[0].convert("RGB")
+
+
+# Transcribed text has no page image: words get boxes on a virtual page of fixed-pitch lines,
+# so evidence still carries line and column (normalized) like every other page.
+_TEXT_PAGE_WIDTH: Final = 1000.0
+_CHAR_WIDTH: Final = 8.0
+_LINE_HEIGHT: Final = 16.0
+
+
+def _iter_text(content: bytes) -> Iterator[RasterPage]:
+    for index, page_text in enumerate(content.decode("utf-8").split("\f")):
+        words: list[Word] = []
+        lines = page_text.splitlines()
+        for row, line in enumerate(lines):
+            for match in re.finditer(r"\S+", line):
+                x0 = match.start() * _CHAR_WIDTH
+                words.append(
+                    Word(
+                        text=match.group(),
+                        bbox=(
+                            x0,
+                            row * _LINE_HEIGHT,
+                            x0 + len(match.group()) * _CHAR_WIDTH,
+                            row * _LINE_HEIGHT + _LINE_HEIGHT * 0.8,
+                        ),
+                    )
+                )
+        width = max(_TEXT_PAGE_WIDTH, max((len(line) for line in lines), default=0) * _CHAR_WIDTH)
+        yield compose_page(index + 1, width, max(len(lines), 1) * _LINE_HEIGHT, "text-layer", words)
 
 
 def _iter_image(content: bytes, limits: Limits) -> Iterator[RasterPage]:

@@ -8,6 +8,7 @@ status change commit together or not at all.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -69,6 +70,23 @@ class Store(Protocol):
 
     def get_document_content(self, document_id: str) -> bytes | None: ...
 
+    def update_document(self, document_id: str, resource: dict[str, Any]) -> DocumentRecord: ...
+
+    def search_documents(
+        self, *, patient: str | None = None, ids: Sequence[str] = (), count: int = 50, offset: int = 0
+    ) -> tuple[list[DocumentRecord], int]: ...
+
+    def find_by_identifier(self, resource_type: str, system: str | None, value: str) -> list[str]: ...
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """Group several calls into one durable transaction."""
+        ...
+
+    # HL7 v2 receipts
+    def hl7_ack(self, sender: str, control_id: str) -> str | None: ...
+
+    def record_hl7(self, sender: str, control_id: str, ack: str, document_id: str | None) -> None: ...
+
     # jobs
     def enqueue_job(self, document_id: str) -> JobRecord: ...
 
@@ -86,6 +104,10 @@ class Store(Protocol):
 
     # FHIR resources
     def read_resource(self, resource_type: str, resource_id: str) -> StoredResource | None: ...
+
+    def put_resource(self, resource: dict[str, Any]) -> StoredResource: ...
+
+    def retract_document_results(self, document_id: str) -> int: ...
 
     def search_resources(
         self,

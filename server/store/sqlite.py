@@ -71,6 +71,22 @@ CREATE TABLE IF NOT EXISTS resources (
     PRIMARY KEY (resource_type, id, version_id)
 );
 CREATE INDEX IF NOT EXISTS resources_current ON resources (resource_type, current, patient_id);
+CREATE TABLE IF NOT EXISTS identifiers (
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    system TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (resource_type, system, value, id)
+);
+CREATE INDEX IF NOT EXISTS identifiers_of ON identifiers (resource_type, id);
+CREATE TABLE IF NOT EXISTS hl7_messages (
+    sender TEXT NOT NULL,
+    control_id TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    ack TEXT NOT NULL,
+    document_id TEXT,
+    PRIMARY KEY (sender, control_id)
+);
 """
 _JOB_BY_ID: Final = (
     "SELECT id, document_id, status, attempts, stage, done, total, created_at, updated_at, bundle_id, error,"
@@ -93,6 +109,31 @@ def _now_seconds() -> float:
     return dt.datetime.now(dt.UTC).timestamp()
 
 
+def _mark_entered_in_error(resource: dict[str, Any]) -> None:
+    """FHIR R4's way to withdraw each resource type we emit."""
+    kind = resource["resourceType"]
+    if kind == "Condition":
+        resource.pop("clinicalStatus", None)  # con-5: no clinicalStatus when entered-in-error
+        resource["verificationStatus"] = {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "entered-in-error"}
+            ]
+        }
+    elif kind in ("Observation", "MedicationStatement", "DocumentReference"):
+        resource["status"] = "entered-in-error"
+    elif kind == "Bundle":
+        for entry in resource.get("entry", []):
+            if entry["resource"]["resourceType"] not in ("Patient", "Provenance"):
+                _mark_entered_in_error(entry["resource"])
+        resource.setdefault("meta", {})["tag"] = [
+            {
+                "system": "http://paperchart.org/fhir/CodeSystem/review-status",
+                "code": "entered-in-error",
+                "display": "Retracted",
+            }
+        ]
+
+
 def _patient_of(resource: dict[str, Any]) -> str | None:
     if resource.get("resourceType") == "Patient":
         return str(resource["id"])
@@ -110,6 +151,7 @@ class SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
+        self._depth = 0  # nesting of atomic()/_transaction(): only the outermost one commits
         self._db = connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -127,13 +169,30 @@ class SqliteStore:
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         with self._lock:
+            if self._depth:  # joined an outer atomic(): it commits or rolls back for us
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            else:
+                self._db.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Group several store calls into one durable transaction (all or nothing)."""
+        with self._transaction():
+            yield
 
     def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -179,7 +238,121 @@ class SqliteStore:
                 (document_id, 1, content_type, content_hash, len(content), pages, created, json.dumps(stored)),
             )
             db.execute("INSERT INTO document_content (document_id, content) VALUES (?, ?)", (document_id, content))
+            self._index_identifiers(db, stored)
         return record
+
+    def update_document(self, document_id: str, resource: dict[str, Any]) -> DocumentRecord:
+        """Store a new version of a DocumentReference's metadata (its bytes never change)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT version_id FROM documents WHERE id = ?", (document_id,)).fetchone()
+            if row is None:
+                raise KeyError(document_id)
+            version = row[0] + 1
+            updated = now_instant()
+            stored = {
+                **resource,
+                "id": document_id,
+                "meta": {**resource.get("meta", {}), "versionId": str(version), "lastUpdated": updated},
+            }
+            db.execute(
+                "UPDATE documents SET version_id = ?, resource = ? WHERE id = ?",
+                (version, json.dumps(stored), document_id),
+            )
+            self._index_identifiers(db, stored)
+        record = self.get_document(document_id)
+        if record is None:  # pragma: no cover - written in the transaction above
+            raise KeyError(document_id)
+        return record
+
+    @staticmethod
+    def _index_identifiers(db: Any, resource: dict[str, Any]) -> None:
+        resource_type, resource_id = resource["resourceType"], resource["id"]
+        db.execute("DELETE FROM identifiers WHERE resource_type = ? AND id = ?", (resource_type, resource_id))
+        identifiers = list(resource.get("identifier", []))
+        if isinstance(resource.get("masterIdentifier"), dict):
+            identifiers.append(resource["masterIdentifier"])
+        for identifier in identifiers:
+            if identifier.get("value"):
+                db.execute(
+                    "INSERT OR IGNORE INTO identifiers (resource_type, id, system, value) VALUES (?, ?, ?, ?)",
+                    (resource_type, resource_id, identifier.get("system", ""), identifier["value"]),
+                )
+
+    def find_by_identifier(self, resource_type: str, system: str | None, value: str) -> list[str]:
+        """Ids of current resources (or documents) of the type with that identifier; any system if None."""
+        if system is None:
+            rows = self._query(
+                "SELECT id FROM identifiers WHERE resource_type = ? AND value = ? ORDER BY id", (resource_type, value)
+            )
+        else:
+            rows = self._query(
+                "SELECT id FROM identifiers WHERE resource_type = ? AND system = ? AND value = ? ORDER BY id",
+                (resource_type, system, value),
+            )
+        return [row[0] for row in rows]
+
+    def search_documents(
+        self, *, patient: str | None = None, ids: Sequence[str] = (), count: int = 50, offset: int = 0
+    ) -> tuple[list[DocumentRecord], int]:
+        where, parameters = ["1 = 1"], []
+        if patient is not None:
+            where.append("json_extract(resource, '$.subject.reference') = ?")
+            parameters.append(f"Patient/{patient}")
+        if ids:
+            where.append(f"id IN ({', '.join('?' for _ in ids)})")
+            parameters.extend(ids)
+        clause = " AND ".join(where)
+        total = self._query(f"SELECT COUNT(*) FROM documents WHERE {clause}", parameters)[0][0]
+        ids_found = [
+            r[0]
+            for r in self._query(
+                f"SELECT id FROM documents WHERE {clause} ORDER BY created_at, id LIMIT ? OFFSET ?",
+                [*parameters, count, offset],
+            )
+        ]
+        records = [self.get_document(i) for i in ids_found]
+        return [r for r in records if r is not None], int(total)
+
+    # --- HL7 v2 message log (idempotent receipt) ----------------------------------------
+
+    def hl7_ack(self, sender: str, control_id: str) -> str | None:
+        rows = self._query("SELECT ack FROM hl7_messages WHERE sender = ? AND control_id = ?", (sender, control_id))
+        return str(rows[0][0]) if rows else None
+
+    def record_hl7(self, sender: str, control_id: str, ack: str, document_id: str | None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO hl7_messages (sender, control_id, received_at, ack, document_id) VALUES (?, ?, ?, ?, ?)",
+                (sender, control_id, now_instant(), ack, document_id),
+            )
+
+    def put_resource(self, resource: dict[str, Any]) -> StoredResource:
+        """Create or version a FHIR resource outside a job (e.g. a Patient from an HL7 PID)."""
+        with self._transaction() as db:
+            self._put_resource(db, resource, None, now_instant())
+        stored = self.read_resource(resource["resourceType"], resource["id"])
+        if stored is None:  # pragma: no cover - written in the transaction above
+            raise KeyError(resource["id"])
+        return stored
+
+    def retract_document_results(self, document_id: str) -> int:
+        """Mark every resource extracted from the document entered-in-error (new versions)."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT r.resource FROM resources r JOIN jobs j ON j.id = r.job_id"
+                " WHERE j.document_id = ? AND r.current = 1 AND r.resource_type NOT IN ('Patient', 'Provenance')",
+                (document_id,),
+            ).fetchall()
+            updated = now_instant()
+            for (text,) in rows:
+                resource = json.loads(text)
+                _mark_entered_in_error(resource)
+                job_row = db.execute(
+                    "SELECT job_id FROM resources WHERE resource_type = ? AND id = ? AND current = 1",
+                    (resource["resourceType"], resource["id"]),
+                ).fetchone()
+                self._put_resource(db, resource, job_row[0] if job_row else None, updated)
+            return len(rows)
 
     def get_document(self, document_id: str) -> DocumentRecord | None:
         rows = self._query(
@@ -300,8 +473,8 @@ class SqliteStore:
             )
             return True
 
-    @staticmethod
-    def _put_resource(db: Any, resource: dict[str, Any], job_id: str, updated: str) -> None:
+    @classmethod
+    def _put_resource(cls, db: Any, resource: dict[str, Any], job_id: str | None, updated: str) -> None:
         resource_type, resource_id = resource["resourceType"], resource["id"]
         row = db.execute(
             "SELECT MAX(version_id) FROM resources WHERE resource_type = ? AND id = ?", (resource_type, resource_id)
@@ -314,6 +487,7 @@ class SqliteStore:
             " VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
             (resource_type, resource_id, version, updated, _patient_of(resource), job_id, json.dumps(stored)),
         )
+        cls._index_identifiers(db, stored)
 
     def fail_job(self, job_id: str, owner: str, error: JobError, *, retry: bool, max_attempts: int) -> JobRecord | None:
         """Record a failure: back to the queue when ``retry`` and attempts remain, else failed."""

@@ -1,0 +1,140 @@
+"""MLLP listener (HL7 v2.5.1 Appendix C, release 1): ``<VT> message <FS><CR>`` over TCP, optional TLS.
+
+Handles many concurrent connections, partial reads and several messages in one read; bytes
+outside a frame are discarded; a frame over the size limit closes the connection (no partial
+message is ever processed); idle connections are closed after a timeout. ``stop`` stops
+accepting, lets every message being processed finish and be acknowledged, then closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from pathlib import Path
+
+from server.hl7.er7 import MLLP_END, MLLP_START
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[bytes], Awaitable[bytes | None]]
+
+
+def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """Server TLS (1.2+); with ``client_ca``, clients must present a certificate it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.busy = False
+        self.task: asyncio.Task[object] | None = None
+
+
+class MllpServer:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        idle_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.max_message_bytes = max_message_bytes
+        self.idle_timeout = idle_timeout
+        self.ssl_context = ssl_context
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._stopping = False
+
+    @property
+    def bound_port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("MLLP server is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, ssl=self.ssl_context, limit=1024 * 1024
+        )
+        logger.info("MLLP listening on %s:%d%s", self.host, self.bound_port, " (TLS)" if self.ssl_context else "")
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            if not connection.busy and connection.task is not None:
+                connection.task.cancel()  # idle: nothing in flight, close now
+        pending = [c.task for c in self._connections if c.task is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=grace_seconds)
+        if self._server is not None:
+            with suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=1)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = _Connection()
+        connection.task = asyncio.current_task()
+        self._connections.add(connection)
+        buffer = bytearray()
+        try:
+            while not self._stopping:
+                try:
+                    chunk = await asyncio.wait_for(reader.read(65536), timeout=self.idle_timeout)
+                except TimeoutError:
+                    logger.info("MLLP connection idle for %.0f s; closing", self.idle_timeout)
+                    return
+                if not chunk:
+                    return
+                buffer += chunk
+                while True:
+                    start = buffer.find(MLLP_START)
+                    if start == -1:
+                        buffer.clear()  # bytes outside any frame: discard
+                        break
+                    if start:
+                        del buffer[:start]
+                    end = buffer.find(MLLP_END, 1)
+                    if end == -1:
+                        if len(buffer) > self.max_message_bytes:
+                            logger.warning("MLLP frame over %d bytes; closing the connection", self.max_message_bytes)
+                            return
+                        break
+                    payload = bytes(buffer[1:end])
+                    del buffer[: end + len(MLLP_END)]
+                    if len(payload) > self.max_message_bytes:
+                        logger.warning("MLLP message over %d bytes; closing the connection", self.max_message_bytes)
+                        return
+                    connection.busy = True
+                    try:
+                        ack = await self.handler(payload)
+                        if ack is not None:
+                            writer.write(MLLP_START + ack + MLLP_END)
+                            await writer.drain()
+                    finally:
+                        connection.busy = False
+                    if self._stopping:
+                        return
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            return
+        except asyncio.CancelledError:
+            return
+        finally:
+            self._connections.discard(connection)
+            writer.close()
+            with suppress(Exception):
+                await writer.wait_closed()

@@ -1,0 +1,151 @@
+"""Receiving one HL7 v2 message: parse, map, store durably, then acknowledge.
+
+``AA`` is returned only after the message's document (and patient, and the extraction job) are
+committed to the store in one transaction. A message whose MSH-10 was already committed gets
+its original ACK again and changes nothing: interface engines resend on timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from server.config import Settings
+from server.errors import PaperchartError
+from server.hl7.ack import build_ack, enhanced_mode, wants_accept_ack
+from server.hl7.er7 import Er7Error, Er7Message, check_structure, parse_er7
+from server.hl7.mapping import DocumentPlan, plan_message
+from server.pipeline import Pipeline
+from server.store import Store
+
+logger = logging.getLogger(__name__)
+
+# Errors in Table 0357 that mean "we do not handle this kind of message" -> AR, not AE
+_REJECT_CODES = frozenset({"200", "201", "202", "203"})
+
+
+def decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")  # HL7 v2 default character set is ASCII; 8859/1 is the common extension
+
+
+class Hl7Service:
+    """Turns messages into stored documents and queued extraction jobs. Thread-safe (the store is)."""
+
+    def __init__(self, settings: Settings, store: Store, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.store = store
+        self.pipeline = pipeline
+
+    def receive(self, raw: bytes) -> tuple[str | None, bool]:
+        """(ACK to send or None when the sender asked for none, whether a job was queued)."""
+        try:
+            message = parse_er7(decode(raw))
+        except Er7Error as exc:
+            return build_ack(None, "AR", error_code=exc.code, error_text=exc.message, location=exc.location), False
+        sender = f"{message.msh.value(3)}|{message.msh.value(4)}"
+        previous = self.store.hl7_ack(sender, message.control_id)
+        if previous is not None:
+            logger.info("HL7 message %s from %s is a resend; returning its original ACK", message.control_id, sender)
+            return previous, False
+        try:
+            check_structure(message)
+            plan = plan_message(message)
+            if plan.attachment is not None:
+                self.pipeline.inspect(plan.attachment.content, plan.attachment.content_type)
+            ack, queued = self._commit(message, sender, plan)
+        except Er7Error as exc:
+            code = "AR" if exc.code in _REJECT_CODES else "AE"
+            ack, queued = (
+                build_ack(message, code, error_code=exc.code, error_text=exc.message, location=exc.location),
+                False,
+            )
+        except PaperchartError as exc:
+            # the embedded document is unusable (corrupt, too large, lying type): a content error
+            ack, queued = build_ack(message, "AE", error_code="102", error_text=exc.message, location="OBX^1^5"), False
+        except Exception as exc:
+            logger.error("HL7 message %s could not be stored: %s", message.control_id, type(exc).__name__)
+            ack, queued = (
+                build_ack(message, "AR", error_code="207", error_text="the message could not be stored; resend it"),
+                False,
+            )
+        code = "AA" if "|AA|" in ack or "|CA|" in ack else "AE"
+        if enhanced_mode(message) and not wants_accept_ack(message, code):
+            return None, queued
+        return ack, queued
+
+    def _find(self, number: str | None) -> str | None:
+        if not number:
+            return None
+        found = self.store.find_by_identifier("DocumentReference", None, number)
+        return found[-1] if found else None
+
+    def _commit(self, message: Er7Message, sender: str, plan: DocumentPlan) -> tuple[str, bool]:
+        ack = build_ack(message, "AA")
+        document_id: str | None = None
+        queued = False
+        with self.store.atomic():
+            self.store.put_resource(plan.patient)
+            if plan.encounter is not None:
+                self.store.put_resource(plan.encounter)
+            existing = self._find(plan.document_number)
+            action = plan.action
+            if action == "notify":
+                action = "create" if plan.attachment is not None and existing is None else "notify"
+            if action == "create":
+                if existing is not None:
+                    raise Er7Error(
+                        "a document with this TXA-12 unique document number already exists",
+                        code="205",
+                        location="TXA^1^12",
+                    )
+                document_id = self._create(plan, [])
+                queued = True
+            elif action in ("append", "replace", "edit"):
+                parent = self._find(plan.parent_number) or (existing if action == "edit" else None)
+                if parent is None:
+                    raise Er7Error("the parent document (TXA-13) is not known", code="204", location="TXA^1^13")
+                code = "appends" if action == "append" else "replaces"
+                document_id = self._create(
+                    plan, [{"code": code, "target": {"reference": f"DocumentReference/{parent}"}}]
+                )
+                if code == "replaces":
+                    self._set_status(parent, status="superseded")
+                queued = True
+            elif action == "status":
+                if existing is None:
+                    raise Er7Error("the document (TXA-12) is not known", code="204", location="TXA^1^12")
+                self._set_status(existing, status=plan.document["status"], doc_status=plan.document.get("docStatus"))
+                document_id = existing
+            elif action == "cancel":
+                if existing is None:
+                    raise Er7Error("the document to cancel (TXA-12) is not known", code="204", location="TXA^1^12")
+                self._set_status(existing, status="entered-in-error")
+                self.store.retract_document_results(existing)
+                document_id = existing
+            self.store.record_hl7(sender, message.control_id, ack, document_id)
+        return ack, queued
+
+    def _create(self, plan: DocumentPlan, relates_to: list[dict[str, Any]]) -> str:
+        if plan.attachment is None:
+            raise Er7Error("the message has no document content (OBX-5)", code="101", location="OBX^1^5")
+        info = self.pipeline.inspect(plan.attachment.content, plan.attachment.content_type)
+        resource = dict(plan.document)
+        if relates_to:
+            resource["relatesTo"] = relates_to
+        resource["content"] = [{"attachment": {"contentType": info.content_type, "size": info.size}}]
+        record = self.store.create_document(resource, plan.attachment.content, info.content_type, info.pages)
+        self.store.enqueue_job(record.id)
+        return record.id
+
+    def _set_status(self, document_id: str, *, status: str, doc_status: str | None = None) -> None:
+        record = self.store.get_document(document_id)
+        if record is None:
+            return
+        resource = dict(record.resource)
+        resource["status"] = status
+        if doc_status:
+            resource["docStatus"] = doc_status
+        self.store.update_document(document_id, resource)
