@@ -94,6 +94,42 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mllp(args: argparse.Namespace) -> int:
+    """The MLLP listener and the extraction workers without the HTTP API."""
+    import asyncio
+    import signal
+
+    from server.hl7 import Hl7Service
+    from server.jobs import JobRunner
+    from server.services import build_mllp, build_pipeline, build_store, build_terminology
+
+    overrides: dict[str, object] = {"mllp_enabled": True}
+    if args.port:
+        overrides["mllp_port"] = args.port
+    settings = load_settings(None, **overrides)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        store = build_store(settings)
+        pipeline = build_pipeline(settings, build_terminology(settings))
+        jobs = JobRunner(settings, store, pipeline)
+        jobs.start()
+        server = build_mllp(settings, Hl7Service(settings, store, pipeline), jobs)
+        await server.start()
+        print(f"paperchart: MLLP on {settings.mllp_host}:{server.bound_port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await server.stop()  # in-flight messages are finished and acknowledged first
+        await jobs.stop()
+        store.close()
+
+    asyncio.run(run())
+    return 0
+
+
 def _extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -250,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     lookup.set_defaults(handler=_terminology_lookup)
     info = actions.add_parser("info", help="code systems in the index, with versions, sources and licences")
     info.set_defaults(handler=_terminology_info)
+
+    mllp = commands.add_parser("mllp", help="run only the HL7 v2 MLLP listener and the extraction workers")
+    mllp.add_argument("--port", type=int, help="port (default PAPERCHART_MLLP_PORT or 2575)")
+    mllp.set_defaults(handler=_mllp)
 
     extract = commands.add_parser("extract", help="extract a PDF or image and print a FHIR Bundle (JSON)")
     extract.add_argument("file", type=Path)

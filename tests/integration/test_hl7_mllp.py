@@ -139,7 +139,7 @@ def test_resend_of_the_same_control_id_gets_the_same_ack_and_creates_nothing(
 
 
 def test_several_messages_in_one_write_and_one_message_in_many_writes(app_client: tuple[TestClient[Any], int]) -> None:
-    client, port = app_client
+    _, port = app_client
     batch = b"noise before the frame" + b"".join(
         frame(mdm("T02", control_id=f"B-{i}", document_number=f"DOC-B{i}", text_lines=NOTE_LINES)) for i in range(3)
     )

@@ -1,0 +1,137 @@
+"""HL7 v2 over MLLP: messages acknowledged per second with a durable commit, and ACK latency.
+
+    .venv/bin/python bench/mllp.py [--messages 2000] [--connections 8]
+
+Starts paperchart's MLLP listener in this process (real SQLite with synchronous=FULL, the
+real HL7 service; extraction workers off so only receipt is measured), sends MDM^T02
+messages with a small text note over N concurrent loopback connections, and reports AA/s and
+p50/p99 ACK latency, for small messages and for 1 MB embedded PDFs. The peer, measured in the
+same run, is the `hl7` package's own MLLP server answering each message with an ACK and
+storing nothing: the cost of framing and parsing alone, so the ratio shows what durability costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server.config import load_settings
+from server.hl7 import Hl7Service, MllpServer
+from server.services import build_pipeline, build_store
+from tests.fixtures.generate import render_document
+from tests.fixtures.hl7_messages import NOTE_LINES, mdm
+
+VT, FS_CR = b"\x0b", b"\x1c\r"
+
+
+async def client(port: int, messages: list[bytes], latencies: list[float]) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    accepted = 0
+    for message in messages:
+        started = time.perf_counter()
+        writer.write(VT + message + FS_CR)
+        await writer.drain()
+        ack = await reader.readuntil(FS_CR)
+        latencies.append(time.perf_counter() - started)
+        accepted += b"MSA|AA" in ack or b"MSA|CA" in ack
+    writer.close()
+    return accepted
+
+
+async def drive(port: int, messages: list[bytes], connections: int) -> tuple[int, float, list[float]]:
+    latencies: list[float] = []
+    chunks = [messages[i::connections] for i in range(connections)]
+    started = time.perf_counter()
+    accepted = sum(await asyncio.gather(*(client(port, chunk, latencies) for chunk in chunks)))
+    return accepted, time.perf_counter() - started, latencies
+
+
+async def paperchart_run(messages: list[bytes], connections: int) -> tuple[int, float, list[float]]:
+    with tempfile.TemporaryDirectory() as folder:
+        settings = load_settings({}, data_dir=Path(folder), mllp_port=0)
+        store = build_store(settings)
+        service = Hl7Service(settings, store, build_pipeline(settings))
+
+        async def handle(payload: bytes) -> bytes | None:
+            ack, _ = await asyncio.to_thread(service.receive, payload)
+            return ack.encode() if ack else None
+
+        server = MllpServer(handle, host="127.0.0.1", port=0, max_message_bytes=64 << 20, idle_timeout=60)
+        await server.start()
+        try:
+            return await drive(server.bound_port, messages, connections)
+        finally:
+            await server.stop()
+            store.close()
+
+
+async def peer_run(messages: list[bytes], connections: int) -> tuple[int, float, list[float]]:
+    from hl7.mllp import start_hl7_server
+
+    async def answer(reader, writer) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                message = await reader.readmessage()
+                writer.writemessage(message.create_ack("AA"))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await start_hl7_server(answer, "127.0.0.1", 0, limit=64 << 20)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        return await drive(port, messages, connections)
+    finally:
+        server.close()
+
+
+def row(name: str, result: tuple[int, float, list[float]]) -> tuple[str, float, float, float]:
+    accepted, seconds, latencies = result
+    ordered = sorted(latencies)
+    return (name, accepted / seconds, statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99) - 1] * 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--large", type=int, default=40, help="number of 1 MB PDF messages")
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+
+    small = [
+        mdm("T02", control_id=f"S{i}", document_number=f"D{i}", text_lines=NOTE_LINES).encode()
+        for i in range(args.messages)
+    ]
+    pdf = render_document("clinic_note", 1).pdf
+    padded = pdf + b"\n%" + b"0" * (1024 * 1024) + b"\n"
+    large = [
+        mdm("T02", control_id=f"L{i}", document_number=f"DL{i}", content=padded).encode() for i in range(args.large)
+    ]
+
+    rows = [
+        row(
+            f"paperchart, small MDM (AA after commit), {args.connections} conn",
+            asyncio.run(paperchart_run(small, args.connections)),
+        ),
+        row("hl7 package server, small MDM (no storage, peer)", asyncio.run(peer_run(small, args.connections))),
+        row(
+            f"paperchart, 1 MB PDF MDM (AA after commit), {args.connections} conn",
+            asyncio.run(paperchart_run(large, args.connections)),
+        ),
+        row("hl7 package server, 1 MB PDF MDM (peer)", asyncio.run(peer_run(large, args.connections))),
+    ]
+    print(f"{'run':<62} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, rate, p50, p99 in rows:
+        print(f"{name:<62} {rate:>8.0f} {p50:>8.1f} {p99:>8.1f}")
+    print(f"\nratio paperchart / peer: small {rows[0][1] / rows[1][1]:.2f}, 1 MB {rows[2][1] / rows[3][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
