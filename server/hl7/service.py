@@ -77,10 +77,16 @@ class Hl7Service:
         return ack, queued
 
     def _find(self, number: str | None) -> str | None:
+        """The live document with this unique number: an edit (T08) leaves older, superseded ones."""
         if not number:
             return None
-        found = self.store.find_by_identifier("DocumentReference", None, number)
-        return found[-1] if found else None
+        records = [
+            r
+            for i in self.store.find_by_identifier("DocumentReference", None, number)
+            if (r := self.store.get_document(i)) is not None
+        ]
+        live = [r for r in records if r.resource.get("status") == "current"] or records
+        return max(live, key=lambda r: r.created_at).id if live else None
 
     def _commit(self, message: Er7Message, sender: str, plan: DocumentPlan) -> tuple[str, bool]:
         ack = build_ack(message, "AA")

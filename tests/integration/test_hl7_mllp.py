@@ -209,6 +209,33 @@ def test_addendum_replacement_status_and_cancel(app_client: tuple[TestClient[Any
     assert client.get(f"/fhir/Observation/{observation['id']}").json()["status"] == "entered-in-error"
 
 
+def test_notification_without_content_and_edit(app_client: tuple[TestClient[Any], int]) -> None:
+    client, port = app_client
+    ack = send_raw(port, frame(mdm("T01", control_id="N-1", document_number="DOC-N")))[0]
+    assert msa(ack)[1] == "AA"  # T01 announces a document without content: nothing to extract yet
+    assert client.get("/fhir/DocumentReference", params={"identifier": "DOC-N"}).json()["total"] == 0
+    send_raw(port, frame(mdm("T02", control_id="N-2", document_number="DOC-N", text_lines=NOTE_LINES)))
+    original = document_by_number(client, "DOC-N")
+    ack = send_raw(
+        port,
+        frame(
+            mdm(
+                "T08",
+                control_id="N-3",
+                document_number="DOC-N",
+                text_lines=[*NOTE_LINES, "Edited: Metformin 1000 mg PO BID"],
+            )
+        ),
+    )[0]
+    assert msa(ack)[1] == "AA"
+    documents = client.get("/fhir/DocumentReference", params={"identifier": "DOC-N"}).json()["entry"]
+    by_status = {d["resource"]["status"]: d["resource"] for d in documents}
+    assert by_status["superseded"]["id"] == original["id"]
+    assert by_status["current"]["relatesTo"] == [
+        {"code": "replaces", "target": {"reference": f"DocumentReference/{original['id']}"}}
+    ]
+
+
 def test_oru_r01_with_embedded_pdf(app_client: tuple[TestClient[Any], int]) -> None:
     client, port = app_client
     report = rendered("lab_report", seed=34)

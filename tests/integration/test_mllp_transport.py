@@ -1,0 +1,201 @@
+"""The MLLP listener as a transport: TLS (mutual), idle timeout, concurrency, truncation, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from server.hl7 import MllpServer, tls_context
+
+VT, FS_CR = b"\x0b", b"\x1c\r"
+
+
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.EllipticCurvePrivateKey, issuer: str, *, ca: bool
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def write_pki(folder: Path) -> dict[str, Path]:
+    """A test CA, a server certificate for localhost and a client certificate, all signed by the CA."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("paperchart test CA", ca_key, ca_key, "paperchart test CA", ca=True)
+    paths: dict[str, Path] = {}
+
+    def save(name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None) -> None:
+        paths[f"{name}_cert"] = folder / f"{name}.crt"
+        paths[f"{name}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        if key is not None:
+            paths[f"{name}_key"] = folder / f"{name}.key"
+            paths[f"{name}_key"].write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+
+    save("ca", ca, None)
+    for name in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        save(
+            name,
+            _certificate(
+                "localhost" if name == "server" else "interface-engine", key, ca_key, "paperchart test CA", ca=False
+            ),
+            key,
+        )
+    return paths
+
+
+class Running:
+    """An MllpServer on its own event loop thread, with an echo-ACK handler."""
+
+    def __init__(self, handler: Callable[[bytes], Awaitable[bytes | None]], **options: object) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = MllpServer(
+            handler,
+            host="127.0.0.1",
+            port=0,
+            max_message_bytes=1 << 20,
+            idle_timeout=float(options.pop("idle_timeout", 30.0)),
+            **options,
+        )  # type: ignore[arg-type]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        self.port = self.server.bound_port
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace_seconds=10), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+async def echo(payload: bytes) -> bytes:
+    return b"MSA|AA|" + payload.split(b"|", 10)[9]
+
+
+def message(control_id: str) -> bytes:
+    return VT + f"MSH|^~\\&|A|B|C|D|2026||MDM^T02|{control_id}|P|2.5.1\rPID|1||X".encode() + FS_CR
+
+
+def exchange(port: int, payload: bytes, *, context: ssl.SSLContext | None = None) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        sock = context.wrap_socket(raw, server_hostname="localhost") if context else raw
+        sock.sendall(payload)
+        reply = b""
+        while not reply.endswith(FS_CR):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
+def refused(port: int, payload: bytes, context: ssl.SSLContext | None) -> bool:
+    """No ACK: the handshake failed, or (TLS 1.3 rejects client certificates after it) the server hung up."""
+    try:
+        return exchange(port, payload, context=context) == b""
+    except (ssl.SSLError, ConnectionError, OSError):
+        return True
+
+
+def test_mutual_tls(tmp_path: Path) -> None:
+    pki = write_pki(tmp_path)
+    running = Running(echo, ssl_context=tls_context(pki["server_cert"], pki["server_key"], pki["ca_cert"]))
+    try:
+        client = ssl.create_default_context(cafile=pki["ca_cert"])
+        client.load_cert_chain(pki["client_cert"], pki["client_key"])
+        assert exchange(running.port, message("TLS-1"), context=client) == VT + b"MSA|AA|TLS-1" + FS_CR
+        anonymous = ssl.create_default_context(cafile=pki["ca_cert"])  # no client certificate
+        assert refused(running.port, message("TLS-2"), anonymous)
+        assert refused(running.port, message("TLS-3"), None)  # plain TCP to the TLS port
+    finally:
+        running.stop()
+
+
+def test_idle_connections_are_closed(tmp_path: Path) -> None:
+    running = Running(echo, idle_timeout=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            assert sock.recv(10) == b""  # the server hung up on a silent client
+    finally:
+        running.stop()
+
+
+def test_many_concurrent_connections() -> None:
+    running = Running(echo)
+    try:
+        replies: dict[int, bytes] = {}
+
+        def client(number: int) -> None:
+            replies[number] = exchange(running.port, message(f"C-{number}"))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert replies == {n: VT + f"MSA|AA|C-{n}".encode() + FS_CR for n in range(20)}
+    finally:
+        running.stop()
+
+
+def test_a_truncated_frame_is_never_processed() -> None:
+    seen: list[bytes] = []
+
+    async def record(payload: bytes) -> bytes:
+        seen.append(payload)
+        return b"MSA|AA|x"
+
+    running = Running(record)
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(message("T-1")[:-5])  # the sender dies mid-message
+        assert exchange(running.port, message("T-2")) == VT + b"MSA|AA|x" + FS_CR
+        assert len(seen) == 1 and b"T-2" in seen[0]
+    finally:
+        running.stop()
+
+
+def test_stop_finishes_the_message_in_flight() -> None:
+    started = threading.Event()
+
+    async def slow(payload: bytes) -> bytes:
+        started.set()
+        await asyncio.sleep(1.0)  # a commit that takes a while
+        return b"MSA|AA|slow"
+
+    running = Running(slow)
+    result: dict[str, bytes] = {}
+    sender = threading.Thread(target=lambda: result.setdefault("reply", exchange(running.port, message("S-1"))))
+    sender.start()
+    assert started.wait(10)
+    running.stop()  # shutdown while the message is being processed
+    sender.join(10)
+    assert result["reply"] == VT + b"MSA|AA|slow" + FS_CR
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", running.port), timeout=2)
