@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +39,23 @@ def _services(state: State) -> Services:
     return services
 
 
+async def _attach_terminology_when_built(app: Litestar, every_seconds: float = 5.0) -> None:
+    """Start coding as soon as a terminology index appears (e.g. built in the background on first start).
+
+    The index is swapped in with an atomic rename, so once the file exists it is complete.
+    """
+    services: Services = app.state.services
+    path = services.settings.terminology_index_path
+    while not path.exists():  # noqa: ASYNC110 - another process creates the file; there is no event to await
+        await asyncio.sleep(every_seconds)
+    terminology = build_terminology(services.settings)
+    if terminology is None:
+        return
+    services.pipeline.terminology = terminology
+    app.state.services = dataclasses.replace(services, terminology=terminology)
+    logger.info("terminology index attached: extracted mentions are now coded")
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
 
@@ -56,16 +75,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if mllp is not None:
             await mllp.start()
             app.state.mllp = mllp
+        watcher = asyncio.create_task(_attach_terminology_when_built(app)) if terminology is None else None
         logger.info("paperchart ready: FHIR base %s, data in %s", settings.fhir_base_url, settings.data_dir)
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             if mllp is not None:
                 await mllp.stop()  # finish and acknowledge messages in flight first
             await jobs.stop()
             store.close()
-            if terminology is not None:
-                terminology.close()
+            attached: Services = app.state.services
+            if attached.terminology is not None:
+                attached.terminology.close()
 
     # base64 inflates by 4/3; allow the JSON around it too
     max_body = settings.max_upload_bytes * 4 // 3 + 1024 * 1024

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -88,7 +89,15 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(None, **overrides)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.build_terminology and settings.semantic_search and not settings.terminology_index_path.exists():
-        _build_builtin_terminology(settings)
+        # First start: build the index in a separate process so the API is usable at once; the app
+        # attaches the index (and starts coding) when the build swaps it in.
+        print(
+            "paperchart: no terminology index yet; building it in the background "
+            "(progress below; codes are assigned once it is ready)",
+            file=sys.stderr,
+            flush=True,
+        )
+        subprocess.Popen([sys.executable, "-m", "server.cli", "terminology", "build"])
     print(f"paperchart: serving FHIR at {settings.fhir_base_url} (data in {settings.data_dir.resolve()})", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     return 0

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS designation (
     term TEXT NOT NULL, kind TEXT NOT NULL, embedded INTEGER NOT NULL DEFAULT 0, UNIQUE (concept_id, term)
 );
 CREATE INDEX IF NOT EXISTS designation_unembedded ON designation (embedded) WHERE embedded = 0;
+CREATE INDEX IF NOT EXISTS designation_term ON designation (term COLLATE NOCASE);
 CREATE TABLE IF NOT EXISTS index_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS designation_fts USING fts5(
     term, content='designation', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'

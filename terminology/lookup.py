@@ -23,8 +23,14 @@ from terminology.model import Candidate, CodeSystemInfo, ConceptDetail
 
 RRF_K: Final = 60
 POOL: Final = 50  # candidates taken from each list before fusion
+KNN_WIDE: Final = 250  # neighbours fetched before filtering by system and semantic type
+LEXICAL_POOL: Final = 2000  # FTS hits ranked before filtering by system and semantic type
 Mode = Literal["hybrid", "lexical", "semantic"]
 _RESIDUAL_SUFFIXES: Final = (", unspecified", " NOS", ", unspecified organism", ", not elsewhere classified")
+# Words too common in clinical titles to help ranking ("of", "with"); dropping them keeps the OR
+# query from matching most of the index.
+_STOPWORDS: Final = frozenset({"of", "with", "and", "the", "in", "to", "or", "for", "by", "on", "at", "an", "as",
+                               "due", "without", "other", "unspecified", "nos", "not", "elsewhere", "classified"})
 _TOKEN = re.compile(r"[\w]+", re.UNICODE)
 
 
@@ -150,15 +156,18 @@ class TerminologyService:
         return [_Hit(concept_id=r[0], term=r[1]) for r in rows]
 
     def _lexical(self, query: str, systems: Sequence[str], semantic_types: Sequence[str]) -> list[_Hit]:
-        tokens = [t for t in _TOKEN.findall(query.lower()) if len(t) > 1 or t.isdigit()]
+        tokens = [t for t in _TOKEN.findall(query.lower()) if (len(t) > 1 or t.isdigit()) and t not in _STOPWORDS]
         if not tokens:
             return []
         match = " OR ".join(f'"{t}"' for t in tokens)
         where, parameters = self._filters(systems, semantic_types)
+        # Rank inside FTS5 first (a materialized, limited CTE), then filter: joined directly, SQLite's
+        # planner can run one MATCH per concept row, which took a minute a query on ICD-10-CM.
         rows = self._rows(
-            "SELECT d.concept_id, d.term FROM designation_fts f JOIN designation d ON d.id = f.rowid"
-            f" JOIN concept c ON c.id = d.concept_id WHERE designation_fts MATCH ?{where}"
-            f" ORDER BY bm25(designation_fts) LIMIT {POOL}",
+            "WITH hits AS MATERIALIZED (SELECT rowid AS id, rank FROM designation_fts WHERE designation_fts MATCH ?"
+            f" ORDER BY rank LIMIT {LEXICAL_POOL}) SELECT d.concept_id, d.term FROM hits h"
+            f" JOIN designation d ON d.id = h.id JOIN concept c ON c.id = d.concept_id WHERE 1 = 1{where}"
+            f" ORDER BY h.rank LIMIT {POOL}",
             [match, *parameters],
         )
         return [_Hit(concept_id=r[0], term=r[1]) for r in rows]
@@ -169,6 +178,14 @@ class TerminologyService:
         vector = self.embedder.embed([query])[0].astype(np.float32).tobytes()
         found: list[tuple[float, int]] = []
         targets: list[str | None] = list(systems) or [None]
+        # Unfiltered KNN is ~2x faster than vec0's metadata filter; filter afterwards, and fall back to
+        # the filtered search only when too few neighbours belong to the requested systems/types.
+        rows = self._rows(f"SELECT rowid, distance FROM designation_vec WHERE embedding MATCH ? AND k = {KNN_WIDE}",
+                          [vector])
+        wanted = self._keep(([r[0] for r in rows]), systems, semantic_types)
+        if len(wanted) >= POOL or not (systems or semantic_types):
+            found = sorted((r[1], r[0]) for r in rows if r[0] in wanted)
+            targets = []
         for system in targets:
             clause, filters = "", []
             if system is not None:
@@ -196,6 +213,15 @@ class TerminologyService:
             )
         }
         return [_Hit(concept_id=by_id[i][1], term=by_id[i][2], similarity=1 - d) for d, i in found[:POOL] if i in by_id]
+
+    def _keep(self, designation_ids: list[int], systems: Sequence[str], semantic_types: Sequence[str]) -> set[int]:
+        if not designation_ids:
+            return set()
+        where, parameters = self._filters(systems, semantic_types)
+        marks = ",".join("?" * len(designation_ids))
+        return {r[0] for r in self._rows(
+            f"SELECT d.id FROM designation d JOIN concept c ON c.id = d.concept_id WHERE d.id IN ({marks}){where}",
+            [*designation_ids, *parameters])}
 
     # --- FHIR terminology operations --------------------------------------------------
 

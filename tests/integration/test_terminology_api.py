@@ -95,6 +95,23 @@ def test_terminology_without_an_index_is_a_clear_503(settings: Settings) -> None
     assert "terminology build" in response.json()["issue"][0]["details"]["text"]
 
 
+def test_an_index_built_after_start_is_attached(settings: Settings, terminology_index: Path) -> None:
+    import shutil
+    import time
+
+    with TestClient(app=create_app(settings)) as client:
+        assert client.get("/fhir/ValueSet/$expand", params={"filter": "asthma"}).status_code == 503
+        shutil.copyfile(terminology_index, settings.terminology_index_path.with_suffix(".tmp"))
+        settings.terminology_index_path.with_suffix(".tmp").rename(settings.terminology_index_path)  # atomic
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if client.get("/fhir/ValueSet/$expand", params={"filter": "asthma"}).status_code == 200:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the new index was not attached")
+
+
 def test_cli_lookup_and_info(tmp_path: Path, terminology_index: Path) -> None:
     env = {**os.environ, "PAPERCHART_DATA_DIR": str(tmp_path), "PAPERCHART_TERMINOLOGY_PATH": str(terminology_index)}
 
