@@ -237,6 +237,34 @@ class FhirController(Controller):
             stored.resource, headers={"ETag": f'W/"{stored.version_id}"', "Last-Modified": stored.last_updated}
         )
 
+    @post("/{resource_type:str}/$validate", status_code=200)
+    async def validate(
+        self, request: Request[Any, Any, Any], resource_type: FromPath[str], caller: NamedDependency[Caller]
+    ) -> Response[bytes]:
+        """FHIR $validate (R4 §6.1.0.4): the resource in the body, the verdict as an OperationOutcome (200)."""
+        body = _parse_json(await request.body())
+        if body.get("resourceType") == "Parameters":  # the resource may come wrapped in Parameters.resource
+            wrapped = [p.get("resource") for p in body.get("parameter", []) if p.get("name") == "resource"]
+            body = wrapped[0] if wrapped and isinstance(wrapped[0], dict) else body
+        if body.get("resourceType") != resource_type:
+            raise InvalidRequest(f"the body is not a {resource_type} resource", expression="resourceType")
+        try:
+            await anyio.to_thread.run_sync(validate_resource, body)
+        except FhirValidationError as exc:
+            issues = [
+                {
+                    "severity": "error",
+                    "code": "invalid",
+                    "details": {"text": problem},
+                    "expression": [f"{resource_type}.{problem.split(':', 1)[0]}"],
+                }
+                for problem in exc.problems
+            ]
+            return fhir_response({"resourceType": "OperationOutcome", "issue": issues})
+        return fhir_response(
+            operation_outcome("informational", f"{resource_type} is valid FHIR R4", severity="information")
+        )
+
     @get("/DocumentReference")
     async def search_document_references(
         self,

@@ -240,3 +240,23 @@ def test_unknown_things_are_404_outcomes(client: TestClient[Any]) -> None:
     response = client.post("/fhir/DocumentReference/nope/$extract")
     assert response.status_code == 404
     assert client.get("/fhir/Observation", params={"code": "x"}).status_code == 400
+
+
+def test_validate_operation(client: TestClient[Any]) -> None:
+    valid = client.post("/fhir/Patient/$validate", json={"resourceType": "Patient", "gender": "female"}).json()
+    assert valid["issue"][0]["severity"] == "information"
+    invalid = client.post(
+        "/fhir/Observation/$validate", json={"resourceType": "Observation", "status": "done", "birthDate": "x"}
+    )
+    assert invalid.status_code == 200
+    problems = {issue["expression"][0] for issue in invalid.json()["issue"]}
+    assert {"Observation.code", "Observation.birthDate"} <= problems
+    wrapped = client.post(
+        "/fhir/Patient/$validate",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [{"name": "resource", "resource": {"resourceType": "Patient", "gender": "sometimes"}}],
+        },
+    ).json()
+    assert wrapped["issue"][0]["severity"] == "error" and "gender" in wrapped["issue"][0]["details"]["text"]
+    assert client.post("/fhir/Patient/$validate", json={"resourceType": "Observation"}).status_code == 400
