@@ -24,6 +24,12 @@ _PATIENT_PARAM: Final = {
     "documentation": "The patient the resource is about (Patient/id or id)",
 }
 _ID_PARAM: Final = {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}
+_IDENTIFIER_PARAM: Final = {
+    "name": "identifier",
+    "type": "token",
+    "definition": "http://hl7.org/fhir/SearchParameter/Patient-identifier",
+}
+TRANSACTION_OPERATION_URL: Final = "http://paperchart.org/fhir/OperationDefinition/Bundle-transaction"
 EXTRACT_OPERATION_URL: Final = "http://paperchart.org/fhir/OperationDefinition/DocumentReference-extract"
 
 
@@ -61,9 +67,23 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
     ]
     for resource_type in SEARCHABLE_TYPES:
         params = [_ID_PARAM] if resource_type in ("Patient", "Bundle", "Provenance") else [_PATIENT_PARAM, _ID_PARAM]
-        resources.append(
-            {"type": resource_type, "interaction": [{"code": "read"}, {"code": "search-type"}], "searchParam": params}
-        )
+        if resource_type == "Patient":
+            params = [*params, _IDENTIFIER_PARAM]
+        entry: dict[str, Any] = {
+            "type": resource_type,
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": params,
+        }
+        if resource_type == "Bundle":
+            entry["operation"] = [
+                {
+                    "name": "transaction",
+                    "definition": TRANSACTION_OPERATION_URL,
+                    "documentation": "The Bundle as a transaction (urn:uuid references, conditional "
+                    "create of the Patient on its identifier) for loading elsewhere.",
+                }
+            ]
+        resources.append(entry)
     statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -20,8 +20,16 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
 from fhir_profiles import FhirValidationError, operation_outcome, validate_resource
+from fhir_profiles.transaction import to_transaction
 from server.auth import Caller
-from server.errors import InvalidRequest, NotFound, PaperchartError, UnprocessableDocument, UnsupportedResource
+from server.errors import (
+    InvalidFhirOutput,
+    InvalidRequest,
+    NotFound,
+    PaperchartError,
+    UnprocessableDocument,
+    UnsupportedResource,
+)
 from server.http.capability import SEARCHABLE_TYPES, capability_statement
 from server.services import Services
 from server.store import JobRecord, StoredResource
@@ -236,6 +244,34 @@ class FhirController(Controller):
         return fhir_response(
             stored.resource, headers={"ETag": f'W/"{stored.version_id}"', "Last-Modified": stored.last_updated}
         )
+
+    @get("/Bundle/{bundle_id:str}/$transaction")
+    async def bundle_as_transaction(
+        self, bundle_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
+    ) -> Response[bytes]:
+        """A stored Bundle as a transaction another FHIR server can load (conditional create on Patient)."""
+        stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", bundle_id)
+        if stored is None:
+            raise NotFound(f"Bundle/{bundle_id} is not known")
+        document = None
+        for entry in stored.resource.get("entry", []):
+            for entity in entry["resource"].get("entity", []):
+                reference = entity.get("what", {}).get("reference", "")
+                if reference.startswith("DocumentReference/"):
+                    document = await anyio.to_thread.run_sync(
+                        services.store.get_document, reference.removeprefix("DocumentReference/")
+                    )
+                    break
+            if document is not None:
+                break
+        binary = f"{services.settings.fhir_base_url}/Binary/{document.id}" if document else None
+        try:
+            transaction = to_transaction(stored.resource, document.resource if document else None, binary)
+        except FhirValidationError as exc:
+            raise InvalidFhirOutput(
+                "the Bundle could not be turned into a valid transaction", diagnostics="; ".join(exc.problems)
+            ) from None
+        return fhir_response(transaction)
 
     @post("/{resource_type:str}/$validate", status_code=200)
     async def validate(

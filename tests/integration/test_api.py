@@ -260,3 +260,34 @@ def test_validate_operation(client: TestClient[Any]) -> None:
     ).json()
     assert wrapped["issue"][0]["severity"] == "error" and "gender" in wrapped["issue"][0]["details"]["text"]
     assert client.post("/fhir/Patient/$validate", json={"resourceType": "Observation"}).status_code == 400
+
+
+def test_bundle_as_a_transaction(client: TestClient[Any]) -> None:
+    document = rendered("clinic_note", seed=12)
+    stored = upload(client, document.pdf, "application/pdf")
+    bundle = client.post(f"/fhir/DocumentReference/{stored['id']}/$extract", headers={"Prefer": "respond-sync"}).json()
+    transaction = client.get(f"/fhir/Bundle/{bundle['id']}/$transaction").json()
+    assert transaction["type"] == "transaction"
+    full_urls = {e["fullUrl"] for e in transaction["entry"]}
+    assert all(url.startswith("urn:uuid:") for url in full_urls)
+    assert len(transaction["entry"]) == len(bundle["entry"]) + 1  # plus the source DocumentReference
+
+    def references(value: Any) -> list[str]:
+        if isinstance(value, dict):
+            return [v for k, v in value.items() if k == "reference"] + [
+                r for v in value.values() for r in references(v)
+            ]
+        if isinstance(value, list):
+            return [r for v in value for r in references(v)]
+        return []
+
+    assert set(references(transaction)) <= full_urls  # every reference resolves inside the transaction
+    patient = next(e for e in transaction["entry"] if e["resource"]["resourceType"] == "Patient")
+    assert patient["request"] == {
+        "method": "POST",
+        "url": "Patient",
+        "ifNoneExist": f"identifier=https://fhir.nhs.uk/Id/nhs-number|{document.truth.patient.nhs_number}",
+    }
+    assert all("id" not in e["resource"] for e in transaction["entry"])
+    source = next(e for e in transaction["entry"] if e["resource"]["resourceType"] == "DocumentReference")
+    assert source["resource"]["content"][0]["attachment"]["url"].endswith(f"/fhir/Binary/{stored['id']}")
