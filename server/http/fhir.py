@@ -238,12 +238,26 @@ class FhirController(Controller):
     ) -> Response[bytes]:
         if resource_type not in SEARCHABLE_TYPES:
             raise NotFound(f"resource type {resource_type} is not supported")
-        stored = await anyio.to_thread.run_sync(services.store.read_resource, resource_type, resource_id)
-        if stored is None:
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
-        return fhir_response(
-            stored.resource, headers={"ETag": f'W/"{stored.version_id}"', "Last-Modified": stored.last_updated}
-        )
+        return await _read(services, resource_type, resource_id)
+
+    # Bundle has routes of its own: the static segment of /Bundle/{id}/$transaction would otherwise
+    # hide it from the generic /{resource_type} routes in Litestar's router.
+    @get("/Bundle/{bundle_id:str}")
+    async def read_bundle(
+        self, bundle_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
+    ) -> Response[bytes]:
+        return await _read(services, "Bundle", bundle_id)
+
+    @get("/Bundle")
+    async def search_bundles(
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[Services],
+        caller: NamedDependency[Caller],
+        count: Annotated[int, QueryParameter(name="_count", ge=0, le=500)] = 50,
+        offset: Annotated[int, QueryParameter(name="_offset", ge=0)] = 0,
+    ) -> Response[bytes]:
+        return await _search(request, "Bundle", services, count, offset)
 
     @get("/Bundle/{bundle_id:str}/$transaction")
     async def bundle_as_transaction(
@@ -326,6 +340,15 @@ class FhirController(Controller):
         if resource_type not in SEARCHABLE_TYPES:
             raise NotFound(f"resource type {resource_type} is not supported")
         return await _search(request, resource_type, services, count, offset)
+
+
+async def _read(services: Services, resource_type: str, resource_id: str) -> Response[bytes]:
+    stored = await anyio.to_thread.run_sync(services.store.read_resource, resource_type, resource_id)
+    if stored is None:
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
+    return fhir_response(
+        stored.resource, headers={"ETag": f'W/"{stored.version_id}"', "Last-Modified": stored.last_updated}
+    )
 
 
 _SEARCH_PARAMETERS: Final = frozenset({"patient", "subject", "_id", "identifier", "_count", "_offset", "_format"})

@@ -291,3 +291,13 @@ def test_bundle_as_a_transaction(client: TestClient[Any]) -> None:
     assert all("id" not in e["resource"] for e in transaction["entry"])
     source = next(e for e in transaction["entry"] if e["resource"]["resourceType"] == "DocumentReference")
     assert source["resource"]["content"][0]["attachment"]["url"].endswith(f"/fhir/Binary/{stored['id']}")
+
+
+def test_every_searchable_type_answers_read_and_search(client: TestClient[Any]) -> None:
+    """Routes with static segments (e.g. Bundle/{id}/$transaction) must not hide the generic ones."""
+    from server.http.capability import SEARCHABLE_TYPES
+
+    for resource_type in (*SEARCHABLE_TYPES, "DocumentReference"):
+        search = client.get(f"/fhir/{resource_type}")
+        assert search.status_code == 200 and search.json()["type"] == "searchset", resource_type
+        assert client.get(f"/fhir/{resource_type}/missing").status_code == 404, resource_type
