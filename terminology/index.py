@@ -71,6 +71,18 @@ def _create(db: Any, dimensions: int) -> None:
     )
 
 
+def _remove_abandoned_builds(path: Path) -> None:
+    """Delete half-built files left by builds that were killed (their process no longer exists)."""
+    for leftover in path.parent.glob(f".{path.name}.*.building"):
+        pid = leftover.name.removeprefix(f".{path.name}.").removesuffix(".building")
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            leftover.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            continue
+
+
 class IndexWriter:
     """Writes one new version of the index file; ``commit`` swaps it in."""
 
@@ -79,6 +91,7 @@ class IndexWriter:
         self.embedder = embedder
         self.staging = path.with_name(f".{path.name}.{os.getpid()}.building")
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_builds(path)
         self.staging.unlink(missing_ok=True)
         if path.exists() and not fresh:
             shutil.copyfile(path, self.staging)

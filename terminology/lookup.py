@@ -33,8 +33,31 @@ Mode = Literal["hybrid", "lexical", "semantic"]
 _RESIDUAL_SUFFIXES: Final = (", unspecified", " NOS", ", unspecified organism", ", not elsewhere classified")
 # Words too common in clinical titles to help ranking ("of", "with"); dropping them keeps the OR
 # query from matching most of the index.
-_STOPWORDS: Final = frozenset({"of", "with", "and", "the", "in", "to", "or", "for", "by", "on", "at", "an", "as",
-                               "due", "without", "other", "unspecified", "nos", "not", "elsewhere", "classified"})
+_STOPWORDS: Final = frozenset(
+    {
+        "of",
+        "with",
+        "and",
+        "the",
+        "in",
+        "to",
+        "or",
+        "for",
+        "by",
+        "on",
+        "at",
+        "an",
+        "as",
+        "due",
+        "without",
+        "other",
+        "unspecified",
+        "nos",
+        "not",
+        "elsewhere",
+        "classified",
+    }
+)
 _TOKEN = re.compile(r"[\w]+", re.UNICODE)
 
 
@@ -184,8 +207,9 @@ class TerminologyService:
         targets: list[str | None] = list(systems) or [None]
         # Unfiltered KNN is ~2x faster than vec0's metadata filter; filter afterwards, and fall back to
         # the filtered search only when too few neighbours belong to the requested systems/types.
-        rows = self._rows(f"SELECT rowid, distance FROM designation_vec WHERE embedding MATCH ? AND k = {KNN_WIDE}",
-                          [vector])
+        rows = self._rows(
+            f"SELECT rowid, distance FROM designation_vec WHERE embedding MATCH ? AND k = {KNN_WIDE}", [vector]
+        )
         wanted = self._keep(([r[0] for r in rows]), systems, semantic_types)
         if len(wanted) >= POOL or not (systems or semantic_types):
             found = sorted((r[1], r[0]) for r in rows if r[0] in wanted)
@@ -223,9 +247,13 @@ class TerminologyService:
             return set()
         where, parameters = self._filters(systems, semantic_types)
         marks = ",".join("?" * len(designation_ids))
-        return {r[0] for r in self._rows(
-            f"SELECT d.id FROM designation d JOIN concept c ON c.id = d.concept_id WHERE d.id IN ({marks}){where}",
-            [*designation_ids, *parameters])}
+        return {
+            r[0]
+            for r in self._rows(
+                f"SELECT d.id FROM designation d JOIN concept c ON c.id = d.concept_id WHERE d.id IN ({marks}){where}",
+                [*designation_ids, *parameters],
+            )
+        }
 
     # --- FHIR terminology operations --------------------------------------------------
 

@@ -270,3 +270,12 @@ def test_loinc_csv_icd_order_fhir_json_and_rf2(tmp_path: Path, scratch_index: Pa
     assert mi is not None and mi.display == "Myocardial infarction" and mi.semantic_type == "disorder"
     assert top_codes(service, "heart attack", SNOMED)[0] == "22298006"
     assert service.concept(SNOMED, "11111111") is None
+
+
+def test_a_killed_builds_leftover_is_removed(tmp_path: Path, scratch_index: Path, embedder: MiniLmEmbedder) -> None:
+    leftover = scratch_index.with_name(f".{scratch_index.name}.999999999.building")  # no such process
+    leftover.write_bytes(b"half an index")
+    source = tmp_path / "RXNCONSO.RRF"
+    source.write_text(RXNCONSO)
+    build_index(scratch_index, embedder, [create_importer("rxnorm-rrf", source)])
+    assert not leftover.exists()
