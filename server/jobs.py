@@ -23,6 +23,7 @@ from fhir_profiles import BundleContext, resource_id
 from server.config import Settings
 from server.errors import PaperchartError, ProcessingFailed, ServiceUnavailable
 from server.pipeline import Pipeline, software_name
+from server.pipeline.runner import ProgressCallback
 from server.store import JobError, JobRecord, Store
 from server.store.sqlite import now_instant
 
@@ -153,7 +154,7 @@ class JobRunner:
             )
         )
 
-    def _process(self, job: JobRecord, on_progress: object) -> dict[str, object]:
+    def _process(self, job: JobRecord, on_progress: ProgressCallback) -> dict[str, Any]:
         document = self.store.get_document(job.document_id)
         content = self.store.get_document_content(job.document_id)
         if document is None or content is None:
@@ -172,5 +173,5 @@ class JobRunner:
             recorded=now_instant(),
             software=software_name(),
         )
-        result = self.pipeline.run(content, document.content_type, context, on_progress)  # type: ignore[arg-type]
+        result = self.pipeline.run(content, document.content_type, context, on_progress)
         return result.bundle

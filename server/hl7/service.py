@@ -16,6 +16,7 @@ from server.hl7.ack import build_ack, enhanced_mode, wants_accept_ack
 from server.hl7.er7 import Er7Error, Er7Message, check_structure, parse_er7
 from server.hl7.mapping import DocumentPlan, plan_message
 from server.pipeline import Pipeline
+from server.pipeline.inspect import DocumentInfo
 from server.store import Store
 
 logger = logging.getLogger(__name__)
@@ -53,25 +54,25 @@ class Hl7Service:
         try:
             check_structure(message)
             plan = plan_message(message)
-            if plan.attachment is not None:
+            # inspected once, before the transaction: a large PDF is not opened while the store is locked
+            info = (
                 self.pipeline.inspect(plan.attachment.content, plan.attachment.content_type)
-            ack, queued = self._commit(message, sender, plan)
+                if plan.attachment is not None
+                else None
+            )
+            code, ack, queued = "AA", *self._commit(message, sender, plan, info)
         except Er7Error as exc:
             code = "AR" if exc.code in _REJECT_CODES else "AE"
-            ack, queued = (
-                build_ack(message, code, error_code=exc.code, error_text=exc.message, location=exc.location),
-                False,
-            )
+            ack = build_ack(message, code, error_code=exc.code, error_text=exc.message, location=exc.location)
+            queued = False
         except PaperchartError as exc:
             # the embedded document is unusable (corrupt, too large, lying type): a content error
-            ack, queued = build_ack(message, "AE", error_code="102", error_text=exc.message, location="OBX^1^5"), False
+            code, queued = "AE", False
+            ack = build_ack(message, code, error_code="102", error_text=exc.message, location="OBX^1^5")
         except Exception as exc:
             logger.error("HL7 message %s could not be stored: %s", message.control_id, type(exc).__name__)
-            ack, queued = (
-                build_ack(message, "AR", error_code="207", error_text="the message could not be stored; resend it"),
-                False,
-            )
-        code = "AA" if "|AA|" in ack or "|CA|" in ack else "AE"
+            code, queued = "AR", False
+            ack = build_ack(message, code, error_code="207", error_text="the message could not be stored; resend it")
         if enhanced_mode(message) and not wants_accept_ack(message, code):
             return None, queued
         return ack, queued
@@ -88,7 +89,9 @@ class Hl7Service:
         live = [r for r in records if r.resource.get("status") == "current"] or records
         return max(live, key=lambda r: r.created_at).id if live else None
 
-    def _commit(self, message: Er7Message, sender: str, plan: DocumentPlan) -> tuple[str, bool]:
+    def _commit(
+        self, message: Er7Message, sender: str, plan: DocumentPlan, info: DocumentInfo | None
+    ) -> tuple[str, bool]:
         ack = build_ack(message, "AA")
         document_id: str | None = None
         queued = False
@@ -107,17 +110,17 @@ class Hl7Service:
                         code="205",
                         location="TXA^1^12",
                     )
-                document_id = self._create(plan, [])
+                document_id = self._create(plan, info, [])
                 queued = True
             elif action in ("append", "replace", "edit"):
                 parent = self._find(plan.parent_number) or (existing if action == "edit" else None)
                 if parent is None:
                     raise Er7Error("the parent document (TXA-13) is not known", code="204", location="TXA^1^13")
-                code = "appends" if action == "append" else "replaces"
+                relation = "appends" if action == "append" else "replaces"
                 document_id = self._create(
-                    plan, [{"code": code, "target": {"reference": f"DocumentReference/{parent}"}}]
+                    plan, info, [{"code": relation, "target": {"reference": f"DocumentReference/{parent}"}}]
                 )
-                if code == "replaces":
+                if relation == "replaces":
                     self._set_status(parent, status="superseded")
                 queued = True
             elif action == "status":
@@ -134,10 +137,9 @@ class Hl7Service:
             self.store.record_hl7(sender, message.control_id, ack, document_id)
         return ack, queued
 
-    def _create(self, plan: DocumentPlan, relates_to: list[dict[str, Any]]) -> str:
-        if plan.attachment is None:
+    def _create(self, plan: DocumentPlan, info: DocumentInfo | None, relates_to: list[dict[str, Any]]) -> str:
+        if plan.attachment is None or info is None:
             raise Er7Error("the message has no document content (OBX-5)", code="101", location="OBX^1^5")
-        info = self.pipeline.inspect(plan.attachment.content, plan.attachment.content_type)
         resource = dict(plan.document)
         if relates_to:
             resource["relatesTo"] = relates_to
