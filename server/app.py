@@ -14,10 +14,11 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 
-from server.auth import resolve_caller
+from server.auth import authorize, resolve_caller
 from server.config import Settings, load_settings
 from server.errors import PaperchartError
 from server.hl7 import Hl7Service
+from server.http.auth import AUTH_HANDLERS
 from server.http.errors import (
     http_error_handler,
     paperchart_error_handler,
@@ -29,7 +30,15 @@ from server.http.health import health
 from server.http.hl7 import receive_hl7
 from server.http.terminology import TerminologyController
 from server.jobs import JobRunner
-from server.services import Services, build_mllp, build_pipeline, build_store, build_terminology
+from server.services import (
+    Services,
+    build_auth,
+    build_key_provider,
+    build_mllp,
+    build_pipeline,
+    build_store,
+    build_terminology,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +70,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        store = build_store(settings)
+        keys = build_key_provider(settings)
+        store = build_store(settings, keys)
+        auth = build_auth(settings, keys)
         terminology = build_terminology(settings)
         pipeline = build_pipeline(settings, terminology)
         jobs = JobRunner(settings, store, pipeline)
         hl7 = Hl7Service(settings, store, pipeline)
         services = Services(
-            settings=settings, store=store, pipeline=pipeline, jobs=jobs, terminology=terminology, hl7=hl7
+            settings=settings, store=store, pipeline=pipeline, jobs=jobs, terminology=terminology, hl7=hl7, auth=auth
         )
         app.state.services = services
         jobs.start()
@@ -86,6 +97,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 await mllp.stop()  # finish and acknowledge messages in flight first
             await jobs.stop()
             store.close()
+            auth.registry.close()
             attached: Services = app.state.services
             if attached.terminology is not None:
                 attached.terminology.close()
@@ -99,7 +111,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         Exception: unexpected_error_handler,
     }
     return Litestar(
-        route_handlers=[TerminologyController, FhirController, receive_hl7, health],
+        route_handlers=[TerminologyController, FhirController, receive_hl7, health, *AUTH_HANDLERS],
+        guards=[authorize],  # every route declares an Access rule; routes without one are refused
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False), "caller": Provide(resolve_caller)},
         exception_handlers=handlers,

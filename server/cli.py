@@ -1,4 +1,7 @@
-"""The ``paperchart`` command: ``serve`` the API, ``extract`` a file to a FHIR Bundle on stdout."""
+"""The ``paperchart`` command: ``serve`` the API, ``extract`` a file to a FHIR Bundle on stdout, and more.
+
+Authorization commands (``clients``, ``users``, ``token``, ``keys``) live in ``server.auth.cli``.
+"""
 
 from __future__ import annotations
 
@@ -99,6 +102,14 @@ def _serve(args: argparse.Namespace) -> int:
         )
         subprocess.Popen([sys.executable, "-m", "server.cli", "terminology", "build"])
     print(f"paperchart: serving FHIR at {settings.fhir_base_url} (data in {settings.data_dir.resolve()})", flush=True)
+    print(
+        "paperchart: every clinical route needs a SMART access token. A first one, for development:\n"
+        "  paperchart clients add --name dev --scopes 'system/*.cruds' --generate-key dev-client.jwk\n"
+        "  paperchart token --client-id <client_id printed above> --key dev-client.jwk --scopes 'system/*.cruds'\n"
+        '  curl -H "Authorization: Bearer $TOKEN" ' + settings.fhir_base_url + "/Patient",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     return 0
 
@@ -305,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     extract.add_argument("--content-type", help="override the type guessed from the file name")
     extract.add_argument("--pretty", action="store_true", help="indent the JSON")
     extract.set_defaults(handler=_extract)
+
+    from server.auth.cli import add_commands
+
+    add_commands(commands)
 
     args = parser.parse_args(argv)
     try:

@@ -53,6 +53,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     terminology_path: Path | None = None
     semantic_search: bool = True
 
+    # Encryption at rest: a base64 256-bit master key, else a keyring file (created on first start)
+    master_key: str | None = None
+    master_key_file: Path | None = None
+
+    # SMART authorization server (built in) and resource server
+    access_token_lifetime_seconds: int = 600
+    refresh_token_lifetime_seconds: int = 8 * 3600
+    authorization_code_lifetime_seconds: int = 60
+    # trust tokens from an external identity provider too (Keycloak, Epic, Azure AD style)
+    external_issuer: str | None = None
+    external_jwks_url: str | None = None
+    external_jwks_file: Path | None = None
+    external_audience: str | None = None  # default: this server's FHIR base URL
+
     log_level: str = "INFO"
 
     @property
@@ -66,6 +80,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def terminology_index_path(self) -> Path:
         return self.terminology_path or self.data_dir / "terminology.db"
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
+
+    @property
+    def issuer(self) -> str:
+        """The authorization server's issuer (RFC 8414: metadata at /.well-known/oauth-authorization-server)."""
+        return self.public_base_url.rstrip("/")
+
+    @property
+    def auth_base_url(self) -> str:
+        return self.public_base_url.rstrip("/") + "/auth"
 
     @property
     def model_cache_dir(self) -> Path:

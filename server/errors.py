@@ -7,6 +7,8 @@
     ├── UnprocessableDocument           422 invalid     AE   document bytes unusable (corrupt, encrypted, lying type)
     ├── UnsupportedMediaType            415 not-supported AE a content type we do not read
     ├── TooLarge                        413 too-costly  AE   upload, page count or pixel count over the limit
+    ├── Unauthorized                    401 login       AR   no token, or an invalid/expired/revoked one
+    ├── Forbidden                       403 forbidden   AR   the token's scopes do not allow this
     ├── NotFound                        404 not-found   AE   no such resource or job
     ├── Conflict                        409 conflict    AE   state does not allow the operation
     ├── ProcessingFailed                500 exception   AR   a pipeline stage failed on valid input
@@ -97,3 +99,25 @@ class InvalidFhirOutput(ProcessingFailed):
 class ServiceUnavailable(PaperchartError):
     http_status = 503
     fhir_issue_code = "transient"
+
+
+class Unauthorized(PaperchartError):
+    """No token, or one that is invalid, expired, revoked or meant for another server (RFC 6750 §3.1)."""
+
+    http_status = 401
+    fhir_issue_code = "login"
+    hl7_ack_code = "AR"
+    mcp_error_code = -32001
+
+
+class MissingToken(Unauthorized):
+    """The request carried no token at all (answered without an error code, RFC 6750 §3.1)."""
+
+
+class Forbidden(PaperchartError):
+    """A valid token whose scopes do not allow this interaction (RFC 6750 §3.1 insufficient_scope)."""
+
+    http_status = 403
+    fhir_issue_code = "forbidden"
+    hl7_ack_code = "AR"
+    mcp_error_code = -32003

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from server.auth import AuthRegistry, TokenService
+from server.auth.tokens import load_external_issuer
 from server.config import Settings
+from server.crypto import KeyProvider, LocalKeyProvider, decode_master_key
 from server.hl7 import Hl7Service, MllpServer, tls_context
 from server.jobs import JobRunner
 from server.pipeline import Pipeline, create_extractor, create_ocr_engine
@@ -17,6 +20,12 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuthServices:
+    registry: AuthRegistry
+    tokens: TokenService
+
+
+@dataclass(frozen=True, kw_only=True)
 class Services:
     settings: Settings
     store: Store
@@ -24,6 +33,33 @@ class Services:
     jobs: JobRunner
     terminology: TerminologyService | None
     hl7: Hl7Service
+    auth: AuthServices
+
+
+def build_key_provider(settings: Settings) -> KeyProvider:
+    """The master key: ``PAPERCHART_MASTER_KEY`` when set, else the keyring file (created if missing)."""
+    if settings.master_key:
+        return LocalKeyProvider.from_key(decode_master_key(settings.master_key))
+    return LocalKeyProvider.from_file(settings.master_key_path)
+
+
+def build_auth(settings: Settings, keys: KeyProvider) -> AuthServices:
+    registry = AuthRegistry(settings.database_path, keys)
+    external = load_external_issuer(
+        settings.external_issuer,
+        settings.external_jwks_url,
+        settings.external_jwks_file,
+        settings.external_audience or settings.fhir_base_url,
+    )
+    tokens = TokenService(
+        registry,
+        issuer=settings.issuer,
+        audience=settings.fhir_base_url,
+        token_endpoint=f"{settings.auth_base_url}/token",
+        lifetime_seconds=settings.access_token_lifetime_seconds,
+        external=external,
+    )
+    return AuthServices(registry=registry, tokens=tokens)
 
 
 def build_embedder(settings: Settings) -> Embedder | None:
@@ -45,8 +81,8 @@ def build_pipeline(settings: Settings, terminology: TerminologyService | None = 
     return Pipeline(settings, create_ocr_engine(settings), create_extractor(settings), terminology)
 
 
-def build_store(settings: Settings) -> Store:
-    return SqliteStore(settings.database_path)
+def build_store(settings: Settings, keys: KeyProvider | None = None) -> Store:
+    return SqliteStore(settings.database_path, keys or build_key_provider(settings))
 
 
 def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner) -> MllpServer:

@@ -1,30 +1,26 @@
-"""Who is calling: every handler receives a ``Caller`` from one Litestar dependency.
+"""SMART on FHIR authorization: scopes, tokens, the built-in authorization server and route guard."""
 
-Authorization (SMART on FHIR tokens and scopes, issue 8) plugs in here: ``resolve_caller`` is
-the single place a request's identity is established, so scope checks can be enforced in one
-place. Until then every request is served as the local, unauthenticated operator, and the
-server binds to loopback by default for that reason.
-"""
+from server.auth.access import PUBLIC, Access, Caller, authorize, caller_from_token, needs, resolve_caller
+from server.auth.registry import AuthRegistry, Client, User
+from server.auth.scopes import Grant, Permission, ScopeError, parse_scope
+from server.auth.tokens import AccessClaims, OAuthError, TokenService
 
-from __future__ import annotations
-
-from typing import Any
-
-import msgspec
-from litestar import Request
-
-
-class Caller(msgspec.Struct, frozen=True, kw_only=True):
-    subject: str
-    scopes: frozenset[str] = frozenset()
-    authenticated: bool = False
-
-
-LOCAL_OPERATOR = Caller(subject="local-operator")
-
-
-async def resolve_caller(request: Request[Any, Any, Any]) -> Caller:
-    return LOCAL_OPERATOR
-
-
-__all__ = ["LOCAL_OPERATOR", "Caller", "resolve_caller"]
+__all__ = [
+    "PUBLIC",
+    "Access",
+    "AccessClaims",
+    "AuthRegistry",
+    "Caller",
+    "Client",
+    "Grant",
+    "OAuthError",
+    "Permission",
+    "ScopeError",
+    "TokenService",
+    "User",
+    "authorize",
+    "caller_from_token",
+    "needs",
+    "parse_scope",
+    "resolve_caller",
+]

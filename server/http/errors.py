@@ -10,7 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from fhir_profiles import operation_outcome
-from server.errors import PaperchartError
+from server.errors import Forbidden, MissingToken, PaperchartError, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,20 @@ def _outcome(status: int, body: dict[str, Any], headers: dict[str, str] | None =
 def paperchart_error_handler(_: Request[Any, Any, Any], exc: PaperchartError) -> Response[bytes]:
     if exc.http_status >= 500:
         logger.error("%s: %s", type(exc).__name__, exc.message)
+    headers = {}
+    # RFC 6750 §3: no error code when the request carried no token at all
+    if isinstance(exc, MissingToken):
+        headers["WWW-Authenticate"] = 'Bearer realm="paperchart"'
+    elif isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = (
+            f'Bearer realm="paperchart", error="invalid_token", error_description="{exc.message}"'
+        )
+    elif isinstance(exc, Forbidden):
+        headers["WWW-Authenticate"] = 'Bearer realm="paperchart", error="insufficient_scope"'
     return _outcome(
         exc.http_status,
         operation_outcome(exc.fhir_issue_code, exc.message, diagnostics=exc.diagnostics, expression=exc.expression),
+        headers,
     )
 
 

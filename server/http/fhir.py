@@ -19,10 +19,11 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
-from fhir_profiles import FhirValidationError, operation_outcome, validate_resource
+from fhir_profiles import FhirValidationError, operation_outcome, patient_of, validate_resource
 from fhir_profiles.transaction import to_transaction
-from server.auth import Caller
+from server.auth import PUBLIC, Caller, needs
 from server.errors import (
+    Forbidden,
     InvalidFhirOutput,
     InvalidRequest,
     NotFound,
@@ -92,11 +93,11 @@ def _job_progress(job: JobRecord) -> str:
 class FhirController(Controller):
     path = "/fhir"
 
-    @get("/metadata", sync_to_thread=False)
+    @get("/metadata", sync_to_thread=False, opt=PUBLIC.as_opt())
     def metadata(self, services: NamedDependency[Services]) -> Response[bytes]:
         return fhir_response(capability_statement(services.settings))
 
-    @post("/DocumentReference", status_code=201)
+    @post("/DocumentReference", status_code=201, opt=needs("DocumentReference", "c"))
     async def create_document_reference(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
@@ -136,6 +137,7 @@ class FhirController(Controller):
         to_store = {**resource, "content": [{**contents[0], "attachment": stored_attachment}, *contents[1:]]}
         to_store.pop("id", None)
         to_store.setdefault("status", "current")
+        caller.require_resource(to_store, "c")  # a patient/ token uploads only for its own patient
         try:
             validate_resource(to_store)
         except FhirValidationError as exc:
@@ -149,16 +151,17 @@ class FhirController(Controller):
         location = f"{services.settings.fhir_base_url}/DocumentReference/{record.id}/_history/1"
         return fhir_response(document, 201, {"Location": location, "ETag": 'W/"1"', "Last-Modified": record.created_at})
 
-    @get("/DocumentReference/{document_id:str}")
+    @get("/DocumentReference/{document_id:str}", opt=needs("DocumentReference", "r"))
     async def read_document_reference(
         self, document_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
         record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
         if record is None:
             raise NotFound(f"DocumentReference/{document_id} is not known")
+        caller.require_resource(record.resource)
         return fhir_response(_with_binary_url(record.resource), headers={"ETag": f'W/"{record.version_id}"'})
 
-    @get("/Binary/{document_id:str}")
+    @get("/Binary/{document_id:str}", opt=needs("Binary", "r"))
     async def read_binary(
         self, document_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
@@ -166,9 +169,10 @@ class FhirController(Controller):
         content = await anyio.to_thread.run_sync(services.store.get_document_content, document_id)
         if record is None or content is None:
             raise NotFound(f"Binary/{document_id} is not known")
+        caller.require_compartment("Binary", patient_of(record.resource))
         return Response(content=content, media_type=record.content_type)
 
-    @post("/DocumentReference/{document_id:str}/$extract")
+    @post("/DocumentReference/{document_id:str}/$extract", opt=needs("DocumentReference", "c"))
     async def extract(
         self,
         request: Request[Any, Any, Any],
@@ -179,12 +183,13 @@ class FhirController(Controller):
         record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
         if record is None:
             raise NotFound(f"DocumentReference/{document_id} is not known")
+        caller.require_resource(record.resource, "c")
         job = await anyio.to_thread.run_sync(services.store.enqueue_job, document_id)
         services.jobs.submit()
         if _prefers_sync(request):
             finished = await services.jobs.wait(job.id, services.settings.sync_wait_seconds)
             if finished is not None and finished.status in ("succeeded", "failed"):
-                return await self._job_result(services, finished)
+                return await self._job_result(services, caller, finished)
         return fhir_response(
             operation_outcome(
                 "informational",
@@ -195,13 +200,16 @@ class FhirController(Controller):
             {"Content-Location": _job_location(services, job)},
         )
 
-    @get("/_jobs/{job_id:str}")
+    @get("/_jobs/{job_id:str}", opt=needs("DocumentReference", "c"))
     async def job_status(
         self, job_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
         job = await anyio.to_thread.run_sync(services.store.get_job, job_id)
         if job is None:
             raise NotFound(f"job {job_id} is not known")
+        document = await anyio.to_thread.run_sync(services.store.get_document, job.document_id)
+        if document is not None:
+            caller.require_resource(document.resource, "c")
         if job.status in ("queued", "running"):
             return fhir_response(
                 operation_outcome(
@@ -210,9 +218,9 @@ class FhirController(Controller):
                 202,
                 {"X-Progress": _job_progress(job), "Retry-After": "1"},
             )
-        return await self._job_result(services, job)
+        return await self._job_result(services, caller, job)
 
-    async def _job_result(self, services: Services, job: JobRecord) -> Response[bytes]:
+    async def _job_result(self, services: Services, caller: Caller, job: JobRecord) -> Response[bytes]:
         if job.status == "failed" or job.bundle_id is None:
             error = job.error
             status, code, message = (
@@ -225,10 +233,11 @@ class FhirController(Controller):
         if stored is None:
             raise NotFound("the job's Bundle is no longer available")
         return fhir_response(
-            stored.resource, headers={"Content-Location": f"{services.settings.fhir_base_url}/Bundle/{job.bundle_id}"}
+            caller.visible(stored.resource),
+            headers={"Content-Location": f"{services.settings.fhir_base_url}/Bundle/{job.bundle_id}"},
         )
 
-    @get("/{resource_type:str}/{resource_id:str}")
+    @get("/{resource_type:str}/{resource_id:str}", opt=needs(None, "r"))
     async def read(
         self,
         resource_type: FromPath[str],
@@ -238,17 +247,17 @@ class FhirController(Controller):
     ) -> Response[bytes]:
         if resource_type not in SEARCHABLE_TYPES:
             raise NotFound(f"resource type {resource_type} is not supported")
-        return await _read(services, resource_type, resource_id)
+        return await _read(services, caller, resource_type, resource_id)
 
     # Bundle has routes of its own: the static segment of /Bundle/{id}/$transaction would otherwise
     # hide it from the generic /{resource_type} routes in Litestar's router.
-    @get("/Bundle/{bundle_id:str}")
+    @get("/Bundle/{bundle_id:str}", opt=needs("Bundle", "r"))
     async def read_bundle(
         self, bundle_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
-        return await _read(services, "Bundle", bundle_id)
+        return await _read(services, caller, "Bundle", bundle_id)
 
-    @get("/Bundle")
+    @get("/Bundle", opt=needs("Bundle", "s"))
     async def search_bundles(
         self,
         request: Request[Any, Any, Any],
@@ -257,9 +266,9 @@ class FhirController(Controller):
         count: Annotated[int, QueryParameter(name="_count", ge=0, le=500)] = 50,
         offset: Annotated[int, QueryParameter(name="_offset", ge=0)] = 0,
     ) -> Response[bytes]:
-        return await _search(request, "Bundle", services, count, offset)
+        return await _search(request, caller, "Bundle", services, count, offset)
 
-    @get("/Bundle/{bundle_id:str}/$transaction")
+    @get("/Bundle/{bundle_id:str}/$transaction", opt=needs("Bundle", "r"))
     async def bundle_as_transaction(
         self, bundle_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
@@ -267,8 +276,10 @@ class FhirController(Controller):
         stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", bundle_id)
         if stored is None:
             raise NotFound(f"Bundle/{bundle_id} is not known")
+        caller.require_resource(stored.resource)
+        bundle = caller.visible(stored.resource)
         document = None
-        for entry in stored.resource.get("entry", []):
+        for entry in bundle.get("entry", []):
             for entity in entry["resource"].get("entity", []):
                 reference = entity.get("what", {}).get("reference", "")
                 if reference.startswith("DocumentReference/"):
@@ -280,14 +291,14 @@ class FhirController(Controller):
                 break
         binary = f"{services.settings.fhir_base_url}/Binary/{document.id}" if document else None
         try:
-            transaction = to_transaction(stored.resource, document.resource if document else None, binary)
+            transaction = to_transaction(bundle, document.resource if document else None, binary)
         except FhirValidationError as exc:
             raise InvalidFhirOutput(
                 "the Bundle could not be turned into a valid transaction", diagnostics="; ".join(exc.problems)
             ) from None
         return fhir_response(transaction)
 
-    @post("/{resource_type:str}/$validate", status_code=200)
+    @post("/{resource_type:str}/$validate", status_code=200, opt=needs(None, "c", "u"))
     async def validate(
         self, request: Request[Any, Any, Any], resource_type: FromPath[str], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
@@ -315,7 +326,7 @@ class FhirController(Controller):
             operation_outcome("informational", f"{resource_type} is valid FHIR R4", severity="information")
         )
 
-    @get("/DocumentReference")
+    @get("/DocumentReference", opt=needs("DocumentReference", "s"))
     async def search_document_references(
         self,
         request: Request[Any, Any, Any],
@@ -325,9 +336,9 @@ class FhirController(Controller):
         offset: Annotated[int, QueryParameter(name="_offset", ge=0)] = 0,
     ) -> Response[bytes]:
         # its own route: POST /fhir/DocumentReference is static, so the generic search would not match
-        return await _search(request, "DocumentReference", services, count, offset)
+        return await _search(request, caller, "DocumentReference", services, count, offset)
 
-    @get("/{resource_type:str}")
+    @get("/{resource_type:str}", opt=needs(None, "s"))
     async def search(
         self,
         request: Request[Any, Any, Any],
@@ -339,25 +350,30 @@ class FhirController(Controller):
     ) -> Response[bytes]:
         if resource_type not in SEARCHABLE_TYPES:
             raise NotFound(f"resource type {resource_type} is not supported")
-        return await _search(request, resource_type, services, count, offset)
+        return await _search(request, caller, resource_type, services, count, offset)
 
 
-async def _read(services: Services, resource_type: str, resource_id: str) -> Response[bytes]:
+async def _read(services: Services, caller: Caller, resource_type: str, resource_id: str) -> Response[bytes]:
     stored = await anyio.to_thread.run_sync(services.store.read_resource, resource_type, resource_id)
     if stored is None:
         raise NotFound(f"{resource_type}/{resource_id} is not known")
-    return fhir_response(
-        stored.resource, headers={"ETag": f'W/"{stored.version_id}"', "Last-Modified": stored.last_updated}
-    )
+    caller.require_resource(stored.resource)
+    resource = caller.visible(stored.resource) if resource_type == "Bundle" else stored.resource
+    return fhir_response(resource, headers={"ETag": f'W/"{stored.version_id}"', "Last-Modified": stored.last_updated})
 
 
 _SEARCH_PARAMETERS: Final = frozenset({"patient", "subject", "_id", "identifier", "_count", "_offset", "_format"})
 
 
 async def _search(
-    request: Request[Any, Any, Any], resource_type: str, services: Services, count: int, offset: int
+    request: Request[Any, Any, Any], caller: Caller, resource_type: str, services: Services, count: int, offset: int
 ) -> Response[bytes]:
-    """Search by patient (or subject), _id and identifier, with _count/_offset paging."""
+    """Search by patient (or subject), _id and identifier, with _count/_offset paging.
+
+    A token whose only search permission is ``patient/`` searches within its launch patient; each
+    match is then checked against the token (query-constrained scopes), and entries it may not see
+    are left out (``total`` is then omitted, as it would count them).
+    """
     query = request.query_params
     unknown = sorted(set(query) - _SEARCH_PARAMETERS)
     if unknown:
@@ -365,6 +381,10 @@ async def _search(
         raise InvalidRequest(f"search parameter(s) not supported: {', '.join(unknown)}")
     reference = query.get("patient") or query.get("subject")
     patient_id = reference.removeprefix("Patient/") if reference else None
+    if caller.grant.patient_only(resource_type, "s"):
+        if patient_id is not None and patient_id != caller.patient:
+            raise Forbidden("patient/ scopes reach only the launch patient")
+        patient_id = caller.patient
     id_ = query.get("_id")
     if resource_type == "Patient" and patient_id is not None:
         id_ = patient_id
@@ -398,7 +418,19 @@ async def _search(
                 resource_type, patient=patient_id, ids=ids, count=count, offset=offset
             )
         )
-    return fhir_response(_searchset(services, resource_type, request, found, total, count, offset))
+    visible = [
+        StoredResource(
+            resource_type=s.resource_type,
+            id=s.id,
+            version_id=s.version_id,
+            last_updated=s.last_updated,
+            resource=caller.visible(s.resource) if s.resource_type == "Bundle" else s.resource,
+        )
+        for s in found
+        if caller.permits(s.resource, "s")
+    ]
+    bundle = _searchset(services, resource_type, request, visible, total, count, offset, len(visible) == len(found))
+    return fhir_response(bundle)
 
 
 def _with_binary_url(document: dict[str, Any]) -> dict[str, Any]:
@@ -417,6 +449,7 @@ def _searchset(
     total: int,
     count: int,
     offset: int,
+    show_total: bool = True,
 ) -> dict[str, Any]:
     base = f"{services.settings.fhir_base_url}/{resource_type}"
     params = {k: v for k, v in request.query_params.items() if k not in ("_offset",)}
@@ -429,10 +462,10 @@ def _searchset(
         links.append(link("next", offset + count))
     if offset > 0:
         links.append(link("previous", max(offset - count, 0)))
-    bundle = {
+    bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": total,
+        **({"total": total} if show_total else {}),
         "link": links,
         "entry": [
             {

@@ -8,7 +8,7 @@ import anyio.to_thread
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 
-from server.auth import Caller
+from server.auth import Caller, needs
 from server.errors import UnsupportedMediaType
 from server.services import Services
 
@@ -16,7 +16,7 @@ HL7_ER7: Final = "x-application/hl7-v2+er7"
 _ACCEPTED: Final = frozenset({HL7_ER7, "application/hl7-v2", "application/hl7-v2+er7", "text/plain"})
 
 
-@post("/hl7/v2", status_code=200)
+@post("/hl7/v2", status_code=200, opt=needs("DocumentReference", "c", contexts=("system",)))
 async def receive_hl7(
     request: Request[Any, Any, Any], services: NamedDependency[Services], caller: NamedDependency[Caller]
 ) -> Response[bytes]:

@@ -17,7 +17,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from fhir_profiles import validate_resource
-from server.auth import Caller
+from server.auth import Caller, needs
 from server.errors import InvalidRequest, NotFound, ServiceUnavailable
 from server.http.fhir import fhir_response
 from server.services import Services
@@ -39,7 +39,7 @@ def _system_from_valueset(url: str | None) -> str | None:
 class TerminologyController(Controller):
     path = "/fhir"
 
-    @get("/CodeSystem/$lookup")
+    @get("/CodeSystem/$lookup", opt=needs("CodeSystem", "r"))
     async def lookup(
         self,
         services: NamedDependency[Services],
@@ -87,7 +87,7 @@ class TerminologyController(Controller):
         validate_resource(result)
         return fhir_response(result)
 
-    @get("/CodeSystem/$validate-code")
+    @get("/CodeSystem/$validate-code", opt=needs("CodeSystem", "r"))
     async def validate_code(
         self,
         services: NamedDependency[Services],
@@ -117,7 +117,7 @@ class TerminologyController(Controller):
         validate_resource(result)
         return fhir_response(result)
 
-    @get("/ValueSet/$expand")
+    @get("/ValueSet/$expand", opt=needs("ValueSet", "r"))
     async def expand(
         self,
         services: NamedDependency[Services],

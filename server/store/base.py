@@ -72,6 +72,14 @@ class Store(Protocol):
 
     def update_document(self, document_id: str, resource: dict[str, Any]) -> DocumentRecord: ...
 
+    def shred_document(self, document_id: str) -> bool:
+        """Delete the document and its results and destroy its data key (crypto-shredding)."""
+        ...
+
+    def rewrap_data_keys(self) -> int:
+        """Re-wrap every data key under the current master key; returns how many."""
+        ...
+
     def search_documents(
         self, *, patient: str | None = None, ids: Sequence[str] = (), count: int = 50, offset: int = 0
     ) -> tuple[list[DocumentRecord], int]: ...

@@ -2,6 +2,11 @@
 
 - ``synchronous=FULL``: a commit is on disk when it returns, so an acknowledgement sent after
   it survives a power cut, not only a process crash.
+- Encrypted at rest: DocumentReference JSON, document bytes and every stored FHIR resource are
+  sealed with AES-256-GCM under a data key of their own document (or, for resources that come
+  from no document, their patient); data keys are stored wrapped by the ``KeyProvider``'s master
+  key. ``shred_document`` destroys a document's data key, and with it every copy of its data.
+  Identifier values are kept only as keyed HMACs, so identifier search works without plaintext.
 - Jobs are claimed with a lease; a worker that dies stops heart-beating, its lease expires and
   the next ``claim_job`` takes the job again (``attempts`` counts tries; past the limit the job
   fails). ``complete_job`` is fenced on the lease owner, and resource ids are derived from the
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import threading
 import uuid
@@ -22,10 +28,13 @@ from typing import Any, Final
 
 import msgspec
 
+from fhir_profiles.compartment import patient_of
+from server.crypto import KeyProvider, KeyUnavailable, new_data_key, open_sealed, seal
+from server.errors import ConfigurationError
 from server.store.base import DocumentRecord, JobError, JobRecord, StoredResource
 from terminology.sqlite_driver import connect
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -36,7 +45,15 @@ CREATE TABLE IF NOT EXISTS documents (
     size INTEGER NOT NULL,
     pages INTEGER NOT NULL,
     created_at TEXT NOT NULL,
-    resource TEXT NOT NULL
+    patient_id TEXT,
+    resource BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_patient ON documents (patient_id);
+CREATE TABLE IF NOT EXISTS data_keys (
+    owner TEXT PRIMARY KEY,
+    master_key_id TEXT NOT NULL,
+    wrapped_key BLOB NOT NULL,
+    created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS document_content (
     document_id TEXT PRIMARY KEY REFERENCES documents(id) ON DELETE CASCADE,
@@ -66,8 +83,9 @@ CREATE TABLE IF NOT EXISTS resources (
     last_updated TEXT NOT NULL,
     patient_id TEXT,
     job_id TEXT,
+    key_owner TEXT NOT NULL,
     current INTEGER NOT NULL DEFAULT 1,
-    resource TEXT NOT NULL,
+    resource BLOB NOT NULL,
     PRIMARY KEY (resource_type, id, version_id)
 );
 CREATE INDEX IF NOT EXISTS resources_current ON resources (resource_type, current, patient_id);
@@ -134,22 +152,19 @@ def _mark_entered_in_error(resource: dict[str, Any]) -> None:
         ]
 
 
-def _patient_of(resource: dict[str, Any]) -> str | None:
-    if resource.get("resourceType") == "Patient":
-        return str(resource["id"])
-    subject = resource.get("subject") or resource.get("patient") or {}
-    reference = subject.get("reference", "") if isinstance(subject, dict) else ""
-    if reference.startswith("Patient/"):
-        return str(reference.removeprefix("Patient/"))
-    return None
+def _resource_place(resource_type: str, resource_id: str, version: int) -> str:
+    """Associated data for a sealed resource version: the ciphertext opens only in its own row."""
+    return f"resources/{resource_type}/{resource_id}/{version}"
 
 
 class SqliteStore:
     """``Store`` on one SQLite file. Thread-safe: one connection, serialized by a lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keys: KeyProvider) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._keys = keys
+        self._data_keys: dict[str, bytes] = {}  # owner -> unwrapped data key, for this process only
         self._lock = threading.RLock()
         self._depth = 0  # nesting of atomic()/_transaction(): only the outermost one commits
         self._db = connect(path)
@@ -158,6 +173,7 @@ class SqliteStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=30000")
         with self._transaction():
+            self._check_schema_version()
             # executescript() would commit on its own; run the statements inside our transaction
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -165,6 +181,100 @@ class SqliteStore:
             row = self._db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            self._index_key = self._data_key(self._db, "index")
+
+    def _check_schema_version(self) -> None:
+        exists = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
+        if exists.fetchone() is None:
+            return
+        row = self._db.execute("SELECT version FROM schema_version").fetchone()
+        if row is not None and row[0] != SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"the database has schema version {row[0]}, this paperchart needs {SCHEMA_VERSION}"
+                " (version 1 predates encryption at rest: move the file aside and re-ingest)"
+            )
+
+    # --- encryption at rest --------------------------------------------------------------
+
+    def _data_key(self, db: Any, owner: str, *, create: bool = True) -> bytes:
+        """The owner's data key (created on first use); ``KeyUnavailable`` once it was shredded."""
+        key = self._data_keys.get(owner)
+        if key is not None:
+            return key
+        row = db.execute("SELECT master_key_id, wrapped_key FROM data_keys WHERE owner = ?", (owner,)).fetchone()
+        if row is not None:
+            key = self._keys.unwrap(row[0], bytes(row[1]))
+        elif create:
+            key = new_data_key()
+            master_key_id, wrapped = self._keys.wrap(key)
+            db.execute(
+                "INSERT INTO data_keys (owner, master_key_id, wrapped_key, created_at) VALUES (?, ?, ?, ?)",
+                (owner, master_key_id, wrapped, now_instant()),
+            )
+        else:
+            raise KeyUnavailable("the data key of this record was destroyed")
+        if len(self._data_keys) > 4096:
+            self._data_keys.clear()
+        self._data_keys[owner] = key
+        return key
+
+    def _seal_json(self, db: Any, owner: str, where: str, value: dict[str, Any]) -> bytes:
+        return seal(self._data_key(db, owner), json.dumps(value).encode(), where.encode())
+
+    def _open_json(self, db: Any, owner: str, where: str, sealed: bytes) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(open_sealed(self._data_key(db, owner, create=False), sealed, where.encode()))
+        return data
+
+    def _identifier_token(self, system: str, value: str) -> str:
+        # HMAC, not a plain hash: identifiers (MRN, NHS number) are guessable, so a hash is not protection
+        return hmac.new(self._index_key, f"{system}|{value}".encode(), hashlib.sha256).hexdigest()
+
+    def _identifier_token_any(self, value: str) -> str:
+        return hmac.new(self._index_key, f"*|{value}".encode(), hashlib.sha256).hexdigest()
+
+    def rewrap_data_keys(self) -> int:
+        """Re-wrap every data key under the provider's current master key (master key rotation)."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT owner, master_key_id, wrapped_key FROM data_keys").fetchall()
+            for owner, master_key_id, wrapped in rows:
+                new_master, new_wrapped = self._keys.wrap(self._keys.unwrap(master_key_id, bytes(wrapped)))
+                db.execute(
+                    "UPDATE data_keys SET master_key_id = ?, wrapped_key = ? WHERE owner = ?",
+                    (new_master, new_wrapped, owner),
+                )
+            return len(rows)
+
+    def shred_document(self, document_id: str) -> bool:
+        """Delete a document and everything extracted from it, and destroy its data key.
+
+        Copies in backups or WAL frames stay unreadable: the only key that opened them is gone.
+        """
+        owner = f"document:{document_id}"
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM documents WHERE id = ?", (document_id,)).fetchone() is None:
+                return False
+            db.execute(
+                "DELETE FROM identifiers WHERE (resource_type, id) IN"
+                " (SELECT resource_type, id FROM resources WHERE key_owner = ?)",
+                (owner,),
+            )
+            touched = db.execute(
+                "SELECT DISTINCT resource_type, id FROM resources WHERE key_owner = ?", (owner,)
+            ).fetchall()
+            db.execute("DELETE FROM resources WHERE key_owner = ?", (owner,))
+            for resource_type, resource_id in touched:  # e.g. a Patient known before this document
+                db.execute(
+                    "UPDATE resources SET current = 1 WHERE resource_type = ? AND id = ? AND version_id ="
+                    " (SELECT MAX(version_id) FROM resources WHERE resource_type = ? AND id = ?)",
+                    (resource_type, resource_id, resource_type, resource_id),
+                )
+            db.execute("DELETE FROM identifiers WHERE resource_type = 'DocumentReference' AND id = ?", (document_id,))
+            db.execute("DELETE FROM jobs WHERE document_id = ?", (document_id,))
+            db.execute("DELETE FROM document_content WHERE document_id = ?", (document_id,))
+            db.execute("DELETE FROM documents WHERE id = ?", (document_id,))
+            db.execute("DELETE FROM data_keys WHERE owner = ?", (owner,))
+            self._data_keys.pop(owner, None)
+        return True
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -231,13 +341,27 @@ class SqliteStore:
             created_at=created,
             resource=stored,
         )
+        owner = f"document:{document_id}"
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO documents (id, version_id, content_type, content_hash, size, pages, created_at, resource)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (document_id, 1, content_type, content_hash, len(content), pages, created, json.dumps(stored)),
+                "INSERT INTO documents (id, version_id, content_type, content_hash, size, pages, created_at,"
+                " patient_id, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    document_id,
+                    1,
+                    content_type,
+                    content_hash,
+                    len(content),
+                    pages,
+                    created,
+                    patient_of(stored),
+                    self._seal_json(db, owner, f"documents/{document_id}", stored),
+                ),
             )
-            db.execute("INSERT INTO document_content (document_id, content) VALUES (?, ?)", (document_id, content))
+            sealed_content = seal(self._data_key(db, owner), content, f"document_content/{document_id}".encode())
+            db.execute(
+                "INSERT INTO document_content (document_id, content) VALUES (?, ?)", (document_id, sealed_content)
+            )
             self._index_identifiers(db, stored)
         return record
 
@@ -255,8 +379,13 @@ class SqliteStore:
                 "meta": {**resource.get("meta", {}), "versionId": str(version), "lastUpdated": updated},
             }
             db.execute(
-                "UPDATE documents SET version_id = ?, resource = ? WHERE id = ?",
-                (version, json.dumps(stored), document_id),
+                "UPDATE documents SET version_id = ?, patient_id = ?, resource = ? WHERE id = ?",
+                (
+                    version,
+                    patient_of(stored),
+                    self._seal_json(db, f"document:{document_id}", f"documents/{document_id}", stored),
+                    document_id,
+                ),
             )
             self._index_identifiers(db, stored)
         record = self.get_document(document_id)
@@ -264,31 +393,39 @@ class SqliteStore:
             raise KeyError(document_id)
         return record
 
-    @staticmethod
-    def _index_identifiers(db: Any, resource: dict[str, Any]) -> None:
+    def _index_identifiers(self, db: Any, resource: dict[str, Any]) -> None:
         resource_type, resource_id = resource["resourceType"], resource["id"]
         db.execute("DELETE FROM identifiers WHERE resource_type = ? AND id = ?", (resource_type, resource_id))
         identifiers = list(resource.get("identifier", []))
         if isinstance(resource.get("masterIdentifier"), dict):
             identifiers.append(resource["masterIdentifier"])
         for identifier in identifiers:
-            if identifier.get("value"):
-                db.execute(
-                    "INSERT OR IGNORE INTO identifiers (resource_type, id, system, value) VALUES (?, ?, ?, ?)",
-                    (resource_type, resource_id, identifier.get("system", ""), identifier["value"]),
-                )
+            value = identifier.get("value")
+            if value:
+                system = identifier.get("system", "")
+                for token_system, token in (
+                    (system, self._identifier_token(system, value)),
+                    ("*", self._identifier_token_any(value)),
+                ):
+                    db.execute(
+                        "INSERT OR IGNORE INTO identifiers (resource_type, id, system, value) VALUES (?, ?, ?, ?)",
+                        (resource_type, resource_id, token_system, token),
+                    )
 
     def find_by_identifier(self, resource_type: str, system: str | None, value: str) -> list[str]:
         """Ids of current resources (or documents) of the type with that identifier; any system if None."""
-        if system is None:
-            rows = self._query(
-                "SELECT id FROM identifiers WHERE resource_type = ? AND value = ? ORDER BY id", (resource_type, value)
+        token_system, token = (
+            ("*", self._identifier_token_any(value))
+            if system is None
+            else (
+                system,
+                self._identifier_token(system, value),
             )
-        else:
-            rows = self._query(
-                "SELECT id FROM identifiers WHERE resource_type = ? AND system = ? AND value = ? ORDER BY id",
-                (resource_type, system, value),
-            )
+        )
+        rows = self._query(
+            "SELECT id FROM identifiers WHERE resource_type = ? AND system = ? AND value = ? ORDER BY id",
+            (resource_type, token_system, token),
+        )
         return [row[0] for row in rows]
 
     def search_documents(
@@ -296,8 +433,8 @@ class SqliteStore:
     ) -> tuple[list[DocumentRecord], int]:
         where, parameters = ["1 = 1"], []
         if patient is not None:
-            where.append("json_extract(resource, '$.subject.reference') = ?")
-            parameters.append(f"Patient/{patient}")
+            where.append("patient_id = ?")
+            parameters.append(patient)
         if ids:
             where.append(f"id IN ({', '.join('?' for _ in ids)})")
             parameters.extend(ids)
@@ -329,7 +466,7 @@ class SqliteStore:
     def put_resource(self, resource: dict[str, Any]) -> StoredResource:
         """Create or version a FHIR resource outside a job (e.g. a Patient from an HL7 PID)."""
         with self._transaction() as db:
-            self._put_resource(db, resource, None, now_instant())
+            self._put_resource(db, resource, None, now_instant(), self._owner_of(resource))
         stored = self.read_resource(resource["resourceType"], resource["id"])
         if stored is None:  # pragma: no cover - written in the transaction above
             raise KeyError(resource["id"])
@@ -339,27 +476,28 @@ class SqliteStore:
         """Mark every resource extracted from the document entered-in-error (new versions)."""
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT r.resource FROM resources r JOIN jobs j ON j.id = r.job_id"
+                "SELECT r.resource_type, r.id, r.version_id, r.job_id, r.key_owner, r.resource FROM resources r"
+                " JOIN jobs j ON j.id = r.job_id"
                 " WHERE j.document_id = ? AND r.current = 1 AND r.resource_type NOT IN ('Patient', 'Provenance')",
                 (document_id,),
             ).fetchall()
             updated = now_instant()
-            for (text,) in rows:
-                resource = json.loads(text)
+            for resource_type, resource_id, version, job_id, owner, sealed in rows:
+                resource = self._open_json(db, owner, _resource_place(resource_type, resource_id, version), sealed)
                 _mark_entered_in_error(resource)
-                job_row = db.execute(
-                    "SELECT job_id FROM resources WHERE resource_type = ? AND id = ? AND current = 1",
-                    (resource["resourceType"], resource["id"]),
-                ).fetchone()
-                self._put_resource(db, resource, job_row[0] if job_row else None, updated)
+                self._put_resource(db, resource, job_id, updated, owner)
             return len(rows)
 
     def get_document(self, document_id: str) -> DocumentRecord | None:
-        rows = self._query(
+        with self._lock:
+            return self._get_document(self._db, document_id)
+
+    def _get_document(self, db: Any, document_id: str) -> DocumentRecord | None:
+        rows = db.execute(
             "SELECT id, version_id, content_type, content_hash, size, pages, created_at, resource"
             " FROM documents WHERE id = ?",
             (document_id,),
-        )
+        ).fetchall()
         if not rows:
             return None
         row = rows[0]
@@ -371,12 +509,18 @@ class SqliteStore:
             size=row[4],
             pages=row[5],
             created_at=row[6],
-            resource=json.loads(row[7]),
+            resource=self._open_json(db, f"document:{document_id}", f"documents/{document_id}", bytes(row[7])),
         )
 
     def get_document_content(self, document_id: str) -> bytes | None:
-        rows = self._query("SELECT content FROM document_content WHERE document_id = ?", (document_id,))
-        return bytes(rows[0][0]) if rows else None
+        with self._lock:
+            row = self._db.execute(
+                "SELECT content FROM document_content WHERE document_id = ?", (document_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            key = self._data_key(self._db, f"document:{document_id}", create=False)
+        return open_sealed(key, bytes(row[0]), f"document_content/{document_id}".encode())
 
     # --- jobs --------------------------------------------------------------------------
 
@@ -463,9 +607,10 @@ class SqliteStore:
             row = db.execute("SELECT status, lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row[0] != "running" or row[1] != owner:
                 return False  # lease lost: another worker owns (or finished) this job
+            document_id = db.execute("SELECT document_id FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
             resources = [entry["resource"] for entry in bundle.get("entry", [])] + [bundle]
             for resource in resources:
-                self._put_resource(db, resource, job_id, updated)
+                self._put_resource(db, resource, job_id, updated, f"document:{document_id}")
             db.execute(
                 "UPDATE jobs SET status = 'succeeded', bundle_id = ?, stage = 'done', lease_owner = NULL,"
                 " lease_expires_at = NULL, error = NULL, updated_at = ? WHERE id = ?",
@@ -473,8 +618,13 @@ class SqliteStore:
             )
             return True
 
-    @classmethod
-    def _put_resource(cls, db: Any, resource: dict[str, Any], job_id: str | None, updated: str) -> None:
+    @staticmethod
+    def _owner_of(resource: dict[str, Any]) -> str:
+        """Whose data key seals a resource that comes from no document (e.g. an HL7 PID's Patient)."""
+        patient = patient_of(resource)
+        return f"patient:{patient}" if patient else "shared"
+
+    def _put_resource(self, db: Any, resource: dict[str, Any], job_id: str | None, updated: str, owner: str) -> None:
         resource_type, resource_id = resource["resourceType"], resource["id"]
         row = db.execute(
             "SELECT MAX(version_id) FROM resources WHERE resource_type = ? AND id = ?", (resource_type, resource_id)
@@ -483,11 +633,20 @@ class SqliteStore:
         stored = {**resource, "meta": {**resource.get("meta", {}), "versionId": str(version), "lastUpdated": updated}}
         db.execute("UPDATE resources SET current = 0 WHERE resource_type = ? AND id = ?", (resource_type, resource_id))
         db.execute(
-            "INSERT INTO resources (resource_type, id, version_id, last_updated, patient_id, job_id, current, resource)"
-            " VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
-            (resource_type, resource_id, version, updated, _patient_of(resource), job_id, json.dumps(stored)),
+            "INSERT INTO resources (resource_type, id, version_id, last_updated, patient_id, job_id, key_owner,"
+            " current, resource) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            (
+                resource_type,
+                resource_id,
+                version,
+                updated,
+                patient_of(resource),
+                job_id,
+                owner,
+                self._seal_json(db, owner, _resource_place(resource_type, resource_id, version), stored),
+            ),
         )
-        cls._index_identifiers(db, stored)
+        self._index_identifiers(db, stored)
 
     def fail_job(self, job_id: str, owner: str, error: JobError, *, retry: bool, max_attempts: int) -> JobRecord | None:
         """Record a failure: back to the queue when ``retry`` and attempts remain, else failed."""
@@ -505,15 +664,18 @@ class SqliteStore:
 
     # --- resources ---------------------------------------------------------------------
 
-    @staticmethod
-    def _stored(row: Sequence[Any]) -> StoredResource:
+    def _stored(self, row: Sequence[Any]) -> StoredResource:
+        resource_type, resource_id, version = row[0], row[1], row[2]
+        place = _resource_place(resource_type, resource_id, version)
+        with self._lock:
+            resource = self._open_json(self._db, row[4], place, bytes(row[5]))
         return StoredResource(
-            resource_type=row[0], id=row[1], version_id=row[2], last_updated=row[3], resource=json.loads(row[4])
+            resource_type=resource_type, id=resource_id, version_id=version, last_updated=row[3], resource=resource
         )
 
     def read_resource(self, resource_type: str, resource_id: str) -> StoredResource | None:
         rows = self._query(
-            "SELECT resource_type, id, version_id, last_updated, resource FROM resources"
+            "SELECT resource_type, id, version_id, last_updated, key_owner, resource FROM resources"
             " WHERE resource_type = ? AND id = ? AND current = 1",
             (resource_type, resource_id),
         )
@@ -539,7 +701,7 @@ class SqliteStore:
         clause = " AND ".join(where)
         total = self._query(f"SELECT COUNT(*) FROM resources WHERE {clause}", parameters)[0][0]
         rows = self._query(
-            f"SELECT resource_type, id, version_id, last_updated, resource FROM resources WHERE {clause}"
+            f"SELECT resource_type, id, version_id, last_updated, key_owner, resource FROM resources WHERE {clause}"
             " ORDER BY last_updated, id LIMIT ? OFFSET ?",
             [*parameters, count, offset],
         )

@@ -18,6 +18,7 @@ from server.config import Settings
 from terminology.sqlite_driver import connect
 from tests.conftest import document_reference, rendered
 from tests.fixtures.generate import DocumentTruth, ScanEffects
+from tests.smart import authorized_client
 from tests.unit.test_inspect import make_pdf, png_bomb
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -25,7 +26,7 @@ FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient[Any]]:
-    with TestClient(app=create_app(settings)) as test_client:
+    with authorized_client(create_app(settings)) as test_client:
         yield test_client
 
 
@@ -209,7 +210,7 @@ def test_bad_uploads_get_a_clear_outcome_and_store_nothing(
     tmp_path: Any, settings: Settings, case: str, body: bytes | dict[str, Any], status: int, words: str
 ) -> None:
     limited = type(settings)(**{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "max_pages": 3})
-    with TestClient(app=create_app(limited)) as client:
+    with authorized_client(create_app(limited)) as client:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         response = client.post("/fhir/DocumentReference", content=content, headers=FHIR_JSON)
     assert response.status_code == status, response.text
@@ -226,7 +227,7 @@ def test_oversized_upload_is_413(settings: Settings) -> None:
     small = type(settings)(
         **{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "max_upload_bytes": 10_000}
     )
-    with TestClient(app=create_app(small)) as client:
+    with authorized_client(create_app(small)) as client:
         big = document_reference(b"%PDF-1.4" + b"0" * 200_000, "application/pdf")
         response = client.post("/fhir/DocumentReference", content=json.dumps(big), headers=FHIR_JSON)
     assert response.status_code == 413

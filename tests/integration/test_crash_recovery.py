@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import rendered
+from tests.smart import bearer, fetch_token, register_with_cli
 
 
 def free_port() -> int:
@@ -27,15 +28,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def server(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
+def server_env(data_dir: Path, port: int) -> dict[str, str]:
+    return {
         **os.environ,
         "PAPERCHART_DATA_DIR": str(data_dir),
         "PAPERCHART_PORT": str(port),
         "PAPERCHART_JOB_LEASE_SECONDS": "2",
         "PAPERCHART_LOG_LEVEL": "WARNING",
     }
+
+
+@contextmanager
+def server(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    env = server_env(data_dir, port)
     process = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--no-build-terminology"],
         env=env,
@@ -79,13 +84,18 @@ def test_killed_mid_job_then_restarted_gives_one_bundle(tmp_path: Path) -> None:
         "status": "current",
         "content": [{"attachment": {"contentType": "image/tiff", "data": base64.b64encode(multipage_fax()).decode()}}],
     }
+    backend = register_with_cli(
+        server_env(tmp_path / "data", port), tmp_path / "client.jwk", f"http://127.0.0.1:{port}"
+    )
     with server(tmp_path / "data", port) as process:
-        document = httpx.post(f"{base}/DocumentReference", json=reference, timeout=30).json()
-        accepted = httpx.post(f"{base}/DocumentReference/{document['id']}/$extract", timeout=30)
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        http.headers.update(bearer(fetch_token(http, backend)))
+        document = http.post(f"{base}/DocumentReference", json=reference).json()
+        accepted = http.post(f"{base}/DocumentReference/{document['id']}/$extract")
         status_url = accepted.headers["Content-Location"]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until OCR is under way, then pull the plug
-            progress = httpx.get(status_url, timeout=10).headers.get("X-Progress", "")
+            progress = http.get(status_url).headers.get("X-Progress", "")
             if progress.startswith("ocr"):
                 break
             time.sleep(0.1)
@@ -97,14 +107,14 @@ def test_killed_mid_job_then_restarted_gives_one_bundle(tmp_path: Path) -> None:
     with server(tmp_path / "data", port):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            response = httpx.get(status_url, timeout=10)
+            response = http.get(status_url)
             if response.status_code != 202:
                 break
             time.sleep(0.5)
         assert response.status_code == 200, response.text
         bundle = response.json()
-        bundles = httpx.get(f"{base}/Bundle", timeout=10).json()
-        patients = httpx.get(f"{base}/Patient", timeout=10).json()
+        bundles = http.get(f"{base}/Bundle").json()
+        patients = http.get(f"{base}/Patient").json()
     assert bundles["total"] == 1 and bundles["entry"][0]["resource"]["id"] == bundle["id"]
     assert patients["total"] == 1
     # the second attempt, not a duplicate: the job's row says it was tried twice

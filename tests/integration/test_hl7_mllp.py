@@ -21,6 +21,7 @@ from server.app import create_app
 from server.config import Settings
 from tests.conftest import rendered
 from tests.fixtures.hl7_messages import NOTE_LINES, adt, mdm, oru_with_pdf
+from tests.smart import authorized_client, bearer, fetch_token, register_with_cli
 
 VT, FS_CR = b"\x0b", b"\x1c\r"
 
@@ -29,7 +30,7 @@ VT, FS_CR = b"\x0b", b"\x1c\r"
 def app_client(settings: Settings) -> Iterator[tuple[TestClient[Any], int]]:
     fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
     live = type(settings)(**{**fields, "mllp_enabled": True, "mllp_port": 0, "mllp_idle_timeout_seconds": 5.0})
-    with TestClient(app=create_app(live)) as client:
+    with authorized_client(create_app(live)) as client:
         yield client, client.app.state.mllp.bound_port
 
 
@@ -277,7 +278,7 @@ def test_bad_messages_get_ae_or_ar_with_err(
 def test_oversized_and_unterminated_frames_close_the_connection(settings: Settings) -> None:
     fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
     small = type(settings)(**{**fields, "mllp_enabled": True, "mllp_port": 0, "mllp_max_message_bytes": 4096})
-    with TestClient(app=create_app(small)) as client:
+    with authorized_client(create_app(small)) as client:
         port = client.app.state.mllp.bound_port
         big = frame(mdm("T02", control_id="BIG", text_lines=["x" * 10_000]))
         assert send_raw(port, big, timeout=10) == []  # closed, nothing processed
@@ -346,6 +347,7 @@ def test_killed_before_ack_then_resent_is_processed_once(tmp_path: Path) -> None
                 time.sleep(0.2)
         raise AssertionError("server did not start")
 
+    backend = register_with_cli(env, tmp_path / "client.jwk", f"http://127.0.0.1:{http_port}")
     message = frame(mdm("T02", control_id="KILL-1", document_number="DOC-K", text_lines=NOTE_LINES))
     process = start()
     with socket.create_connection(("127.0.0.1", mllp_port), timeout=10) as sock:
@@ -365,9 +367,9 @@ def test_killed_before_ack_then_resent_is_processed_once(tmp_path: Path) -> None
     try:
         ack = send_raw(mllp_port, message)[0]
         again = send_raw(mllp_port, message)[0]
-        documents = httpx.get(
-            f"http://127.0.0.1:{http_port}/fhir/DocumentReference", params={"identifier": "DOC-K"}, timeout=10
-        ).json()
+        http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10)
+        http.headers.update(bearer(fetch_token(http, backend, "system/DocumentReference.rs")))
+        documents = http.get("/fhir/DocumentReference", params={"identifier": "DOC-K"}).json()
     finally:
         process.terminate()
         process.wait(timeout=30)

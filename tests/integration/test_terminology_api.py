@@ -16,6 +16,7 @@ from litestar.testing import TestClient
 from server.app import create_app
 from server.config import Settings
 from tests.conftest import document_reference, rendered
+from tests.smart import authorized_client
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def coded_settings(settings: Settings, terminology_index: Path) -> Settings:
 
 @pytest.fixture
 def client(coded_settings: Settings) -> Iterator[TestClient[Any]]:
-    with TestClient(app=create_app(coded_settings)) as test_client:
+    with authorized_client(create_app(coded_settings)) as test_client:
         yield test_client
 
 
@@ -89,7 +90,7 @@ def test_extracted_diagnoses_carry_codes(client: TestClient[Any]) -> None:
 
 
 def test_terminology_without_an_index_is_a_clear_503(settings: Settings) -> None:
-    with TestClient(app=create_app(settings)) as client:
+    with authorized_client(create_app(settings)) as client:
         response = client.get("/fhir/ValueSet/$expand", params={"filter": "asthma"})
     assert response.status_code == 503
     assert "terminology build" in response.json()["issue"][0]["details"]["text"]
@@ -99,7 +100,7 @@ def test_an_index_built_after_start_is_attached(settings: Settings, terminology_
     import shutil
     import time
 
-    with TestClient(app=create_app(settings)) as client:
+    with authorized_client(create_app(settings)) as client:
         assert client.get("/fhir/ValueSet/$expand", params={"filter": "asthma"}).status_code == 503
         shutil.copyfile(terminology_index, settings.terminology_index_path.with_suffix(".tmp"))
         settings.terminology_index_path.with_suffix(".tmp").rename(settings.terminology_index_path)  # atomic

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
+from server.crypto import LocalKeyProvider, new_data_key
 from server.store import JobError, SqliteStore
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "db" / "paperchart.db")
+    return SqliteStore(tmp_path / "db" / "paperchart.db", LocalKeyProvider.from_key(new_data_key()))
 
 
 def document(store: SqliteStore) -> str:
