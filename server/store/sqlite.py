@@ -171,6 +171,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted rows (a shredded data key) are zeroed on disk
         self._db.execute("PRAGMA busy_timeout=30000")
         with self._transaction():
             self._check_schema_version()
@@ -181,7 +182,12 @@ class SqliteStore:
             row = self._db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            self._index_key = self._data_key(self._db, "index")
+            try:
+                self._index_key = self._data_key(self._db, "index")
+            except KeyUnavailable:
+                raise ConfigurationError(
+                    "the master key does not open this database (wrong PAPERCHART_MASTER_KEY or key file)"
+                ) from None
 
     def _check_schema_version(self) -> None:
         exists = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
@@ -247,7 +253,9 @@ class SqliteStore:
     def shred_document(self, document_id: str) -> bool:
         """Delete a document and everything extracted from it, and destroy its data key.
 
-        Copies in backups or WAL frames stay unreadable: the only key that opened them is gone.
+        ``secure_delete`` zeroes the freed pages and the WAL is checkpointed and truncated, so the
+        live files keep neither the data nor the key. Backups taken before still hold the wrapped
+        key: keep them under a retention period, or use a ``KeyProvider`` whose keys live elsewhere.
         """
         owner = f"document:{document_id}"
         with self._transaction() as db:
@@ -274,6 +282,8 @@ class SqliteStore:
             db.execute("DELETE FROM documents WHERE id = ?", (document_id,))
             db.execute("DELETE FROM data_keys WHERE owner = ?", (owner,))
             self._data_keys.pop(owner, None)
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return True
 
     @contextmanager
