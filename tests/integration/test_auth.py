@@ -460,7 +460,8 @@ def test_patient_app_launch_is_held_to_its_patient(world: World, app_client: str
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["patient"] == mine and body["refresh_token"] and body["id_token"]
-    assert jwt.decode(body["id_token"], _server_keys(world), algorithms=["ES384"]).claims["fhirUser"] == "Practitioner/dr-smith"
+    id_token = jwt.decode(body["id_token"], _server_keys(world), algorithms=["ES384"])
+    assert id_token.claims["fhirUser"] == "Practitioner/dr-smith"
     headers = bearer(body["access_token"])
 
     assert world.client.get(f"/fhir/Patient/{mine}", headers=headers).status_code == 200
@@ -490,7 +491,7 @@ def test_patient_app_launch_is_held_to_its_patient(world: World, app_client: str
 
 
 def test_pkce_and_redirect_checks(world: World, app_client: str) -> None:
-    code, verifier = _launch(world, app_client, "drsmith", world.patients[0], "launch/patient patient/*.rs")
+    code, _ = _launch(world, app_client, "drsmith", world.patients[0], "launch/patient patient/*.rs")
     wrong_verifier = _exchange(world, app_client, code, secrets.token_urlsafe(48))
     assert wrong_verifier.status_code == 400 and wrong_verifier.json()["error"] == "invalid_grant"
     unregistered = world.client.get(
