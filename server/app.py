@@ -18,6 +18,7 @@ from server.auth import authorize, resolve_caller
 from server.config import Settings, load_settings
 from server.errors import PaperchartError
 from server.hl7 import Hl7Service
+from server.http.audit import AuditEventController, audit_middleware
 from server.http.auth import AUTH_HANDLERS
 from server.http.errors import (
     http_error_handler,
@@ -39,6 +40,7 @@ from server.services import (
     build_store,
     build_terminology,
 )
+from server.store.audit import AuditLog
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +75,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
         keys = build_key_provider(settings)
         store = build_store(settings, keys)
         auth = build_auth(settings, keys)
+        audit = AuditLog(settings.database_path)
         terminology = build_terminology(settings)
         pipeline = build_pipeline(settings, terminology)
         jobs = JobRunner(settings, store, pipeline)
         hl7 = Hl7Service(settings, store, pipeline)
         services = Services(
-            settings=settings, store=store, pipeline=pipeline, jobs=jobs, terminology=terminology, hl7=hl7, auth=auth
+            settings=settings,
+            store=store,
+            pipeline=pipeline,
+            jobs=jobs,
+            terminology=terminology,
+            hl7=hl7,
+            auth=auth,
+            audit=audit,
         )
         app.state.services = services
         jobs.start()
-        mllp = build_mllp(settings, hl7, jobs) if settings.mllp_enabled else None
+        mllp = build_mllp(settings, hl7, jobs, audit) if settings.mllp_enabled else None
         if mllp is not None:
             await mllp.start()
             app.state.mllp = mllp
@@ -98,6 +108,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await jobs.stop()
             store.close()
             auth.registry.close()
+            audit.close()
             attached: Services = app.state.services
             if attached.terminology is not None:
                 attached.terminology.close()
@@ -111,7 +122,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         Exception: unexpected_error_handler,
     }
     return Litestar(
-        route_handlers=[TerminologyController, FhirController, receive_hl7, health, *AUTH_HANDLERS],
+        route_handlers=[
+            TerminologyController,
+            FhirController,
+            AuditEventController,
+            receive_hl7,
+            health,
+            *AUTH_HANDLERS,
+        ],
+        middleware=[audit_middleware],
         guards=[authorize],  # every route declares an Access rule; routes without one are refused
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False), "caller": Provide(resolve_caller)},

@@ -122,6 +122,7 @@ def _mllp(args: argparse.Namespace) -> int:
     from server.hl7 import Hl7Service
     from server.jobs import JobRunner
     from server.services import build_mllp, build_pipeline, build_store, build_terminology
+    from server.store.audit import AuditLog
 
     overrides: dict[str, object] = {"mllp_enabled": True}
     if args.port:
@@ -134,7 +135,8 @@ def _mllp(args: argparse.Namespace) -> int:
         pipeline = build_pipeline(settings, build_terminology(settings))
         jobs = JobRunner(settings, store, pipeline)
         jobs.start()
-        server = build_mllp(settings, Hl7Service(settings, store, pipeline), jobs)
+        audit = AuditLog(settings.database_path)
+        server = build_mllp(settings, Hl7Service(settings, store, pipeline), jobs, audit)
         await server.start()
         print(f"paperchart: MLLP on {settings.mllp_host}:{server.bound_port}", flush=True)
         stop = asyncio.Event()
@@ -145,6 +147,7 @@ def _mllp(args: argparse.Namespace) -> int:
         await server.stop()  # in-flight messages are finished and acknowledged first
         await jobs.stop()
         store.close()
+        audit.close()
 
     asyncio.run(run())
     return 0

@@ -13,6 +13,7 @@ from server.hl7 import Hl7Service, MllpServer, tls_context
 from server.jobs import JobRunner
 from server.pipeline import Pipeline, create_extractor, create_ocr_engine
 from server.store import SqliteStore, Store
+from server.store.audit import AuditLog
 from terminology import TerminologyService
 from terminology.embed import Embedder, MiniLmEmbedder
 
@@ -34,6 +35,7 @@ class Services:
     terminology: TerminologyService | None
     hl7: Hl7Service
     auth: AuthServices
+    audit: AuditLog
 
 
 def build_key_provider(settings: Settings) -> KeyProvider:
@@ -85,14 +87,25 @@ def build_store(settings: Settings, keys: KeyProvider | None = None) -> Store:
     return SqliteStore(settings.database_path, keys or build_key_provider(settings))
 
 
-def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner) -> MllpServer:
+def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner, audit: AuditLog) -> MllpServer:
     """The MLLP listener, handing each message to the HL7 service off the event loop."""
     import anyio.to_thread
+
+    from server.store.audit import AuditRecord, now_instant
 
     async def handle(payload: bytes) -> bytes | None:
         ack, queued = await anyio.to_thread.run_sync(hl7.receive, payload)
         if queued:
             jobs.submit()
+        code = ack.split("MSA|", 1)[1][:2] if ack and "MSA|" in ack else "CA"
+        record = AuditRecord(
+            recorded=now_instant(),
+            channel="mllp",
+            action="C",
+            interaction="hl7v2:receive",
+            outcome={"AA": 0, "CA": 0, "AE": 4, "CE": 4}.get(code, 8),
+        )
+        await anyio.to_thread.run_sync(audit.append, record)
         return ack.encode("utf-8") if ack is not None else None
 
     context = None

@@ -40,6 +40,8 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
 
 
 PUBLIC: Final = Access(public=True)
+# public and not worth an audit record: discovery documents, health, the login page itself
+QUIET_PUBLIC: Final = {ACCESS_OPT: PUBLIC, "audit": False}
 
 
 def needs(resource_type: str | None, *interactions: str, contexts: tuple[Context, ...] | None = None) -> dict[str, Any]:
@@ -56,6 +58,7 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     grant: Grant
     token_id: str = ""
     fhir_user: str | None = None
+    purpose: str | None = None  # purpose of use, when the token carries one (HL7 v3 ActReason code)
 
     @property
     def patient(self) -> str | None:
@@ -121,6 +124,7 @@ def caller_from_token(tokens: TokenService, authorization: str | None) -> Caller
         grant=grant,
         token_id=claims.jti,
         fhir_user=claims.fhir_user,
+        purpose=claims.purpose,
     )
 
 

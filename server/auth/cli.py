@@ -1,4 +1,4 @@
-"""``paperchart clients|users|token|keys``: register SMART clients and users, get a token, rotate keys."""
+"""``paperchart clients|users|token|keys|audit``: SMART clients and users, tokens, key rotation, audit checks."""
 
 from __future__ import annotations
 
@@ -147,6 +147,21 @@ def _keys_rotate_signing(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    """Walk the hash chain of the audit log; exit 1 if any record was edited, removed or cut off."""
+    from server.store.audit import AuditLog
+
+    audit = AuditLog(load_settings().database_path)
+    try:
+        checked, problems = audit.verify()
+    finally:
+        audit.close()
+    for problem in problems:
+        print(f"paperchart: audit record {problem.seq} {problem.problem}", file=sys.stderr)
+    print(f"paperchart: {checked} audit records checked, {'chain BROKEN' if problems else 'chain intact'}")
+    return 1 if problems else 0
+
+
 def add_commands(commands: Any) -> None:
     clients = commands.add_parser("clients", help="register SMART clients (backend services, apps)")
     actions = clients.add_subparsers(dest="action", required=True)
@@ -185,3 +200,9 @@ def add_commands(commands: Any) -> None:
         handler=_keys_rotate_master
     )
     key_actions.add_parser("rotate-signing", help="new token signing key").set_defaults(handler=_keys_rotate_signing)
+
+    audit = commands.add_parser("audit", help="check the audit trail")
+    audit_actions = audit.add_subparsers(dest="action", required=True)
+    audit_actions.add_parser("verify", help="detect edited or deleted audit records").set_defaults(
+        handler=_audit_verify
+    )

@@ -44,6 +44,7 @@ class AccessClaims(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: int
     patient: str | None = None
     fhir_user: str | None = None
+    purpose: str | None = None
 
 
 class OAuthError(Exception):
@@ -236,6 +237,7 @@ class TokenService:
             expires_at=expires,
             patient=_string(claims, "patient"),
             fhir_user=_string(claims, "fhirUser"),
+            purpose=_string(claims, "purpose_of_use"),
         )
 
     def _external_key_set(self) -> KeySet:

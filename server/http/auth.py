@@ -26,7 +26,7 @@ from litestar.datastructures import State
 from litestar.response import Redirect
 
 from fhir_profiles.compartment import patient_of
-from server.auth import PUBLIC, OAuthError
+from server.auth import PUBLIC, QUIET_PUBLIC, OAuthError
 from server.auth.assertion import JWT_BEARER
 from server.auth.registry import Client, CodeGrant, RefreshGrant
 from server.auth.scopes import narrow
@@ -91,12 +91,12 @@ def smart_configuration(services: Services) -> dict[str, Any]:
     }
 
 
-@get(["/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"], opt=_PUBLIC_OPT)
+@get(["/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"], opt=QUIET_PUBLIC)
 async def smart_configuration_document(state: State) -> Response[dict[str, Any]]:
     return Response(smart_configuration(_services(state)), media_type="application/json")
 
 
-@get("/.well-known/oauth-authorization-server", opt=_PUBLIC_OPT)
+@get("/.well-known/oauth-authorization-server", opt=QUIET_PUBLIC)
 async def authorization_server_metadata(state: State) -> Response[dict[str, Any]]:
     """RFC 8414 metadata (the same facts as the SMART document, in that RFC's field names)."""
     smart = smart_configuration(_services(state))
@@ -117,7 +117,7 @@ async def authorization_server_metadata(state: State) -> Response[dict[str, Any]
     return Response({k: smart[k] for k in keys}, media_type="application/json")
 
 
-@get("/.well-known/jwks.json", opt=_PUBLIC_OPT)
+@get("/.well-known/jwks.json", opt=QUIET_PUBLIC)
 async def jwks(state: State) -> Response[dict[str, Any]]:
     return Response(_services(state).auth.tokens.jwks(), media_type="application/jwk-set+json")
 
@@ -189,7 +189,7 @@ async def token(request: Request[Any, Any, Any], state: State) -> Response[Any]:
         form = await _form(request)
         grant_type = form.get("grant_type")
         if grant_type == "client_credentials":
-            return await _client_credentials(services, form)
+            return await _client_credentials(request, services, form)
         if grant_type == "authorization_code":
             return await _authorization_code(services, form)
         if grant_type == "refresh_token":
@@ -201,10 +201,13 @@ async def token(request: Request[Any, Any, Any], state: State) -> Response[Any]:
         return _oauth_error(error)
 
 
-async def _client_credentials(services: Services, form: dict[str, str]) -> Response[Any]:
+async def _client_credentials(
+    request: Request[Any, Any, Any], services: Services, form: dict[str, str]
+) -> Response[Any]:
     if "client_assertion" not in form:
         raise OAuthError("invalid_client", "client_credentials needs a private_key_jwt client_assertion", 401)
     client = await _authenticate_client(services, form)
+    request.state.audit_client = client.client_id
     requested = form.get("scope", "").split()
     scopes = [s for s in narrow(requested, client.scopes) if s.startswith("system/")]
     if not scopes:
@@ -399,7 +402,7 @@ def _authorize_problem(services: Services, params: dict[str, str]) -> tuple[str,
     return None
 
 
-@get("/auth/authorize", opt=_PUBLIC_OPT)
+@get("/auth/authorize", opt=QUIET_PUBLIC)
 async def authorize_page(request: Request[Any, Any, Any], state: State) -> Response[Any]:
     services = _services(state)
     params = {k: str(request.query_params[k]) for k in _AUTHORIZE_PARAMETERS if k in request.query_params}
@@ -447,8 +450,10 @@ async def authorize_submit(request: Request[Any, Any, Any], state: State) -> Res
         user = await anyio.to_thread.run_sync(
             services.auth.registry.authenticate_user, form.get("username", ""), form.get("password", "")
         )
+    request.state.audit_client = client.client_id
     if user is None:
         return _login_form(params, "User name or password is wrong, or the sign-in took too long.")
+    request.state.audit_subject = user.username
     requested = params.get("scope", "").split()
     scopes = narrow(requested, client.scopes, [*user.scopes, *_SESSION_SCOPES])
     if not any(s.startswith(("patient/", "user/")) for s in scopes):

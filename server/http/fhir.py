@@ -21,7 +21,7 @@ from litestar.params import FromPath, QueryParameter
 
 from fhir_profiles import FhirValidationError, operation_outcome, patient_of, validate_resource
 from fhir_profiles.transaction import to_transaction
-from server.auth import PUBLIC, Caller, needs
+from server.auth import QUIET_PUBLIC, Caller, needs
 from server.errors import (
     Forbidden,
     InvalidFhirOutput,
@@ -93,7 +93,7 @@ def _job_progress(job: JobRecord) -> str:
 class FhirController(Controller):
     path = "/fhir"
 
-    @get("/metadata", sync_to_thread=False, opt=PUBLIC.as_opt())
+    @get("/metadata", sync_to_thread=False, opt=QUIET_PUBLIC)
     def metadata(self, services: NamedDependency[Services]) -> Response[bytes]:
         return fhir_response(capability_statement(services.settings))
 
@@ -429,7 +429,8 @@ async def _search(
         for s in found
         if caller.permits(s.resource, "s")
     ]
-    bundle = _searchset(services, resource_type, request, visible, total, count, offset, len(visible) == len(found))
+    resources = [s.resource for s in visible]
+    bundle = searchset(services, resource_type, request, resources, total, count, offset, len(visible) == len(found))
     return fhir_response(bundle)
 
 
@@ -441,11 +442,11 @@ def _with_binary_url(document: dict[str, Any]) -> dict[str, Any]:
     return {**document, "content": content}
 
 
-def _searchset(
+def searchset(
     services: Services,
-    resource_type: FromPath[str],
+    resource_type: str,
     request: Request[Any, Any, Any],
-    found: list[StoredResource],
+    found: list[dict[str, Any]],
     total: int,
     count: int,
     offset: int,
@@ -469,11 +470,11 @@ def _searchset(
         "link": links,
         "entry": [
             {
-                "fullUrl": f"{services.settings.fhir_base_url}/{s.resource_type}/{s.id}",
-                "resource": s.resource,
+                "fullUrl": f"{services.settings.fhir_base_url}/{r['resourceType']}/{r['id']}",
+                "resource": r,
                 "search": {"mode": "match"},
             }
-            for s in found
+            for r in found
         ],
     }
     try:

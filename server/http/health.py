@@ -13,11 +13,11 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 
 from server import __version__
-from server.auth import PUBLIC
+from server.auth import QUIET_PUBLIC
 from server.services import Services
 
 
-@get("/health", opt=PUBLIC.as_opt())
+@get("/health", opt=QUIET_PUBLIC)
 async def health(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
     store_ok = await anyio.to_thread.run_sync(services.store.health)
     ocr_ok = await anyio.to_thread.run_sync(services.pipeline.ocr_engine.ready)

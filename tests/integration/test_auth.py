@@ -575,3 +575,75 @@ def test_the_database_files_hold_no_plaintext_phi(world: World) -> None:
         secrets_ += [d.text for d in truth.diagnoses] + [m.name for m in truth.medications]
         for secret in secrets_:
             assert secret.encode() not in raw, "plaintext PHI in the data files"
+
+
+# --- audit trail ---------------------------------------------------------------------------------
+
+
+def test_every_access_is_audited_without_phi(world: World) -> None:
+    reader = register_backend(world.app, "system/Patient.rs")
+    headers = bearer(fetch_token(world.client, reader, "system/Patient.rs"))
+    patient = world.patients[0]
+    mrn = world.truths[0].patient.mrn
+    assert world.client.get(f"/fhir/Patient/{patient}", headers=headers).status_code == 200
+    assert world.client.get("/fhir/Patient", params={"identifier": mrn}, headers=headers).status_code == 200
+    assert world.client.get("/fhir/Condition", headers=headers).status_code == 403
+
+    auditor = world.token("system/AuditEvent.rs")
+    events = world.client.get("/fhir/AuditEvent", params={"_count": 500}, headers=auditor).json()["entry"]
+    mine = [
+        e["resource"] for e in events if e["resource"]["agent"][0]["who"]["identifier"]["value"] == reader.client_id
+    ]
+    interactions = [
+        (e["subtype"][0]["code"], e["outcome"], [x["what"]["reference"] for x in e.get("entity", [])]) for e in mine
+    ]
+    assert ("token", "0", []) in interactions
+    assert ("read", "0", [f"Patient/{patient}"]) in interactions
+    assert ("search-type", "0", []) in interactions
+    assert ("search-type", "4", []) in interactions  # the refused Condition search
+    one = world.client.get(f"/fhir/AuditEvent/{events[0]['resource']['id']}", headers=auditor)
+    assert one.status_code == 200 and one.json()["resourceType"] == "AuditEvent"
+
+    from terminology.sqlite_driver import connect
+
+    rows = connect(world.app.state.services.settings.database_path).execute("SELECT record FROM audit_log").fetchall()
+    text = "\n".join(r[0] for r in rows)
+    for truth in world.truths:
+        for secret in (truth.patient.family, truth.patient.mrn, truth.patient.nhs_number):
+            assert secret not in text
+    # patient/ tokens never see the audit trail, even with an AuditEvent scope
+    assert world.client.get("/fhir/AuditEvent", headers=world.token("system/Patient.rs")).status_code == 403
+
+
+def test_audit_verify_command_detects_tampering(world: World, tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data = tmp_path / "copy"
+    source = Path(world.app.state.services.settings.data_dir)
+    shutil.copytree(source, data)
+    env = {**os.environ, "PAPERCHART_DATA_DIR": str(data)}
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "server.cli", "audit", "verify"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    intact = verify()
+    assert intact.returncode == 0 and "chain intact" in intact.stdout
+    from terminology.sqlite_driver import connect
+
+    db = connect(data / "paperchart.db")
+    db.execute("DROP TRIGGER audit_log_no_update")
+    db.execute("UPDATE audit_log SET record = record || ' ' WHERE seq = 3")  # any change at all
+    db.commit()
+    db.close()
+    broken = verify()
+    assert broken.returncode == 1 and "BROKEN" in broken.stdout
