@@ -84,6 +84,39 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
                 }
             ]
         resources.append(entry)
+    resources.append(
+        {
+            "type": "AuditEvent",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [_PATIENT_PARAM],
+        }
+    )
+    auth = settings.auth_base_url
+    # SMART App Launch 2.x §"Capability Statement": the oauth-uris extension and the SMART service
+    security = {
+        "extension": [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [
+                    {"url": "token", "valueUri": f"{auth}/token"},
+                    {"url": "authorize", "valueUri": f"{auth}/authorize"},
+                    {"url": "introspect", "valueUri": f"{auth}/introspect"},
+                    {"url": "revoke", "valueUri": f"{auth}/revoke"},
+                ],
+            }
+        ],
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ]
+            }
+        ],
+        "description": "SMART on FHIR: OAuth 2 bearer tokens with SMART v1/v2 scopes on every interaction",
+    }
     statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -100,6 +133,7 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
+                "security": security,
                 "resource": resources,
                 "operation": [
                     {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
