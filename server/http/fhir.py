@@ -15,7 +15,7 @@ from typing import Annotated, Any, Final
 from urllib.parse import urlencode
 
 import anyio.to_thread
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
@@ -160,6 +160,20 @@ class FhirController(Controller):
             raise NotFound(f"DocumentReference/{document_id} is not known")
         caller.require_resource(record.resource)
         return fhir_response(_with_binary_url(record.resource), headers={"ETag": f'W/"{record.version_id}"'})
+
+    @delete("/DocumentReference/{document_id:str}", opt=needs("DocumentReference", "d"), status_code=204)
+    async def delete_document_reference(
+        self, document_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
+    ) -> None:
+        """Delete a document, its bytes and everything extracted from it, and destroy its data key.
+
+        Irreversible by design (crypto-shredding): no copy in the live database stays readable.
+        """
+        record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
+        if record is None:
+            raise NotFound(f"DocumentReference/{document_id} is not known")
+        caller.require_resource(record.resource, "d")
+        await anyio.to_thread.run_sync(services.store.shred_document, document_id)
 
     @get("/Binary/{document_id:str}", opt=needs("Binary", "r"))
     async def read_binary(

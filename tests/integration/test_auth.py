@@ -647,3 +647,31 @@ def test_audit_verify_command_detects_tampering(world: World, tmp_path: Path) ->
     db.close()
     broken = verify()
     assert broken.returncode == 1 and "BROKEN" in broken.stdout
+
+
+def test_deleting_a_document_shreds_it_and_its_results(world: World) -> None:
+    document = rendered("medication_list", seed=21)
+    created = world.client.post(
+        "/fhir/DocumentReference", json=document_reference(document.pdf, "application/pdf"), headers=world.admin_headers
+    ).json()
+    bundle = world.client.post(
+        f"/fhir/DocumentReference/{created['id']}/$extract", headers={**world.admin_headers, "Prefer": "respond-sync"}
+    ).json()
+    statement = World.first(bundle, "MedicationStatement")["id"]
+    assert (
+        world.client.delete(f"/fhir/DocumentReference/{created['id']}", headers=world.token("system/*.rs")).status_code
+        == 403
+    )
+    assert (
+        world.client.delete(
+            f"/fhir/DocumentReference/{created['id']}", headers=world.token("system/DocumentReference.d")
+        ).status_code
+        == 204
+    )
+    for path in (
+        f"/fhir/DocumentReference/{created['id']}",
+        f"/fhir/Binary/{created['id']}",
+        f"/fhir/Bundle/{bundle['id']}",
+        f"/fhir/MedicationStatement/{statement}",
+    ):
+        assert world.client.get(path, headers=world.admin_headers).status_code == 404, path
