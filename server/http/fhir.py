@@ -7,9 +7,6 @@ that answers ``202`` while running and the result (or an OperationOutcome) when 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 from typing import Annotated, Any, Final
 from urllib.parse import urlencode
@@ -21,6 +18,7 @@ from litestar.params import FromPath, QueryParameter
 
 from fhir_profiles import FhirValidationError, operation_outcome, patient_of, validate_resource
 from fhir_profiles.transaction import to_transaction
+from server import documents
 from server.auth import QUIET_PUBLIC, Caller, needs
 from server.errors import (
     Forbidden,
@@ -28,15 +26,12 @@ from server.errors import (
     InvalidRequest,
     NotFound,
     PaperchartError,
-    UnprocessableDocument,
-    UnsupportedResource,
 )
 from server.http.capability import SEARCHABLE_TYPES, capability_statement
 from server.services import Services
 from server.store import JobRecord, StoredResource
 
 FHIR_JSON: Final = "application/fhir+json"
-_BASE64_ALPHABET: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
 def fhir_response(
@@ -57,20 +52,6 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _decode_base64(data: str) -> bytes:
-    compact = "".join(data.split()).encode("ascii", errors="replace")
-    if not compact or not set(compact) <= _BASE64_ALPHABET:
-        raise InvalidRequest(
-            "attachment data is not valid base64", expression="DocumentReference.content[0].attachment.data"
-        )
-    try:
-        return base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(
-            "attachment data is not valid base64", expression="DocumentReference.content[0].attachment.data"
-        ) from None
-
-
 def _prefers_sync(request: Request[Any, Any, Any]) -> bool:
     # RFC 7240 Prefer; FHIR R4 §3.1.0.8 uses respond-async, we also honour respond-sync
     prefer = request.headers.get("prefer", "")
@@ -80,14 +61,6 @@ def _prefers_sync(request: Request[Any, Any, Any]) -> bool:
 
 def _job_location(services: Services, job: JobRecord) -> str:
     return f"{services.settings.fhir_base_url}/_jobs/{job.id}"
-
-
-def _job_progress(job: JobRecord) -> str:
-    if job.status == "queued":
-        return "queued"
-    if job.total:
-        return f"{job.stage}: page {job.done} of {job.total}"
-    return job.stage or job.status
 
 
 class FhirController(Controller):
@@ -101,52 +74,7 @@ class FhirController(Controller):
     async def create_document_reference(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
-        body = await request.body()
-        resource = _parse_json(body)
-        if resource.get("resourceType") != "DocumentReference":
-            raise UnsupportedResource("this endpoint accepts a DocumentReference resource", expression="resourceType")
-        contents: list[Any] = resource.get("content") or []
-        first = contents[0] if isinstance(contents, list) and contents else None
-        attachment = first.get("attachment") if isinstance(first, dict) else None
-        if not isinstance(attachment, dict):
-            raise UnprocessableDocument(
-                "DocumentReference.content[0].attachment is required",
-                expression="DocumentReference.content[0].attachment",
-            )
-        content_type, data = attachment.get("contentType"), attachment.get("data")
-        if not isinstance(content_type, str) or not content_type:
-            raise UnprocessableDocument(
-                "attachment.contentType is required", expression="DocumentReference.content[0].attachment.contentType"
-            )
-        if data == "":
-            raise UnprocessableDocument("document is empty", expression="DocumentReference.content[0].attachment.data")
-        if not isinstance(data, str):
-            raise UnprocessableDocument(
-                "attachment.data (base64) is required", expression="DocumentReference.content[0].attachment.data"
-            )
-        content = await anyio.to_thread.run_sync(_decode_base64, data)
-        info = await anyio.to_thread.run_sync(services.pipeline.inspect, content, content_type)
-
-        stored_attachment = {k: v for k, v in attachment.items() if k != "data"}
-        stored_attachment.update(
-            contentType=info.content_type,
-            size=info.size,
-            # FHIR R4 Attachment.hash is the base64 SHA-1 of the data
-            hash=base64.b64encode(hashlib.sha1(content, usedforsecurity=False).digest()).decode(),
-        )
-        to_store = {**resource, "content": [{**contents[0], "attachment": stored_attachment}, *contents[1:]]}
-        to_store.pop("id", None)
-        to_store.setdefault("status", "current")
-        caller.require_resource(to_store, "c")  # a patient/ token uploads only for its own patient
-        try:
-            validate_resource(to_store)
-        except FhirValidationError as exc:
-            raise InvalidRequest(
-                "DocumentReference is not valid FHIR R4", diagnostics="; ".join(exc.problems)
-            ) from None
-        record = await anyio.to_thread.run_sync(
-            services.store.create_document, to_store, content, info.content_type, info.pages
-        )
+        record = await documents.create_document(services, caller, _parse_json(await request.body()))
         document = _with_binary_url(record.resource)
         location = f"{services.settings.fhir_base_url}/DocumentReference/{record.id}/_history/1"
         return fhir_response(document, 201, {"Location": location, "ETag": 'W/"1"', "Last-Modified": record.created_at})
@@ -194,12 +122,7 @@ class FhirController(Controller):
         services: NamedDependency[Services],
         caller: NamedDependency[Caller],
     ) -> Response[bytes]:
-        record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
-        if record is None:
-            raise NotFound(f"DocumentReference/{document_id} is not known")
-        caller.require_resource(record.resource, "c")
-        job = await anyio.to_thread.run_sync(services.store.enqueue_job, document_id)
-        services.jobs.submit()
+        job = await documents.start_extraction(services, caller, document_id)
         if _prefers_sync(request):
             finished = await services.jobs.wait(job.id, services.settings.sync_wait_seconds)
             if finished is not None and finished.status in ("succeeded", "failed"):
@@ -218,19 +141,14 @@ class FhirController(Controller):
     async def job_status(
         self, job_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
-        job = await anyio.to_thread.run_sync(services.store.get_job, job_id)
-        if job is None:
-            raise NotFound(f"job {job_id} is not known")
-        document = await anyio.to_thread.run_sync(services.store.get_document, job.document_id)
-        if document is not None:
-            caller.require_resource(document.resource, "c")
+        job = await documents.get_job(services, caller, job_id)
         if job.status in ("queued", "running"):
             return fhir_response(
                 operation_outcome(
-                    "informational", f"extraction in progress ({_job_progress(job)})", severity="information"
+                    "informational", f"extraction in progress ({documents.job_progress(job)})", severity="information"
                 ),
                 202,
-                {"X-Progress": _job_progress(job), "Retry-After": "1"},
+                {"X-Progress": documents.job_progress(job), "Retry-After": "1"},
             )
         return await self._job_result(services, caller, job)
 
@@ -243,11 +161,9 @@ class FhirController(Controller):
                 else (500, "exception", "extraction failed")
             )
             return fhir_response(operation_outcome(code, message), status)
-        stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", job.bundle_id)
-        if stored is None:
-            raise NotFound("the job's Bundle is no longer available")
+        bundle = await documents.read_bundle(services, caller, job.bundle_id, job_result=True)
         return fhir_response(
-            caller.visible(stored.resource),
+            bundle,
             headers={"Content-Location": f"{services.settings.fhir_base_url}/Bundle/{job.bundle_id}"},
         )
 

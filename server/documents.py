@@ -1,0 +1,125 @@
+"""Accepting documents and running their extraction: the one implementation behind REST, MCP and CLI.
+
+Every function takes the ``Caller`` and checks it at the resource level (patient compartment,
+query-constrained scopes); the transports check only that the interaction is allowed at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Any, Final
+
+import anyio.to_thread
+
+from fhir_profiles import FhirValidationError, validate_resource
+from server.auth import Caller
+from server.errors import InvalidRequest, NotFound, UnprocessableDocument, UnsupportedResource
+from server.services import Services
+from server.store import DocumentRecord, JobRecord
+
+_BASE64_ALPHABET: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_DATA: Final = "DocumentReference.content[0].attachment.data"
+
+
+def decode_base64(data: str, expression: str = _DATA) -> bytes:
+    compact = "".join(data.split()).encode("ascii", errors="replace")
+    if not compact or not set(compact) <= _BASE64_ALPHABET:
+        raise InvalidRequest("attachment data is not valid base64", expression=expression)
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("attachment data is not valid base64", expression=expression) from None
+
+
+async def create_document(services: Services, caller: Caller, resource: dict[str, Any]) -> DocumentRecord:
+    """Store a DocumentReference whose first attachment carries the document inline (base64).
+
+    The bytes are checked (magic bytes, size, pages, pixels) before anything is stored; the
+    stored DocumentReference keeps the attachment's size and hash but not the data.
+    """
+    if resource.get("resourceType") != "DocumentReference":
+        raise UnsupportedResource("this endpoint accepts a DocumentReference resource", expression="resourceType")
+    contents: list[Any] = resource.get("content") or []
+    first = contents[0] if isinstance(contents, list) and contents else None
+    attachment = first.get("attachment") if isinstance(first, dict) else None
+    if not isinstance(attachment, dict):
+        raise UnprocessableDocument(
+            "DocumentReference.content[0].attachment is required", expression="DocumentReference.content[0].attachment"
+        )
+    content_type, data = attachment.get("contentType"), attachment.get("data")
+    if not isinstance(content_type, str) or not content_type:
+        raise UnprocessableDocument(
+            "attachment.contentType is required", expression="DocumentReference.content[0].attachment.contentType"
+        )
+    if data == "":
+        raise UnprocessableDocument("document is empty", expression=_DATA)
+    if not isinstance(data, str):
+        raise UnprocessableDocument("attachment.data (base64) is required", expression=_DATA)
+    content = await anyio.to_thread.run_sync(decode_base64, data)
+    info = await anyio.to_thread.run_sync(services.pipeline.inspect, content, content_type)
+
+    stored_attachment = {k: v for k, v in attachment.items() if k != "data"}
+    stored_attachment.update(
+        contentType=info.content_type,
+        size=info.size,
+        # FHIR R4 Attachment.hash is the base64 SHA-1 of the data
+        hash=base64.b64encode(hashlib.sha1(content, usedforsecurity=False).digest()).decode(),
+    )
+    to_store = {**resource, "content": [{**contents[0], "attachment": stored_attachment}, *contents[1:]]}
+    to_store.pop("id", None)
+    to_store.setdefault("status", "current")
+    caller.require_resource(to_store, "c")  # a patient/ token uploads only for its own patient
+    try:
+        validate_resource(to_store)
+    except FhirValidationError as exc:
+        raise InvalidRequest("DocumentReference is not valid FHIR R4", diagnostics="; ".join(exc.problems)) from None
+    return await anyio.to_thread.run_sync(
+        services.store.create_document, to_store, content, info.content_type, info.pages
+    )
+
+
+async def start_extraction(services: Services, caller: Caller, document_id: str) -> JobRecord:
+    """Queue the document's extraction (or return the job already queued or running for it)."""
+    record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
+    if record is None:
+        raise NotFound(f"DocumentReference/{document_id} is not known")
+    caller.require_resource(record.resource, "c")
+    job = await anyio.to_thread.run_sync(services.store.enqueue_job, document_id)
+    services.jobs.submit()
+    return job
+
+
+async def get_job(services: Services, caller: Caller, job_id: str) -> JobRecord:
+    job = await anyio.to_thread.run_sync(services.store.get_job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} is not known")
+    document = await anyio.to_thread.run_sync(services.store.get_document, job.document_id)
+    if document is not None:
+        caller.require_resource(document.resource, "c")
+    return job
+
+
+async def read_bundle(
+    services: Services, caller: Caller, bundle_id: str, *, job_result: bool = False
+) -> dict[str, Any]:
+    """A stored extraction Bundle, with only the entries the caller may read.
+
+    As the result of an extraction the caller started (``job_result``) it needs no Bundle read
+    permission of its own: the caller gets the entries it may read, which may be none.
+    """
+    stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", bundle_id)
+    if stored is None:
+        raise NotFound(f"Bundle/{bundle_id} is not known")
+    if not job_result:
+        caller.require_resource(stored.resource)
+    return caller.visible(stored.resource)
+
+
+def job_progress(job: JobRecord) -> str:
+    if job.status == "queued":
+        return "queued"
+    if job.total:
+        return f"{job.stage}: page {job.done} of {job.total}"
+    return job.stage or job.status
