@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from server.auth import authorize, resolve_caller
 from server.config import Settings, load_settings
+from server.deid import Deidentifier
 from server.errors import PaperchartError
 from server.hl7 import Hl7Service
 from server.http.audit import AuditEventController, audit_middleware
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         store = build_store(settings, keys)
         auth = build_auth(settings, keys)
         audit = AuditLog(settings.database_path)
+        deid = Deidentifier(store.deployment_secret("deid"))
         terminology = build_terminology(settings)
         pipeline = build_pipeline(settings, terminology)
         jobs = JobRunner(settings, store, pipeline)
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             hl7=hl7,
             auth=auth,
             audit=audit,
+            deid=deid,
         )
         app.state.services = services
         jobs.start()

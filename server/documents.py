@@ -13,9 +13,10 @@ from typing import Any, Final
 
 import anyio.to_thread
 
-from fhir_profiles import FhirValidationError, validate_resource
+from fhir_profiles import FhirValidationError, patient_of, validate_resource
 from server.auth import Caller
-from server.errors import InvalidRequest, NotFound, UnprocessableDocument, UnsupportedResource
+from server.deid import deidentified_summary
+from server.errors import Forbidden, InvalidRequest, NotFound, UnprocessableDocument, UnsupportedResource
 from server.services import Services
 from server.store import DocumentRecord, JobRecord
 
@@ -123,3 +124,55 @@ def job_progress(job: JobRecord) -> str:
     if job.total:
         return f"{job.stage}: page {job.done} of {job.total}"
     return job.stage or job.status
+
+
+# --- de-identified views ------------------------------------------------------------------------
+
+
+def _deidentified(services: Services, caller: Caller, raw: dict[str, Any]) -> dict[str, Any]:
+    """The de-identified Bundle, with the entries the caller may read in that form.
+
+    A scope like ``system/Bundle.rs?_security=PSEUDED`` reaches only output labelled
+    pseudonymized; an unconstrained read scope reaches it too. ``patient/`` scopes are judged
+    by the real patient, before pseudonymization.
+    """
+    patient = patient_of(raw)
+    deid = services.deid.bundle(raw)
+    if not caller.grant.permits(deid, "r", patient):
+        raise Forbidden("the access token does not allow de-identified reads of this Bundle")
+    entries = [e for e in deid["entry"] if caller.grant.permits(e["resource"], "r", patient)]
+    return {**deid, "entry": entries}
+
+
+async def deidentified_bundle(services: Services, caller: Caller, bundle_id: str) -> dict[str, Any]:
+    stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", bundle_id)
+    if stored is None:
+        raise NotFound(f"Bundle/{bundle_id} is not known")
+    return _deidentified(services, caller, stored.resource)
+
+
+async def _bundles_for(services: Services, *, document_id: str | None, patient_id: str | None) -> list[dict[str, Any]]:
+    if document_id is not None:
+        bundle_id = await anyio.to_thread.run_sync(services.store.latest_bundle_id, document_id)
+        if bundle_id is None:
+            raise NotFound(f"DocumentReference/{document_id} has no finished extraction")
+        stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", bundle_id)
+        return [stored.resource] if stored is not None else []
+    found, _ = await anyio.to_thread.run_sync(
+        lambda: services.store.search_resources("Bundle", patient=patient_id, count=100)
+    )
+    if not found:
+        raise NotFound(f"Patient/{patient_id} has no extracted documents")
+    return [s.resource for s in found]
+
+
+async def deidentified_view(
+    services: Services, caller: Caller, *, document_id: str | None = None, patient_id: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """A de-identified clinical summary and the de-identified Bundles of a document or a patient."""
+    if (document_id is None) == (patient_id is None):
+        raise InvalidRequest("give either a document id or a patient id")
+    raws = await _bundles_for(services, document_id=document_id, patient_id=patient_id)
+    bundles = [_deidentified(services, caller, raw) for raw in raws]
+    summaries = [deidentified_summary(raw, services.deid.known_phi(raw)) for raw in raws]
+    return "\n\n".join(summaries), bundles

@@ -9,6 +9,7 @@ from server.auth import AuthRegistry, TokenService
 from server.auth.tokens import load_external_issuer
 from server.config import Settings
 from server.crypto import KeyProvider, LocalKeyProvider, decode_master_key
+from server.deid import Deidentifier
 from server.hl7 import Hl7Service, MllpServer, tls_context
 from server.jobs import JobRunner
 from server.pipeline import Pipeline, create_extractor, create_ocr_engine
@@ -36,6 +37,7 @@ class Services:
     hl7: Hl7Service
     auth: AuthServices
     audit: AuditLog
+    deid: Deidentifier
 
 
 def build_key_provider(settings: Settings) -> KeyProvider:

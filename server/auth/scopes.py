@@ -40,6 +40,7 @@ _CONSTRAINABLE: Final[Mapping[str, str]] = {
     "clinical-status": "clinicalStatus",
     "verification-status": "verificationStatus",
     "type": "type",
+    "_security": "meta.security",  # security labels, e.g. PSEUDED on de-identified output
 }
 
 
@@ -197,9 +198,12 @@ def _token_matches(resource: Mapping[str, Any], name: str, value: str) -> bool:
     if element is None:
         return False  # a constraint we cannot evaluate must not widen access
     system, _, code = value.rpartition("|") if "|" in value else (None, "", value)
+    target: Any = resource
+    for step in element.split("."):
+        target = target.get(step) if isinstance(target, Mapping) else None
     return any(
         code == candidate_code and (system is None or system == candidate_system)
-        for candidate_system, candidate_code in _codes(resource.get(element))
+        for candidate_system, candidate_code in _codes(target)
     )
 
 

@@ -198,6 +198,37 @@ class FhirController(Controller):
     ) -> Response[bytes]:
         return await _search(request, caller, "Bundle", services, count, offset)
 
+    @get("/Bundle/{bundle_id:str}/$deidentify", opt=needs("Bundle", "r"))
+    async def deidentify_bundle(
+        self, bundle_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
+    ) -> Response[bytes]:
+        """The Bundle de-identified (Safe Harbor, stable pseudonyms and date shifts), labelled PSEUDED."""
+        return fhir_response(await documents.deidentified_bundle(services, caller, bundle_id))
+
+    @get("/DocumentReference/{document_id:str}/$deidentified-summary", opt=needs("Bundle", "r"))
+    async def document_summary(
+        self, document_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
+    ) -> Response[bytes]:
+        summary, bundles = await documents.deidentified_view(services, caller, document_id=document_id)
+        return fhir_response(_summary_parameters(summary, bundles))
+
+    # Generic, not /Patient/{id}/$...: a static "Patient" segment would hide Patient from the
+    # generic /{resource_type} read, search and $validate routes in Litestar's router.
+    @get("/{resource_type:str}/{resource_id:str}/{operation:str}", opt=needs("Bundle", "r"))
+    async def patient_summary(
+        self,
+        resource_type: FromPath[str],
+        resource_id: FromPath[str],
+        operation: FromPath[str],
+        services: NamedDependency[Services],
+        caller: NamedDependency[Caller],
+    ) -> Response[bytes]:
+        """``Patient/{id}/$deidentified-summary``: every extracted document of the patient, de-identified."""
+        if resource_type != "Patient" or operation != "$deidentified-summary":
+            raise NotFound(f"operation {operation} is not supported on {resource_type}")
+        summary, bundles = await documents.deidentified_view(services, caller, patient_id=resource_id)
+        return fhir_response(_summary_parameters(summary, bundles))
+
     @get("/Bundle/{bundle_id:str}/$transaction", opt=needs("Bundle", "r"))
     async def bundle_as_transaction(
         self, bundle_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
@@ -362,6 +393,17 @@ async def _search(
     resources = [s.resource for s in visible]
     bundle = searchset(services, resource_type, request, resources, total, count, offset, len(visible) == len(found))
     return fhir_response(bundle)
+
+
+def _summary_parameters(summary: str, bundles: list[dict[str, Any]]) -> dict[str, Any]:
+    parameters: dict[str, Any] = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "summary", "valueString": summary},
+            *({"name": "bundle", "resource": bundle} for bundle in bundles),
+        ],
+    }
+    return parameters
 
 
 def _with_binary_url(document: dict[str, Any]) -> dict[str, Any]:

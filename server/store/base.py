@@ -70,10 +70,18 @@ class Store(Protocol):
 
     def get_document_content(self, document_id: str) -> bytes | None: ...
 
+    def latest_bundle_id(self, document_id: str) -> str | None:
+        """The Bundle of the document's most recent successful extraction."""
+        ...
+
     def update_document(self, document_id: str, resource: dict[str, Any]) -> DocumentRecord: ...
 
     def shred_document(self, document_id: str) -> bool:
         """Delete the document and its results and destroy its data key (crypto-shredding)."""
+        ...
+
+    def deployment_secret(self, purpose: str) -> bytes:
+        """A stable random secret of this deployment for ``purpose``, created on first use."""
         ...
 
     def rewrap_data_keys(self) -> int:

@@ -238,6 +238,11 @@ class SqliteStore:
     def _identifier_token_any(self, value: str) -> str:
         return hmac.new(self._index_key, f"*|{value}".encode(), hashlib.sha256).hexdigest()
 
+    def deployment_secret(self, purpose: str) -> bytes:
+        """A random 256-bit secret for this deployment (e.g. de-identification pseudonyms), kept wrapped."""
+        with self._transaction() as db:
+            return self._data_key(db, f"secret:{purpose}")
+
     def rewrap_data_keys(self) -> int:
         """Re-wrap every data key under the provider's current master key (master key rotation)."""
         with self._transaction() as db:
@@ -521,6 +526,14 @@ class SqliteStore:
             created_at=row[6],
             resource=self._open_json(db, f"document:{document_id}", f"documents/{document_id}", bytes(row[7])),
         )
+
+    def latest_bundle_id(self, document_id: str) -> str | None:
+        rows = self._query(
+            "SELECT bundle_id FROM jobs WHERE document_id = ? AND status = 'succeeded'"
+            " ORDER BY updated_at DESC LIMIT 1",
+            (document_id,),
+        )
+        return str(rows[0][0]) if rows else None
 
     def get_document_content(self, document_id: str) -> bytes | None:
         with self._lock:

@@ -1,0 +1,106 @@
+"""A clinician-readable summary of an extraction Bundle, de-identified after it is written.
+
+The summary is built from the coded resources (a template; an LLM summary plugs in here once
+an LLM extractor is configured) and then passed through the same free-text scrubber as every
+other output, and checked: if any PHI value known from the source survives, nothing is returned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from server.deid.text import leaked, scrub_text
+from server.errors import ProcessingFailed
+
+
+def _resources(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle.get("entry", []) if e["resource"].get("resourceType") == kind]
+
+
+def _code_text(concept: dict[str, Any] | None) -> str:
+    if not concept:
+        return "unnamed"
+    coding = concept.get("coding") or [{}]
+    return str(concept.get("text") or coding[0].get("display") or coding[0].get("code") or "unnamed")
+
+
+def _quantity(quantity: dict[str, Any] | None) -> str:
+    if not quantity:
+        return ""
+    value = quantity.get("value")
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{text} {quantity.get('unit', '')}".strip()
+
+
+def _age_band(birth_date: str | None, today: dt.date) -> str:
+    if not birth_date:
+        return "age not recorded"
+    age = today.year - int(birth_date[:4])
+    if age > 89:
+        return "aged 90 or over"
+    low = age - age % 5
+    return f"aged {low}-{low + 4}"
+
+
+def clinical_summary(bundle: dict[str, Any], today: dt.date | None = None) -> str:
+    """Plain-text summary of what was extracted (it still contains whatever PHI the Bundle has)."""
+    today = today or dt.date.today()
+    lines: list[str] = []
+    patients = _resources(bundle, "Patient")
+    if patients:
+        patient = patients[0]
+        lines.append(
+            f"Patient: {patient.get('gender', 'gender not recorded')}, {_age_band(patient.get('birthDate'), today)}."
+        )
+    present: list[str] = []
+    absent: list[str] = []
+    for condition in _resources(bundle, "Condition"):
+        status = (condition.get("verificationStatus") or {}).get("coding", [{}])[0].get("code")
+        (absent if status == "refuted" else present).append(_code_text(condition.get("code")))
+    if present:
+        lines.append("Problems: " + "; ".join(present) + ".")
+    if absent:
+        lines.append("Ruled out or denied: " + "; ".join(absent) + ".")
+    medications = []
+    for statement in _resources(bundle, "MedicationStatement"):
+        dosage = (statement.get("dosage") or [{}])[0]
+        medications.append(dosage.get("text") or _code_text(statement.get("medicationCodeableConcept")))
+    if medications:
+        lines.append("Medications: " + "; ".join(medications) + ".")
+    vitals: list[str] = []
+    labs: list[str] = []
+    for observation in _resources(bundle, "Observation"):
+        categories = {c.get("code") for cat in observation.get("category", []) for c in cat.get("coding", [])}
+        name = _code_text(observation.get("code"))
+        if observation.get("component"):
+            value = "/".join(_quantity(c.get("valueQuantity")).split(" ")[0] for c in observation["component"])
+            unit = _quantity(observation["component"][0].get("valueQuantity")).partition(" ")[2]
+            text = f"{name} {value} {unit}".strip()
+        else:
+            text = f"{name} {_quantity(observation.get('valueQuantity'))}".strip()
+        flags = [c.get("code") for i in observation.get("interpretation", []) for c in i.get("coding", [])]
+        if flags and flags[0] not in ("N", None):
+            text += f" ({flags[0]})"
+        (vitals if "vital-signs" in categories else labs).append(text)
+    if vitals:
+        lines.append("Vital signs: " + "; ".join(vitals) + ".")
+    if labs:
+        lines.append("Laboratory results: " + "; ".join(labs) + ".")
+    flagged = sum(
+        1
+        for e in bundle.get("entry", [])
+        for tag in e["resource"].get("meta", {}).get("tag", [])
+        if tag.get("code") == "needs-review"
+    )
+    if flagged:
+        lines.append(f"{flagged} extracted item(s) are flagged for human review.")
+    return "\n".join(lines) if lines else "Nothing clinical was extracted from this document."
+
+
+def deidentified_summary(bundle: dict[str, Any], known_phi: list[str], today: dt.date | None = None) -> str:
+    """The summary, scrubbed, and refused if a known PHI value would still be in it."""
+    text = scrub_text(clinical_summary(bundle, today), known_phi)
+    if leaked(text, known_phi):
+        raise ProcessingFailed("the de-identified summary still contained an identifier; it was withheld")
+    return text
