@@ -14,11 +14,10 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 
+from mcp_tools.http import mcp_routes
 from server.auth import authorize, resolve_caller
 from server.config import Settings, load_settings
-from server.deid import Deidentifier
 from server.errors import PaperchartError
-from server.hl7 import Hl7Service
 from server.http.audit import AuditEventController, audit_middleware
 from server.http.auth import AUTH_HANDLERS
 from server.http.errors import (
@@ -31,17 +30,7 @@ from server.http.fhir import FhirController
 from server.http.health import health
 from server.http.hl7 import receive_hl7
 from server.http.terminology import TerminologyController
-from server.jobs import JobRunner
-from server.services import (
-    Services,
-    build_auth,
-    build_key_provider,
-    build_mllp,
-    build_pipeline,
-    build_store,
-    build_terminology,
-)
-from server.store.audit import AuditLog
+from server.services import Services, build_mllp, build_services, build_terminology, close_services
 
 logger = logging.getLogger(__name__)
 
@@ -73,26 +62,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        keys = build_key_provider(settings)
-        store = build_store(settings, keys)
-        auth = build_auth(settings, keys)
-        audit = AuditLog(settings.database_path)
-        deid = Deidentifier(store.deployment_secret("deid"))
-        terminology = build_terminology(settings)
-        pipeline = build_pipeline(settings, terminology)
-        jobs = JobRunner(settings, store, pipeline)
-        hl7 = Hl7Service(settings, store, pipeline)
-        services = Services(
-            settings=settings,
-            store=store,
-            pipeline=pipeline,
-            jobs=jobs,
-            terminology=terminology,
-            hl7=hl7,
-            auth=auth,
-            audit=audit,
-            deid=deid,
-        )
+        services = build_services(settings)
+        hl7, jobs, audit, terminology = services.hl7, services.jobs, services.audit, services.terminology
         app.state.services = services
         jobs.start()
         mllp = build_mllp(settings, hl7, jobs, audit) if settings.mllp_enabled else None
@@ -109,12 +80,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if mllp is not None:
                 await mllp.stop()  # finish and acknowledge messages in flight first
             await jobs.stop()
-            store.close()
-            auth.registry.close()
-            audit.close()
-            attached: Services = app.state.services
-            if attached.terminology is not None:
-                attached.terminology.close()
+            close_services(app.state.services)  # it may hold a terminology index attached since
 
     # base64 inflates by 4/3; allow the JSON around it too
     max_body = settings.max_upload_bytes * 4 // 3 + 1024 * 1024
@@ -124,8 +90,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         HTTPException: http_error_handler,
         Exception: unexpected_error_handler,
     }
-    return Litestar(
+    # the MCP endpoint reads the services the lifespan builds; the app object exists only below
+    built: list[Litestar] = []
+    mcp_handlers, mcp_lifespan = mcp_routes(lambda: _services(built[0].state), settings.mcp_url)
+    app = Litestar(
         route_handlers=[
+            *mcp_handlers,
             TerminologyController,
             FhirController,
             AuditEventController,
@@ -135,10 +105,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         middleware=[audit_middleware],
         guards=[authorize],  # every route declares an Access rule; routes without one are refused
-        lifespan=[lifespan],
+        lifespan=[lifespan, mcp_lifespan],  # MCP sessions start after the services and stop before them
         dependencies={"services": Provide(_services, sync_to_thread=False), "caller": Provide(resolve_caller)},
         exception_handlers=handlers,
         request_max_body_size=max_body,
         openapi_config=None,
         debug=False,
     )
+    built.append(app)
+    return app

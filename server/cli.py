@@ -270,6 +270,41 @@ def _terminology_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mcp(args: argparse.Namespace) -> int:
+    """MCP over stdio for desktop assistants, acting with the token in PAPERCHART_MCP_TOKEN."""
+    import anyio
+
+    from mcp_tools import CallerSource, build_mcp_server
+    from server.services import build_services, close_services
+
+    settings = load_settings()
+    # stdout is the protocol channel: every log line goes to stderr
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.mcp_token:
+        raise ConfigurationError(
+            "set PAPERCHART_MCP_TOKEN to an access token for the MCP endpoint "
+            "(paperchart token ... --audience mcp); stdio mode never acts as an implicit administrator"
+        )
+
+    async def run() -> None:
+        services = build_services(settings)
+        try:
+            source = CallerSource(lambda: services, stdio_token=settings.mcp_token)
+            source.caller(None)  # a bad or expired token fails here, before the assistant connects
+            services.jobs.start()
+            try:
+                await build_mcp_server(source).run_stdio_async()
+            finally:
+                await services.jobs.stop()
+        finally:
+            close_services(services)
+
+    anyio.run(run)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paperchart", description="Clinical documents in, coded FHIR R4 out.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -313,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     mllp = commands.add_parser("mllp", help="run only the HL7 v2 MLLP listener and the extraction workers")
     mllp.add_argument("--port", type=int, help="port (default PAPERCHART_MLLP_PORT or 2575)")
     mllp.set_defaults(handler=_mllp)
+
+    mcp = commands.add_parser("mcp", help="MCP server over stdio (token from PAPERCHART_MCP_TOKEN)")
+    mcp.set_defaults(handler=_mcp)
 
     extract = commands.add_parser("extract", help="extract a PDF or image and print a FHIR Bundle (JSON)")
     extract.add_argument("file", type=Path)

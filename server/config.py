@@ -67,6 +67,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     external_jwks_file: Path | None = None
     external_audience: str | None = None  # default: this server's FHIR base URL
 
+    # `paperchart mcp` (stdio): the access token the desktop assistant acts with (audience: MCP URL)
+    mcp_token: str | None = None
+
     log_level: str = "INFO"
 
     @property
@@ -89,6 +92,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def issuer(self) -> str:
         """The authorization server's issuer (RFC 8414: metadata at /.well-known/oauth-authorization-server)."""
         return self.public_base_url.rstrip("/")
+
+    @property
+    def mcp_url(self) -> str:
+        """The MCP endpoint, also the audience (RFC 8707 resource) of tokens meant for it."""
+        return self.public_base_url.rstrip("/") + "/mcp"
 
     @property
     def auth_base_url(self) -> str:

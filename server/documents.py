@@ -15,7 +15,7 @@ import anyio.to_thread
 
 from fhir_profiles import FhirValidationError, patient_of, validate_resource
 from server.auth import Caller
-from server.deid import deidentified_summary
+from server.deid import PSEUDONYMIZED, deidentified_summary
 from server.errors import Forbidden, InvalidRequest, NotFound, UnprocessableDocument, UnsupportedResource
 from server.services import Services
 from server.store import DocumentRecord, JobRecord
@@ -119,10 +119,13 @@ async def read_bundle(
 
 
 def job_progress(job: JobRecord) -> str:
-    if job.status == "queued":
-        return "queued"
-    if job.total:
-        return f"{job.stage}: page {job.done} of {job.total}"
+    """Human-readable progress: ``queued``, ``ocr: page 2 of 5`` (pages read so far), ``extract``, ``done``."""
+    if job.status in ("queued", "failed"):
+        return job.status
+    if job.status == "succeeded":
+        return "done"
+    if job.stage == "ocr" and job.total:
+        return f"ocr: page {job.done} of {job.total}"
     return job.stage or job.status
 
 
@@ -176,3 +179,30 @@ async def deidentified_view(
     bundles = [_deidentified(services, caller, raw) for raw in raws]
     summaries = [deidentified_summary(raw, services.deid.known_phi(raw)) for raw in raws]
     return "\n\n".join(summaries), bundles
+
+
+async def page_image(services: Services, caller: Caller, document_id: str, page: int, *, deidentified: bool) -> bytes:
+    """One page as PNG; ``deidentified``: with every identifier blacked out (needs only the de-id scope)."""
+    from server.deid.image import png_bytes, redact_page
+
+    record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
+    content = await anyio.to_thread.run_sync(services.store.get_document_content, document_id)
+    if record is None or content is None:
+        raise NotFound(f"DocumentReference/{document_id} is not known")
+    patient = patient_of(record.resource)
+    if deidentified:
+        probe = {"resourceType": "Binary", "meta": {"security": [dict(PSEUDONYMIZED)]}}
+        if not caller.grant.permits(probe, "r", patient):
+            raise Forbidden("the access token does not allow de-identified reads of this document")
+    else:
+        caller.require_compartment("Binary", patient)
+    image, words = await anyio.to_thread.run_sync(services.pipeline.page_with_words, content, record.content_type, page)
+    if not deidentified:
+        return await anyio.to_thread.run_sync(png_bytes, image)
+    known: list[str] = []
+    bundle_id = await anyio.to_thread.run_sync(services.store.latest_bundle_id, document_id)
+    if bundle_id is not None:
+        stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", bundle_id)
+        known = services.deid.known_phi(stored.resource) if stored is not None else []
+    redacted = await anyio.to_thread.run_sync(redact_page, image, words, known)
+    return await anyio.to_thread.run_sync(png_bytes, redacted)

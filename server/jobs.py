@@ -108,6 +108,8 @@ class JobRunner:
 
         def on_progress(stage: str, done: int, total: int) -> None:
             progress.update(stage=stage, done=done, total=total)
+            # record each page at once (pages take seconds; pollers should not miss one)
+            self.store.heartbeat(job.id, self.owner, self.settings.job_lease_seconds, stage, done, total)
 
         async def heartbeat() -> None:
             while True:

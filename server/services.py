@@ -121,3 +121,30 @@ def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner, audit: Audi
         idle_timeout=settings.mllp_idle_timeout_seconds,
         ssl_context=context,
     )
+
+
+def build_services(settings: Settings) -> Services:
+    """Every service of one process, built once; the caller starts ``jobs`` and closes them all."""
+    keys = build_key_provider(settings)
+    store = build_store(settings, keys)
+    terminology = build_terminology(settings)
+    pipeline = build_pipeline(settings, terminology)
+    return Services(
+        settings=settings,
+        store=store,
+        pipeline=pipeline,
+        jobs=JobRunner(settings, store, pipeline),
+        terminology=terminology,
+        hl7=Hl7Service(settings, store, pipeline),
+        auth=build_auth(settings, keys),
+        audit=AuditLog(settings.database_path),
+        deid=Deidentifier(store.deployment_secret("deid")),
+    )
+
+
+def close_services(services: Services) -> None:
+    services.store.close()
+    services.auth.registry.close()
+    services.audit.close()
+    if services.terminology is not None:
+        services.terminology.close()

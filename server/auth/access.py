@@ -64,10 +64,17 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     def patient(self) -> str | None:
         return self.grant.patient
 
-    def require(self, resource_type: str, *interactions: str, contexts: Iterable[Context] | None = None) -> None:
-        if not any(self.grant.may(resource_type, i, contexts=contexts) for i in interactions):
+    def require(
+        self,
+        resource_type: str,
+        *interactions: str,
+        contexts: Iterable[Context] | None = None,
+        identified: bool = False,
+    ) -> None:
+        if not any(self.grant.may(resource_type, i, contexts=contexts, identified=identified) for i in interactions):
             wanted = " or ".join(INTERACTION_NAMES.get(i, i) for i in interactions)
-            raise Forbidden(f"the access token does not allow {wanted} on {resource_type}")
+            kind = "identified " if identified else ""
+            raise Forbidden(f"the access token does not allow {kind}{wanted} on {resource_type}")
 
     def permits(self, resource: Mapping[str, Any], interaction: str = "r") -> bool:
         return self.grant.permits(resource, interaction, patient_of(resource))
@@ -105,14 +112,14 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         return {**bundle, "entry": entries}
 
 
-def caller_from_token(tokens: TokenService, authorization: str | None) -> Caller:
-    """Authenticate an ``Authorization: Bearer`` header (RFC 6750 §2.1)."""
+def caller_from_token(tokens: TokenService, authorization: str | None, audience: str | None = None) -> Caller:
+    """Authenticate an ``Authorization: Bearer`` header (RFC 6750 §2.1) for ``audience`` (default FHIR)."""
     if not authorization:
         raise MissingToken("an access token is required (Authorization: Bearer)")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("the Authorization header must be a Bearer token")
-    claims = tokens.verify(token.strip())
+    claims = tokens.verify(token.strip(), audience)
     try:
         grant = Grant.from_scopes(claims.scopes, patient=claims.patient)
     except ScopeError:

@@ -100,8 +100,12 @@ def _token(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     key: Any = JWKRegistry.import_key(json.loads(Path(args.key).read_text()))
-    endpoint = f"{args.server.rstrip('/') if args.server else settings.issuer}/auth/token"
-    response = httpx.post(endpoint, data=token_request(key, args.client_id, endpoint, args.scopes), timeout=30)
+    base = args.server.rstrip("/") if args.server else settings.issuer
+    endpoint = f"{base}/auth/token"
+    form = token_request(key, args.client_id, endpoint, args.scopes)
+    if args.audience == "mcp":
+        form["resource"] = f"{base}/mcp"  # RFC 8707: a token for the MCP endpoint only
+    response = httpx.post(endpoint, data=form, timeout=30)
     body = response.json()
     if response.status_code != 200:
         print(f"paperchart: {body.get('error')}: {body.get('error_description')}", file=sys.stderr)
@@ -192,6 +196,7 @@ def add_commands(commands: Any) -> None:
     token.add_argument("--key", required=True, help="the client's private JWK file")
     token.add_argument("--scopes", default="system/*.rs")
     token.add_argument("--server", help="server base URL (default: PAPERCHART_PUBLIC_BASE_URL)")
+    token.add_argument("--audience", choices=["fhir", "mcp"], default="fhir", help="the API the token is for")
     token.set_defaults(handler=_token)
 
     keys = commands.add_parser("keys", help="rotate the master key or the token signing key")

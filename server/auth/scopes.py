@@ -54,6 +54,11 @@ class Permission(msgspec.Struct, frozen=True, kw_only=True):
     interactions: frozenset[str]
     constraints: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def pseudonymized_only(self) -> bool:
+        """Constrained to security-labelled (de-identified) output: never reaches identified data."""
+        return any(name == "_security" for name, _ in self.constraints)
+
     def covers(self, resource_type: str, interaction: str) -> bool:
         return interaction in self.interactions and self.resource_type in ("*", resource_type)
 
@@ -132,11 +137,24 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
         # a patient/ permission without a launch patient reaches nothing
         return permission.context != "patient" or self.patient is not None
 
-    def may(self, resource_type: str, interaction: str, *, contexts: Iterable[Context] | None = None) -> bool:
-        """Whether some permission allows the interaction on the type (before looking at a resource)."""
+    def may(
+        self,
+        resource_type: str,
+        interaction: str,
+        *,
+        contexts: Iterable[Context] | None = None,
+        identified: bool = False,
+    ) -> bool:
+        """Whether some permission allows the interaction on the type (before looking at a resource).
+
+        ``identified``: only permissions that can reach identified data count (not ``_security=PSEUDED``).
+        """
         allowed = set(contexts) if contexts is not None else None
         return any(
-            p.covers(resource_type, interaction) and self._usable(p) and (allowed is None or p.context in allowed)
+            p.covers(resource_type, interaction)
+            and self._usable(p)
+            and (allowed is None or p.context in allowed)
+            and not (identified and p.pseudonymized_only)
             for p in self.permissions
         )
 

@@ -143,11 +143,12 @@ class TokenService:
         scopes: Sequence[str],
         patient: str | None = None,
         fhir_user: str | None = None,
+        audience: str | None = None,
     ) -> tuple[str, int]:
         now = _now()
         claims: dict[str, Any] = {
             "iss": self.issuer,
-            "aud": self.audience,
+            "aud": audience or self.audience,
             "sub": subject,
             "client_id": client_id,
             "scope": " ".join(scopes),
@@ -195,17 +196,21 @@ class TokenService:
             return None
         return _string(claims, "sub")
 
-    def verify(self, token: str) -> AccessClaims:
-        """The claims of a valid access token; ``Unauthorized`` (with a reason, never the token) otherwise."""
+    def verify(self, token: str, audience: str | None = None) -> AccessClaims:
+        """The claims of a valid access token; ``Unauthorized`` (with a reason, never the token) otherwise.
+
+        ``audience``: the resource the token must be meant for (default: the FHIR base URL).
+        """
         try:
             unverified = _peek_claims(token)
         except ValueError:
             raise Unauthorized("the access token is not a JWT") from None
         issuer = _string(unverified, "iss")
         if issuer == self.issuer:
-            keys, audience, algorithms = self._verify_keys, self.audience, [ACCESS_TOKEN_ALGORITHM]
+            keys, expected, algorithms = self._verify_keys, audience or self.audience, [ACCESS_TOKEN_ALGORITHM]
         elif self._external is not None and issuer == self._external.issuer:
-            keys, audience, algorithms = self._external_key_set(), self._external.audience, list(ASSERTION_ALGORITHMS)
+            keys, algorithms = self._external_key_set(), list(ASSERTION_ALGORITHMS)
+            expected = audience or self._external.audience
             algorithms += ["RS256", "ES256", "PS256"]
         else:
             raise Unauthorized("the access token was not issued by a trusted issuer")
@@ -218,7 +223,7 @@ class TokenService:
         if not isinstance(expires, int) or expires + CLOCK_SKEW_SECONDS < now:
             raise Unauthorized("the access token has expired")
         audiences = claims.get("aud")
-        if audience not in (audiences if isinstance(audiences, list) else [audiences]):
+        if expected not in (audiences if isinstance(audiences, list) else [audiences]):
             raise Unauthorized("the access token is not meant for this server (audience)")
         jti = _string(claims, "jti") or ""
         if jti and self._registry.is_revoked(jti):

@@ -71,3 +71,12 @@ def leaked(text: str, known: Iterable[str]) -> list[str]:
     if pattern is None:
         return []
     return sorted({m.group(0) for m in pattern.finditer(text)})
+
+
+def phi_spans(text: str, known: Iterable[str] = ()) -> list[tuple[int, int]]:
+    """Character ranges of ``text`` that ``scrub_text`` would replace (for redacting page images)."""
+    spans: list[tuple[int, int]] = []
+    pattern = _known_pattern(known)
+    for regex in [*([pattern] if pattern is not None else []), *(r for r, _ in _PATTERNS)]:
+        spans.extend(m.span() for m in regex.finditer(text))
+    return sorted(spans)

@@ -159,10 +159,16 @@ def _token_response(
     patient: str | None = None,
     fhir_user: str | None = None,
     username: str | None = None,
+    resource: str | None = None,
 ) -> Response[dict[str, Any]]:
     tokens = services.auth.tokens
     access_token, expires_in = tokens.issue(
-        client_id=client.client_id, subject=subject, scopes=scopes, patient=patient, fhir_user=fhir_user
+        client_id=client.client_id,
+        subject=subject,
+        scopes=scopes,
+        patient=patient,
+        fhir_user=fhir_user,
+        audience=resource,
     )
     body: dict[str, Any] = {
         "access_token": access_token,
@@ -212,7 +218,18 @@ async def _client_credentials(
     scopes = [s for s in narrow(requested, client.scopes) if s.startswith("system/")]
     if not scopes:
         raise OAuthError("invalid_scope", "none of the requested scopes is allowed for this client")
-    return _token_response(services, client, subject=client.client_id, scopes=scopes)
+    resource = _resource(services, form)
+    return _token_response(services, client, subject=client.client_id, scopes=scopes, resource=resource)
+
+
+def _resource(services: Services, form: dict[str, str]) -> str | None:
+    """RFC 8707 resource indicator: the FHIR base (the default) or the MCP endpoint."""
+    resource = form.get("resource")
+    if resource is None:
+        return None
+    if resource.rstrip("/") not in (services.settings.fhir_base_url, services.settings.mcp_url):
+        raise OAuthError("invalid_target", "resource must be this server's FHIR base URL or MCP endpoint")
+    return resource.rstrip("/")
 
 
 def _pkce_matches(verifier: str, challenge: str) -> bool:
@@ -242,6 +259,7 @@ async def _authorization_code(services: Services, form: dict[str, str]) -> Respo
         patient=grant.patient,
         fhir_user=user.fhir_user,
         username=user.username,
+        resource=_resource(services, form),
     )
 
 

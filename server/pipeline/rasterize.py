@@ -59,7 +59,7 @@ def _iter_pdf(content: bytes, limits: Limits) -> Iterator[RasterPage]:
             if text_page is not None:
                 yield text_page
                 continue
-            yield PageImage(number=number, image=_render_pdf_page(content, number, limits.dpi))
+            yield PageImage(number=number, image=render_pdf_page(content, number, limits.dpi))
 
 
 def _text_layer_page(page: pdfplumber.page.Page, number: int) -> OcrPage | None:
@@ -76,7 +76,7 @@ def _text_layer_page(page: pdfplumber.page.Page, number: int) -> OcrPage | None:
     return compose_page(number, float(page.width), float(page.height), "text-layer", words)
 
 
-def _render_pdf_page(content: bytes, number: int, dpi: int) -> Image.Image:
+def render_pdf_page(content: bytes, number: int, dpi: int) -> Image.Image:
     try:
         images = convert_from_bytes(content, dpi=dpi, first_page=number, last_page=number, grayscale=True)
     except FileNotFoundError:

@@ -11,18 +11,19 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from PIL import Image
 
 from fhir_profiles import BundleContext, FhirValidationError, build_bundle
 from fhir_profiles.extraction import Extraction
 from server import __version__
 from server.config import Settings
-from server.errors import InvalidFhirOutput
+from server.errors import InvalidFhirOutput, NotFound, UnprocessableDocument
 from server.pipeline.base import Extractor, OcrEngine
 from server.pipeline.code import code_extraction
-from server.pipeline.inspect import DocumentInfo, Limits, inspect_document
+from server.pipeline.inspect import TEXT, DocumentInfo, Limits, inspect_document
 from server.pipeline.page import OcrPage
 from server.pipeline.preprocess import prepare_for_ocr
-from server.pipeline.rasterize import PageImage, iter_pages
+from server.pipeline.rasterize import PageImage, iter_pages, render_pdf_page
 from server.pipeline.validate import with_review
 from terminology import TerminologyService
 
@@ -81,6 +82,29 @@ class Pipeline:
             if progress:
                 progress("ocr", len(pages), info.pages)
         return pages
+
+    def page_with_words(self, content: bytes, content_type: str, number: int) -> tuple[Image.Image, OcrPage]:
+        """One page as an image and its words in that image's pixel coordinates (for viewing, redaction)."""
+        info = self.inspect(content, content_type)
+        if info.content_type == TEXT:
+            raise UnprocessableDocument("a transcribed text document has no page images")
+        if not 1 <= number <= info.pages:
+            raise NotFound(f"the document has no page {number}")
+        for raster in iter_pages(content, info.content_type, self.limits):
+            if raster.number != number:
+                continue
+            if isinstance(raster, PageImage):
+                return raster.image, self.ocr_engine.read(prepare_for_ocr(raster.image), number)
+            image = render_pdf_page(content, number, self.limits.dpi)
+            scale = image.width / raster.width  # text layer in points, image in pixels
+            words = [
+                msgspec.structs.replace(
+                    w, bbox=(w.bbox[0] * scale, w.bbox[1] * scale, w.bbox[2] * scale, w.bbox[3] * scale)
+                )
+                for w in raster.words
+            ]
+            return image, msgspec.structs.replace(raster, width=image.width, height=image.height, words=tuple(words))
+        raise NotFound(f"the document has no page {number}")  # pragma: no cover - pages counted above
 
     def run(
         self, content: bytes, content_type: str, context: BundleContext, progress: ProgressCallback | None = None
