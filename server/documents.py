@@ -140,7 +140,9 @@ def _deidentified(services: Services, caller: Caller, raw: dict[str, Any]) -> di
     by the real patient, before pseudonymization.
     """
     patient = patient_of(raw)
-    deid = services.deid.bundle(raw)
+    issued: dict[str, str] = {}
+    deid = services.deid.bundle(raw, issued=issued)
+    services.store.remember_pseudonyms(issued)
     if not caller.grant.permits(deid, "r", patient):
         raise Forbidden("the access token does not allow de-identified reads of this Bundle")
     entries = [e for e in deid["entry"] if caller.grant.permits(e["resource"], "r", patient)]
@@ -206,3 +208,12 @@ async def page_image(services: Services, caller: Caller, document_id: str, page:
         known = services.deid.known_phi(stored.resource) if stored is not None else []
     redacted = await anyio.to_thread.run_sync(redact_page, image, words, known)
     return await anyio.to_thread.run_sync(png_bytes, redacted)
+
+
+def reidentify(services: Services, pseudonym: str) -> str:
+    """What a pseudonym stands for. The route that calls this needs its own scope and is audited."""
+    value = pseudonym.rsplit("/", 1)[-1].removeprefix("urn:uuid:").replace("-", "") if "/" in pseudonym else pseudonym
+    original = services.store.resolve_pseudonym(value)
+    if original is None:
+        raise NotFound("this pseudonym was not issued by this deployment")
+    return original

@@ -33,6 +33,7 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     resource_type: str | None = None  # None: the route's ``resource_type`` path parameter
     interactions: tuple[str, ...] = ()
     contexts: tuple[Context, ...] | None = None  # e.g. ("system",) for machine-only routes
+    scope: str | None = None  # a non-resource scope the route needs as well (e.g. paperchart.reidentify)
     public: bool = False
 
     def as_opt(self) -> dict[str, Any]:
@@ -44,9 +45,14 @@ PUBLIC: Final = Access(public=True)
 QUIET_PUBLIC: Final = {ACCESS_OPT: PUBLIC, "audit": False}
 
 
-def needs(resource_type: str | None, *interactions: str, contexts: tuple[Context, ...] | None = None) -> dict[str, Any]:
+def needs(
+    resource_type: str | None,
+    *interactions: str,
+    contexts: tuple[Context, ...] | None = None,
+    scope: str | None = None,
+) -> dict[str, Any]:
     """The ``opt`` for a route: ``@get(..., opt=needs("Observation", "r"))``."""
-    return Access(resource_type=resource_type, interactions=interactions, contexts=contexts).as_opt()
+    return Access(resource_type=resource_type, interactions=interactions, contexts=contexts, scope=scope).as_opt()
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,6 +152,8 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
     connection.state.caller = caller
     resource_type = access.resource_type or str(connection.path_params.get("resource_type", ""))
     caller.require(resource_type, *access.interactions, contexts=access.contexts)
+    if access.scope is not None and access.scope not in caller.grant.other:
+        raise Forbidden(f"this operation needs the {access.scope} scope")
 
 
 async def resolve_caller(request: Request[Any, Any, Any]) -> Caller:

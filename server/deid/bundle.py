@@ -148,8 +148,14 @@ class Deidentifier:
                 values.extend([*address.get("line", []), address.get("city", ""), address.get("postalCode", "")])
         return [v for v in values if v and len(v) >= 2]
 
-    def bundle(self, bundle: dict[str, Any], extra_phi: Iterable[str] = ()) -> dict[str, Any]:
-        """A de-identified copy of a Bundle (the input is not changed)."""
+    def bundle(
+        self, bundle: dict[str, Any], extra_phi: Iterable[str] = (), issued: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """A de-identified copy of a Bundle (the input is not changed).
+
+        ``issued`` receives each pseudonym used and what it stands for, so an authorized,
+        audited re-identification can reverse it later.
+        """
         patient = next(
             (e["resource"] for e in bundle.get("entry", []) if e.get("resource", {}).get("resourceType") == "Patient"),
             None,
@@ -167,6 +173,8 @@ class Deidentifier:
             }
             for e in bundle.get("entry", [])
         ]
+        if issued is not None:
+            issued.update(context.issued)
         return out
 
 
@@ -175,16 +183,22 @@ class _Context:
         self.owner = owner
         self.shift = shift
         self.known = known
+        self.issued: dict[str, str] = {}  # pseudonym -> what it stands for (kept for re-identification)
+
+    def pseudonym(self, kind: str, value: str) -> str:
+        pseudonym = self.owner.pseudonym(kind, value)
+        self.issued[pseudonym] = f"{kind}/{value}" if kind not in ("identifier", "urn", "reference") else value
+        return pseudonym
 
     def reference(self, reference: str) -> str:
         """``Type/id`` (or an absolute URL ending in it) with the id pseudonymized."""
         if reference.startswith(("urn:uuid:", "urn:oid:")):
-            return "urn:uuid:" + _as_uuid(self.owner.pseudonym("urn", reference))
+            return "urn:uuid:" + _as_uuid(self.pseudonym("urn", reference))
         parts = reference.rstrip("/").split("/")
         if len(parts) >= 2:
             kind, id_ = parts[-2], parts[-1]
-            return f"{kind}/{self.owner.pseudonym(kind, id_)}"
-        return self.owner.pseudonym("reference", reference)
+            return f"{kind}/{self.pseudonym(kind, id_)}"
+        return self.pseudonym("reference", reference)
 
     def resource(self, resource: dict[str, Any]) -> dict[str, Any]:
         kind = str(resource.get("resourceType", ""))
@@ -222,12 +236,12 @@ class _Context:
 
     def pseudonymize(self, kind: str, element: str, value: Any) -> Any:
         if element == "id":
-            return self.owner.pseudonym(kind, str(value))
+            return self.pseudonym(kind, str(value))
         identifiers = value if isinstance(value, list) else [value]
         pseudonyms = [
             {
                 "system": PSEUDONYM_SYSTEM,
-                "value": self.owner.pseudonym("identifier", f"{i.get('system', '')}|{i.get('value', '')}"),
+                "value": self.pseudonym("identifier", f"{i.get('system', '')}|{i.get('value', '')}"),
             }
             for i in identifiers
             if isinstance(i, dict) and i.get("value")

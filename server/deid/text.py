@@ -40,7 +40,9 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"\b[A-Z]{2,4}\d{5,}\b"), "[ID]"),  # MRN-style: letters then digits
     (re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}\b"), "[POSTCODE]"),  # UK postcode
     (re.compile(r"\b\d{5}(?:-\d{4})?\b"), "[ZIP]"),
-    (re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+(?:[A-Z][a-zA-Z'-]+\s?){1,3}"), "[NAME] "),
+    (re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+(?:(?:[A-Z]\.|[A-Z][a-zA-Z'-]+)\s?){1,3}"), "[NAME] "),
+    # a labelled name field on a form: "Patient Name: Amelia Murphy", "Name: O'Neil, Sean"
+    (re.compile(r"(?<=\bName:)[ \t]*(?:[A-Z][a-zA-Z'-]+,?[ \t]?){1,4}"), " [NAME] "),
 )
 
 

@@ -215,7 +215,8 @@ async def _client_credentials(
     client = await _authenticate_client(services, form)
     request.state.audit_client = client.client_id
     requested = form.get("scope", "").split()
-    scopes = [s for s in narrow(requested, client.scopes) if s.startswith("system/")]
+    # a backend client acts for itself: system/ scopes and operation scopes, never a user or patient context
+    scopes = [s for s in narrow(requested, client.scopes) if s.startswith("system/") or "/" not in s]
     if not scopes:
         raise OAuthError("invalid_scope", "none of the requested scopes is allowed for this client")
     resource = _resource(services, form)

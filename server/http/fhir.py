@@ -32,6 +32,7 @@ from server.services import Services
 from server.store import JobRecord, StoredResource
 
 FHIR_JSON: Final = "application/fhir+json"
+REIDENTIFY_SCOPE: Final = "paperchart.reidentify"
 
 
 def fhir_response(
@@ -228,6 +229,33 @@ class FhirController(Controller):
             raise NotFound(f"operation {operation} is not supported on {resource_type}")
         summary, bundles = await documents.deidentified_view(services, caller, patient_id=resource_id)
         return fhir_response(_summary_parameters(summary, bundles))
+
+    @post(
+        "/$reidentify",
+        status_code=200,
+        opt=needs("Patient", "r", contexts=("user", "system"), scope=REIDENTIFY_SCOPE),
+    )
+    async def reidentify(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], caller: NamedDependency[Caller]
+    ) -> Response[bytes]:
+        """Reverse a de-identification pseudonym (Parameters ``pseudonym``) to what it stands for.
+
+        Needs identified Patient read and the dedicated ``paperchart.reidentify`` scope; every call is
+        in the audit trail (the pseudonym is not PHI; the answer is not recorded).
+        """
+        body = _parse_json(await request.body())
+        values = [
+            p.get("valueString")
+            for p in body.get("parameter", [])
+            if body.get("resourceType") == "Parameters" and p.get("name") == "pseudonym"
+        ]
+        if len(values) != 1 or not isinstance(values[0], str) or not values[0]:
+            raise InvalidRequest("send Parameters with one 'pseudonym' valueString")
+        caller.require("Patient", "r", identified=True)
+        original = await anyio.to_thread.run_sync(documents.reidentify, services, values[0])
+        return fhir_response(
+            {"resourceType": "Parameters", "parameter": [{"name": "original", "valueString": original}]}
+        )
 
     @get("/Bundle/{bundle_id:str}/$transaction", opt=needs("Bundle", "r"))
     async def bundle_as_transaction(

@@ -84,6 +84,14 @@ class Store(Protocol):
         """A stable random secret of this deployment for ``purpose``, created on first use."""
         ...
 
+    def remember_pseudonyms(self, issued: dict[str, str]) -> None:
+        """Keep (encrypted) what each de-identification pseudonym stands for."""
+        ...
+
+    def resolve_pseudonym(self, pseudonym: str) -> str | None:
+        """What a pseudonym stands for (``Patient/<id>`` or ``system|value``), for re-identification."""
+        ...
+
     def rewrap_data_keys(self) -> int:
         """Re-wrap every data key under the current master key; returns how many."""
         ...

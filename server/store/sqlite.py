@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS data_keys (
     wrapped_key BLOB NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pseudonyms (
+    pseudonym TEXT PRIMARY KEY,
+    original BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS document_content (
     document_id TEXT PRIMARY KEY REFERENCES documents(id) ON DELETE CASCADE,
     content BLOB NOT NULL
@@ -242,6 +246,22 @@ class SqliteStore:
         """A random 256-bit secret for this deployment (e.g. de-identification pseudonyms), kept wrapped."""
         with self._transaction() as db:
             return self._data_key(db, f"secret:{purpose}")
+
+    def remember_pseudonyms(self, issued: dict[str, str]) -> None:
+        """Keep what each pseudonym stands for (sealed), for audited re-identification."""
+        with self._transaction() as db:
+            key = self._data_key(db, "pseudonyms")
+            for pseudonym, original in issued.items():
+                sealed = seal(key, original.encode(), f"pseudonyms/{pseudonym}".encode())
+                db.execute("INSERT OR IGNORE INTO pseudonyms (pseudonym, original) VALUES (?, ?)", (pseudonym, sealed))
+
+    def resolve_pseudonym(self, pseudonym: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT original FROM pseudonyms WHERE pseudonym = ?", (pseudonym,)).fetchone()
+            if row is None:
+                return None
+            key = self._data_key(self._db, "pseudonyms", create=False)
+        return open_sealed(key, bytes(row[0]), f"pseudonyms/{pseudonym}".encode()).decode()
 
     def rewrap_data_keys(self) -> int:
         """Re-wrap every data key under the provider's current master key (master key rotation)."""

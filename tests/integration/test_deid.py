@@ -150,3 +150,33 @@ def test_the_deidentified_scope_reaches_only_deidentified_output(corpus: Corpus)
         fetch_token(corpus.client, register_backend(corpus.client.app, "system/Patient.rs"), "system/Patient.rs")
     )
     assert corpus.client.get(f"/fhir/Bundle/{bundle['id']}/$deidentify", headers=other).status_code == 403
+
+
+def test_reidentification_needs_its_own_scope_and_is_audited(corpus: Corpus) -> None:
+    patient, bundle, _ = corpus.items[0]
+    raw_patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    deid = deidentified(corpus, bundle["id"])
+    pseudonymous = next(e["resource"] for e in deid["entry"] if e["resource"]["resourceType"] == "Patient")
+
+    def ask(pseudonym: str, scopes: str) -> Any:
+        token = bearer(fetch_token(corpus.client, register_backend(corpus.client.app, scopes), scopes))
+        body = {"resourceType": "Parameters", "parameter": [{"name": "pseudonym", "valueString": pseudonym}]}
+        return corpus.client.post("/fhir/$reidentify", json=body, headers=token)
+
+    allowed = "system/Patient.r paperchart.reidentify"
+    answer = ask(f"Patient/{pseudonymous['id']}", allowed)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["parameter"][0]["valueString"] == f"Patient/{raw_patient['id']}"
+    identifiers = {i["value"] for i in pseudonymous["identifier"]}
+    originals = {ask(value, allowed).json()["parameter"][0]["valueString"] for value in identifiers}
+    assert f"https://fhir.nhs.uk/Id/nhs-number|{patient.nhs_number}" in originals
+    assert ask(f"Patient/{pseudonymous['id']}", "system/Patient.r").status_code == 403  # no reidentify scope
+    assert (
+        ask(f"Patient/{pseudonymous['id']}", "system/*.rs?_security=PSEUDED paperchart.reidentify").status_code == 403
+    )
+    assert ask("Patient/0000", allowed).status_code == 404
+
+    entries, _ = corpus.client.app.state.services.audit.search(count=1000)
+    calls = [e.record for e in entries if e.record.interaction == "operation:$reidentify"]
+    assert len(calls) >= 4 and {c.outcome for c in calls} == {0, 4}
+    assert all(patient.nhs_number not in str(c) for c in calls)

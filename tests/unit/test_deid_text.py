@@ -25,6 +25,8 @@ from server.deid import Deidentifier, leaked, scrub_text
         "ZIP 90210-1234",
         "Letter from Dr Hannah Price to Mrs Okafor",
         "see https://portal.example.org/p/123",
+        "Clinician: Dr K. Hannah",
+        "Patient Name: Grace Okafor",
     ],
 )
 def test_safe_harbor_patterns_leave_no_digits_or_names(text: str) -> None:
