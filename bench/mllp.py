@@ -23,8 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server.config import load_settings
-from server.hl7 import Hl7Service, MllpServer
-from server.services import build_pipeline, build_store
+from server.hl7 import Hl7Service
+from server.jobs import JobRunner
+from server.services import build_mllp, build_pipeline, build_store
+from server.store.audit import AuditLog
 from tests.fixtures.generate import render_document
 from tests.fixtures.hl7_messages import NOTE_LINES, mdm
 
@@ -57,19 +59,18 @@ async def paperchart_run(messages: list[bytes], connections: int) -> tuple[int, 
     with tempfile.TemporaryDirectory() as folder:
         settings = load_settings({}, data_dir=Path(folder), mllp_port=0)
         store = build_store(settings)
-        service = Hl7Service(settings, store, build_pipeline(settings))
-
-        async def handle(payload: bytes) -> bytes | None:
-            ack, _ = await asyncio.to_thread(service.receive, payload)
-            return ack.encode() if ack else None
-
-        server = MllpServer(handle, host="127.0.0.1", port=0, max_message_bytes=64 << 20, idle_timeout=60)
+        pipeline = build_pipeline(settings)
+        audit = AuditLog(settings.database_path)
+        jobs = JobRunner(settings, store, pipeline)  # not started: extraction is not what is measured
+        # the real receipt path: parse, store, commit, audit record, then the ACK
+        server = build_mllp(settings, Hl7Service(settings, store, pipeline), jobs, audit)
         await server.start()
         try:
             return await drive(server.bound_port, messages, connections)
         finally:
             await server.stop()
             store.close()
+            audit.close()
 
 
 async def peer_run(messages: list[bytes], connections: int) -> tuple[int, float, list[float]]:
