@@ -29,7 +29,7 @@ from fhir_profiles.compartment import patient_of
 from server.auth import PUBLIC, QUIET_PUBLIC, OAuthError
 from server.auth.assertion import JWT_BEARER
 from server.auth.registry import Client, CodeGrant, RefreshGrant
-from server.auth.scopes import narrow
+from server.auth.scopes import Grant, narrow
 from server.errors import Unauthorized
 from server.services import Services
 
@@ -478,6 +478,9 @@ async def authorize_submit(request: Request[Any, Any, Any], state: State) -> Res
     if not any(s.startswith(("patient/", "user/")) for s in scopes):
         return _redirect_error(params, "invalid_scope", "none of the requested scopes may be granted to this user")
     wants_patient = "launch/patient" in scopes or any(s.startswith("patient/") for s in scopes)
+    if wants_patient and not Grant.from_scopes(user.scopes).may("Patient", "r", contexts=("user",)):
+        # the picker lists patients by name: only for users who may read patients themselves
+        return _redirect_error(params, "access_denied", "this user may not choose a patient")
     decision = form.get("decision")
     if decision == "deny":
         return _redirect_error(params, "access_denied", "the user declined")

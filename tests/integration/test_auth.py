@@ -675,3 +675,25 @@ def test_deleting_a_document_shreds_it_and_its_results(world: World) -> None:
         f"/fhir/MedicationStatement/{statement}",
     ):
         assert world.client.get(path, headers=world.admin_headers).status_code == 404, path
+
+
+def test_only_users_who_may_read_patients_get_the_patient_picker(world: World, app_client: str) -> None:
+    world.app.state.services.auth.registry.add_user(
+        "clerk", PASSWORD, scopes=["user/DocumentReference.c", "launch/patient"]
+    )
+    _, challenge = _pkce()
+    params = {
+        "response_type": "code",
+        "client_id": app_client,
+        "redirect_uri": REDIRECT,
+        "scope": "launch/patient patient/*.rs",
+        "state": "s",
+        "aud": "http://127.0.0.1:8080/fhir",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    response = world.client.post(
+        "/auth/authorize", data={**params, "username": "clerk", "password": PASSWORD}, follow_redirects=False
+    )
+    assert response.status_code == 302 and "error=" in response.headers["location"]
+    assert world.truths[0].patient.family not in response.text
