@@ -26,6 +26,8 @@ ID_NAMESPACE: Final = uuid.UUID("6f1c5a9e-2a47-4c1e-9a53-0d7c1b8e4f21")
 PAPERCHART_BASE: Final = "http://paperchart.org/fhir"
 EVIDENCE_EXTENSION: Final = f"{PAPERCHART_BASE}/StructureDefinition/evidence"
 REVIEW_TAG_SYSTEM: Final = f"{PAPERCHART_BASE}/CodeSystem/review-status"
+REVIEW_REASON_EXTENSION: Final = f"{PAPERCHART_BASE}/StructureDefinition/review-reason"
+REVIEW_REASON_SYSTEM: Final = f"{PAPERCHART_BASE}/CodeSystem/review-reason"
 LOINC: Final = "http://loinc.org"
 SNOMED: Final = "http://snomed.info/sct"
 NHS_NUMBER_SYSTEM: Final = "https://fhir.nhs.uk/Id/nhs-number"
@@ -323,10 +325,20 @@ def build_bundle(extraction: Extraction, context: BundleContext) -> Resource:
             entries.append(
                 {"fullUrl": f"{context.fhir_base_url}/{item['resourceType']}/{item['id']}", "resource": item}
             )
+    bundle_meta = dict(meta)
+    if extraction.review_reasons:
+        # why a person must look: what the review queue shows (codes and PHI-free sentences)
+        bundle_meta["extension"] = [
+            {
+                "url": REVIEW_REASON_EXTENSION,
+                "valueCoding": {"system": REVIEW_REASON_SYSTEM, "code": r.code, "display": r.message},
+            }
+            for r in extraction.review_reasons
+        ]
     bundle: Resource = {
         "resourceType": "Bundle",
         "id": context.bundle_id,
-        "meta": meta,
+        "meta": bundle_meta,
         "type": "collection",
         "timestamp": context.recorded,
         "entry": entries,

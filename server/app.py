@@ -13,6 +13,8 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
 
 from mcp_tools.http import mcp_routes
 from server.auth import authorize, resolve_caller
@@ -29,6 +31,7 @@ from server.http.errors import (
 from server.http.fhir import FhirController
 from server.http.health import health
 from server.http.hl7 import receive_hl7
+from server.http.review import STATIC_ROUTER, TEMPLATES, ReviewController
 from server.http.terminology import TerminologyController
 from server.services import Services, build_mllp, build_services, build_terminology, close_services
 
@@ -101,8 +104,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AuditEventController,
             receive_hl7,
             health,
+            ReviewController,
+            STATIC_ROUTER,
             *AUTH_HANDLERS,
         ],
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         middleware=[audit_middleware],
         guards=[authorize],  # every route declares an Access rule; routes without one are refused
         lifespan=[lifespan, mcp_lifespan],  # MCP sessions start after the services and stop before them

@@ -114,6 +114,10 @@ class MissingToken(Unauthorized):
     """The request carried no token at all (answered without an error code, RFC 6750 §3.1)."""
 
 
+class LoginRequired(Unauthorized):
+    """A browser page without a valid session: answered by sending the person to sign in."""
+
+
 class Forbidden(PaperchartError):
     """A valid token whose scopes do not allow this interaction (RFC 6750 §3.1 insufficient_scope)."""
 

@@ -63,6 +63,16 @@ def build_auth(settings: Settings, keys: KeyProvider) -> AuthServices:
         lifetime_seconds=settings.access_token_lifetime_seconds,
         external=external,
     )
+    from server.auth.session import REVIEW_CLIENT_ID, REVIEW_SCOPES
+
+    # the review page is a SMART app of this server; its redirect follows the public base URL
+    registry.ensure_client(
+        client_id=REVIEW_CLIENT_ID,
+        name="paperchart review page",
+        kind="public",
+        scopes=REVIEW_SCOPES,
+        redirect_uris=[f"{settings.public_base_url.rstrip('/')}/review/callback"],
+    )
     return AuthServices(registry=registry, tokens=tokens)
 
 

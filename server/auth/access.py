@@ -20,8 +20,9 @@ from litestar.handlers.base import BaseRouteHandler
 
 from fhir_profiles.compartment import patient_of
 from server.auth.scopes import Context, Grant, ScopeError
+from server.auth.session import REFRESH_COOKIE, SESSION_COOKIE, refresh_session
 from server.auth.tokens import TokenService
-from server.errors import Forbidden, MissingToken, Unauthorized
+from server.errors import Forbidden, LoginRequired, MissingToken, Unauthorized
 
 ACCESS_OPT: Final = "access"
 INTERACTION_NAMES: Final = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
@@ -34,6 +35,7 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     interactions: tuple[str, ...] = ()
     contexts: tuple[Context, ...] | None = None  # e.g. ("system",) for machine-only routes
     scope: str | None = None  # a non-resource scope the route needs as well (e.g. paperchart.reidentify)
+    session: bool = False  # the token comes from the review page's session cookie, not a header
     public: bool = False
 
     def as_opt(self) -> dict[str, Any]:
@@ -148,12 +150,34 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
         raise Forbidden("this endpoint has no access rule")  # fail closed: a route someone forgot
     if access.public:
         return
-    caller = caller_from_token(connection.app.state.services.auth.tokens, connection.headers.get("authorization"))
+    if access.session:
+        caller = _session_caller(connection)
+    else:
+        caller = caller_from_token(connection.app.state.services.auth.tokens, connection.headers.get("authorization"))
     connection.state.caller = caller
     resource_type = access.resource_type or str(connection.path_params.get("resource_type", ""))
     caller.require(resource_type, *access.interactions, contexts=access.contexts)
     if access.scope is not None and access.scope not in caller.grant.other:
         raise Forbidden(f"this operation needs the {access.scope} scope")
+
+
+def _session_caller(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    """The signed-in reviewer, renewing an expired access token with the refresh token."""
+    services = connection.app.state.services
+    token = connection.cookies.get(SESSION_COOKIE)
+    try:
+        return caller_from_token(services.auth.tokens, f"Bearer {token}" if token else None)
+    except Unauthorized:
+        renewed = refresh_session(
+            services.auth.registry,
+            services.auth.tokens,
+            connection.cookies.get(REFRESH_COOKIE),
+            services.settings.refresh_token_lifetime_seconds,
+        )
+        if renewed is None:
+            raise LoginRequired("sign in to review documents") from None
+        connection.state.renewed_session = renewed  # the route's after_request sets the new cookies
+        return caller_from_token(services.auth.tokens, f"Bearer {renewed.access}")
 
 
 async def resolve_caller(request: Request[Any, Any, Any]) -> Caller:

@@ -221,6 +221,22 @@ class AuthRegistry:
             )
         return client
 
+    def ensure_client(
+        self, *, client_id: str, name: str, kind: ClientKind, scopes: Sequence[str], redirect_uris: Sequence[str]
+    ) -> Client:
+        """Register a built-in client, or bring its scopes and redirect URIs up to date."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO oauth_clients (client_id, name, kind, jwks, scopes, redirect_uris, created_at)"
+                " VALUES (?, ?, ?, NULL, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET"
+                " name = excluded.name, scopes = excluded.scopes, redirect_uris = excluded.redirect_uris",
+                (client_id, name, kind, " ".join(scopes), json.dumps(list(redirect_uris)), _instant()),
+            )
+        client = self.get_client(client_id)
+        if client is None:  # pragma: no cover - written above
+            raise KeyError(client_id)
+        return client
+
     def get_client(self, client_id: str) -> Client | None:
         rows = self._query(
             "SELECT client_id, name, kind, jwks, scopes, redirect_uris FROM oauth_clients WHERE client_id = ?",

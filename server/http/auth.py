@@ -161,6 +161,31 @@ def _token_response(
     username: str | None = None,
     resource: str | None = None,
 ) -> Response[dict[str, Any]]:
+    body = token_body(
+        services,
+        client,
+        subject=subject,
+        scopes=scopes,
+        patient=patient,
+        fhir_user=fhir_user,
+        username=username,
+        resource=resource,
+    )
+    return Response(body, headers=_NO_STORE)
+
+
+def token_body(
+    services: Services,
+    client: Client,
+    *,
+    subject: str,
+    scopes: list[str],
+    patient: str | None = None,
+    fhir_user: str | None = None,
+    username: str | None = None,
+    resource: str | None = None,
+) -> dict[str, Any]:
+    """An RFC 6749 §5.1 token response: access token, refresh token (offline/online access), ID token."""
     tokens = services.auth.tokens
     access_token, expires_in = tokens.issue(
         client_id=client.client_id,
@@ -185,7 +210,7 @@ def _token_response(
         )
     if "openid" in scopes and fhir_user is not None:
         body["id_token"] = tokens.issue_id_token(client_id=client.client_id, subject=subject, fhir_user=fhir_user)
-    return Response(body, headers=_NO_STORE)
+    return body
 
 
 @post("/auth/token", opt=_PUBLIC_OPT, status_code=200)
@@ -240,6 +265,11 @@ def _pkce_matches(verifier: str, challenge: str) -> bool:
 
 
 async def _authorization_code(services: Services, form: dict[str, str]) -> Response[Any]:
+    return Response(await grant_by_code(services, form), headers=_NO_STORE)
+
+
+async def grant_by_code(services: Services, form: dict[str, str]) -> dict[str, Any]:
+    """Redeem an authorization code (PKCE checked); the token response body. Raises ``OAuthError``."""
     client = await _authenticate_client(services, form)
     grant = await anyio.to_thread.run_sync(services.auth.registry.redeem_code, form.get("code", ""))
     if grant is None or grant.client_id != client.client_id:
@@ -252,7 +282,7 @@ async def _authorization_code(services: Services, form: dict[str, str]) -> Respo
     user = await anyio.to_thread.run_sync(services.auth.registry.get_user, grant.username)
     if user is None:
         raise OAuthError("invalid_grant", "the user no longer exists")
-    return _token_response(
+    return token_body(
         services,
         client,
         subject=user.username,

@@ -20,7 +20,7 @@ from server.config import Settings
 from server.errors import InvalidFhirOutput, NotFound, UnprocessableDocument
 from server.pipeline.base import Extractor, OcrEngine
 from server.pipeline.code import code_extraction
-from server.pipeline.inspect import TEXT, DocumentInfo, Limits, inspect_document
+from server.pipeline.inspect import PDF, TEXT, DocumentInfo, Limits, inspect_document
 from server.pipeline.page import OcrPage
 from server.pipeline.preprocess import prepare_for_ocr
 from server.pipeline.rasterize import PageImage, iter_pages, render_pdf_page
@@ -82,6 +82,20 @@ class Pipeline:
             if progress:
                 progress("ocr", len(pages), info.pages)
         return pages
+
+    def render_page(self, content: bytes, content_type: str, number: int) -> Image.Image:
+        """One page as an image, without OCR (for viewing)."""
+        info = self.inspect(content, content_type)
+        if info.content_type == TEXT:
+            raise UnprocessableDocument("a transcribed text document has no page images")
+        if not 1 <= number <= info.pages:
+            raise NotFound(f"the document has no page {number}")
+        if info.content_type == PDF:
+            return render_pdf_page(content, number, self.limits.dpi)
+        for raster in iter_pages(content, info.content_type, self.limits):
+            if raster.number == number and isinstance(raster, PageImage):
+                return raster.image
+        raise NotFound(f"the document has no page {number}")  # pragma: no cover - pages counted above
 
     def page_with_words(self, content: bytes, content_type: str, number: int) -> tuple[Image.Image, OcrPage]:
         """One page as an image and its words in that image's pixel coordinates (for viewing, redaction)."""

@@ -1,6 +1,15 @@
 """Durable state: the ``Store`` protocol and its SQLite implementation."""
 
-from server.store.base import DocumentRecord, JobError, JobRecord, JobStatus, Store, StoredResource
+from server.store.base import DocumentRecord, JobError, JobRecord, JobStatus, ReviewAction, Store, StoredResource
 from server.store.sqlite import SqliteStore
 
-__all__ = ["DocumentRecord", "JobError", "JobRecord", "JobStatus", "SqliteStore", "Store", "StoredResource"]
+__all__ = [
+    "DocumentRecord",
+    "JobError",
+    "JobRecord",
+    "JobStatus",
+    "ReviewAction",
+    "SqliteStore",
+    "Store",
+    "StoredResource",
+]

@@ -48,6 +48,16 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     lease_owner: str | None = None
 
 
+class ReviewAction(msgspec.Struct, frozen=True, kw_only=True):
+    document_id: str
+    bundle_id: str
+    bundle_version: int  # the Bundle version the action produced (released) or looked at (returned)
+    action: Literal["released", "returned"]
+    reviewer: str
+    at: str
+    comment: str | None = None
+
+
 class StoredResource(msgspec.Struct, frozen=True, kw_only=True):
     resource_type: str
     id: str
@@ -91,6 +101,23 @@ class Store(Protocol):
     def resolve_pseudonym(self, pseudonym: str) -> str | None:
         """What a pseudonym stands for (``Patient/<id>`` or ``system|value``), for re-identification."""
         ...
+
+    def release_review(
+        self, document_id: str, bundle_id: str, expected_version: int, resources: list[dict[str, Any]], reviewer: str
+    ) -> int:
+        """Store a reviewed Bundle and its resources as new versions, if the Bundle is still at
+        ``expected_version`` (else ``Conflict``: someone else released first). Returns the new version."""
+        ...
+
+    def return_review(
+        self, document_id: str, bundle_id: str, expected_version: int, reviewer: str, comment: str
+    ) -> None: ...
+
+    def last_review(self, document_id: str) -> ReviewAction | None: ...
+
+    def cache_page_image(self, document_id: str, page: int, png: bytes) -> None: ...
+
+    def cached_page_image(self, document_id: str, page: int) -> bytes | None: ...
 
     def rewrap_data_keys(self) -> int:
         """Re-wrap every data key under the current master key; returns how many."""

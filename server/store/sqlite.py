@@ -29,9 +29,10 @@ from typing import Any, Final
 import msgspec
 
 from fhir_profiles.compartment import patient_of
+from fhir_profiles.retract import mark_entered_in_error
 from server.crypto import KeyProvider, KeyUnavailable, new_data_key, open_sealed, seal
-from server.errors import ConfigurationError
-from server.store.base import DocumentRecord, JobError, JobRecord, StoredResource
+from server.errors import ConfigurationError, Conflict
+from server.store.base import DocumentRecord, JobError, JobRecord, ReviewAction, StoredResource
 from terminology.sqlite_driver import connect
 
 SCHEMA_VERSION: Final = 2
@@ -54,6 +55,23 @@ CREATE TABLE IF NOT EXISTS data_keys (
     master_key_id TEXT NOT NULL,
     wrapped_key BLOB NOT NULL,
     created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    bundle_id TEXT NOT NULL,
+    bundle_version INTEGER NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('released', 'returned')),
+    reviewer TEXT NOT NULL,
+    comment BLOB,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reviews_document ON reviews (document_id, id);
+CREATE TABLE IF NOT EXISTS page_images (
+    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    page INTEGER NOT NULL,
+    image BLOB NOT NULL,
+    PRIMARY KEY (document_id, page)
 );
 CREATE TABLE IF NOT EXISTS pseudonyms (
     pseudonym TEXT PRIMARY KEY,
@@ -129,31 +147,6 @@ def now_instant() -> str:
 
 def _now_seconds() -> float:
     return dt.datetime.now(dt.UTC).timestamp()
-
-
-def _mark_entered_in_error(resource: dict[str, Any]) -> None:
-    """FHIR R4's way to withdraw each resource type we emit."""
-    kind = resource["resourceType"]
-    if kind == "Condition":
-        resource.pop("clinicalStatus", None)  # con-5: no clinicalStatus when entered-in-error
-        resource["verificationStatus"] = {
-            "coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "entered-in-error"}
-            ]
-        }
-    elif kind in ("Observation", "MedicationStatement", "DocumentReference"):
-        resource["status"] = "entered-in-error"
-    elif kind == "Bundle":
-        for entry in resource.get("entry", []):
-            if entry["resource"]["resourceType"] not in ("Patient", "Provenance"):
-                _mark_entered_in_error(entry["resource"])
-        resource.setdefault("meta", {})["tag"] = [
-            {
-                "system": "http://paperchart.org/fhir/CodeSystem/review-status",
-                "code": "entered-in-error",
-                "display": "Retracted",
-            }
-        ]
 
 
 def _resource_place(resource_type: str, resource_id: str, version: int) -> str:
@@ -262,6 +255,95 @@ class SqliteStore:
                 return None
             key = self._data_key(self._db, "pseudonyms", create=False)
         return open_sealed(key, bytes(row[0]), f"pseudonyms/{pseudonym}".encode()).decode()
+
+    # --- human review -------------------------------------------------------------------
+
+    def _bundle_version(self, db: Any, bundle_id: str) -> int:
+        row = db.execute(
+            "SELECT version_id FROM resources WHERE resource_type = 'Bundle' AND id = ? AND current = 1", (bundle_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(bundle_id)
+        return int(row[0])
+
+    def release_review(
+        self, document_id: str, bundle_id: str, expected_version: int, resources: list[dict[str, Any]], reviewer: str
+    ) -> int:
+        owner = f"document:{document_id}"
+        updated = now_instant()
+        with self._transaction() as db:
+            if self._bundle_version(db, bundle_id) != expected_version:
+                raise Conflict("this document was changed by someone else since you opened it; reload it")
+            job = db.execute(
+                "SELECT job_id FROM resources WHERE resource_type = 'Bundle' AND id = ? AND current = 1", (bundle_id,)
+            ).fetchone()
+            for resource in resources:
+                self._put_resource(db, resource, job[0] if job else None, updated, owner)
+            version = self._bundle_version(db, bundle_id)
+            db.execute(
+                "INSERT INTO reviews (document_id, bundle_id, bundle_version, action, reviewer, at)"
+                " VALUES (?, ?, ?, 'released', ?, ?)",
+                (document_id, bundle_id, version, reviewer, updated),
+            )
+            return version
+
+    def return_review(
+        self, document_id: str, bundle_id: str, expected_version: int, reviewer: str, comment: str
+    ) -> None:
+        at = now_instant()
+        with self._transaction() as db:
+            if self._bundle_version(db, bundle_id) != expected_version:
+                raise Conflict("this document was changed by someone else since you opened it; reload it")
+            sealed = seal(self._data_key(db, f"document:{document_id}"), comment.encode(), b"reviews/comment")
+            db.execute(
+                "INSERT INTO reviews (document_id, bundle_id, bundle_version, action, reviewer, comment, at)"
+                " VALUES (?, ?, ?, 'returned', ?, ?, ?)",
+                (document_id, bundle_id, expected_version, reviewer, sealed, at),
+            )
+
+    def cache_page_image(self, document_id: str, page: int, png: bytes) -> None:
+        """Keep a rendered page (sealed with the document's key, so shredding removes it too)."""
+        with self._transaction() as db:
+            sealed = seal(
+                self._data_key(db, f"document:{document_id}"), png, f"page_images/{document_id}/{page}".encode()
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO page_images (document_id, page, image) VALUES (?, ?, ?)",
+                (document_id, page, sealed),
+            )
+
+    def cached_page_image(self, document_id: str, page: int) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT image FROM page_images WHERE document_id = ? AND page = ?", (document_id, page)
+            ).fetchone()
+            if row is None:
+                return None
+            key = self._data_key(self._db, f"document:{document_id}", create=False)
+        return open_sealed(key, bytes(row[0]), f"page_images/{document_id}/{page}".encode())
+
+    def last_review(self, document_id: str) -> ReviewAction | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT bundle_id, bundle_version, action, reviewer, comment, at FROM reviews"
+                " WHERE document_id = ? ORDER BY id DESC LIMIT 1",
+                (document_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            comment = None
+            if row[4] is not None:
+                key = self._data_key(self._db, f"document:{document_id}", create=False)
+                comment = open_sealed(key, bytes(row[4]), b"reviews/comment").decode()
+        return ReviewAction(
+            document_id=document_id,
+            bundle_id=row[0],
+            bundle_version=row[1],
+            action=row[2],
+            reviewer=row[3],
+            at=row[5],
+            comment=comment,
+        )
 
     def rewrap_data_keys(self) -> int:
         """Re-wrap every data key under the provider's current master key (master key rotation)."""
@@ -519,7 +601,7 @@ class SqliteStore:
             updated = now_instant()
             for resource_type, resource_id, version, job_id, owner, sealed in rows:
                 resource = self._open_json(db, owner, _resource_place(resource_type, resource_id, version), sealed)
-                _mark_entered_in_error(resource)
+                mark_entered_in_error(resource)
                 self._put_resource(db, resource, job_id, updated, owner)
             return len(rows)
 

@@ -8,10 +8,7 @@ import base64
 import io
 import json
 import os
-import socket
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +16,6 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-import uvicorn
-from litestar import Litestar
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -28,60 +23,19 @@ from mcp.shared.exceptions import MCPError
 from PIL import Image
 
 from mcp_tools import TOOL_ACCESS
-from server.app import create_app
-from server.auth.assertion import generate_client_key, token_request
-from server.config import Settings, load_settings
 from server.pipeline.ocr.rapid import RapidOcrEngine
 from tests.conftest import rendered
 from tests.fixtures.generate import PatientTruth
+from tests.live import LiveServer, live_server
 
 DEID = "system/*.rs?_security=PSEUDED"
 PHI_READER = "system/DocumentReference.cs system/Bundle.r system/Patient.rs system/Condition.r system/CodeSystem.r"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LiveServer:
-    def __init__(self, app: Litestar, settings: Settings) -> None:
-        self.app = app
-        self.settings = settings
-        self.base = settings.public_base_url
-
-    def token(self, scopes: str, *, audience: str = "mcp") -> str:
-        key = generate_client_key()
-        registry = self.app.state.services.auth.registry
-        client = registry.add_client(
-            name="assistant", kind="backend", scopes=scopes.split(), jwks={"keys": [key.as_dict(private=False)]}
-        )
-        form = token_request(key, client.client_id, f"{self.base}/auth/token", scopes)
-        if audience == "mcp":
-            form["resource"] = f"{self.base}/mcp"
-        response = httpx.post(f"{self.base}/auth/token", data=form)
-        assert response.status_code == 200, response.text
-        return str(response.json()["access_token"])
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    port = free_port()
-    settings = load_settings(
-        {}, data_dir=tmp_path_factory.mktemp("mcp"), port=port, mllp_enabled=False, semantic_search=False
-    )
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield LiveServer(app, settings)
-    server.should_exit = True
-    thread.join(timeout=30)
+    with live_server(tmp_path_factory.mktemp("mcp")) as server:
+        yield server
 
 
 async def _session(live: LiveServer, token: str, work: Any) -> Any:
@@ -130,7 +84,7 @@ def test_the_endpoint_is_an_oauth_resource_server(live: LiveServer) -> None:
     smart = httpx.get(metadata["authorization_servers"][0] + "/.well-known/oauth-authorization-server").json()
     assert smart["token_endpoint"] == f"{live.base}/auth/token"
     # a token for the FHIR API is not a token for the MCP endpoint (RFC 8707 audience)
-    fhir_token = live.token(PHI_READER, audience="fhir")
+    fhir_token = live.token(PHI_READER)
     refused = httpx.post(f"{live.base}/mcp/", json={}, headers={"Authorization": f"Bearer {fhir_token}"})
     assert refused.status_code == 401 and 'error="invalid_token"' in refused.headers["www-authenticate"]
 
@@ -139,10 +93,10 @@ def test_tools_list_shows_only_what_the_token_may_call(live: LiveServer) -> None
     async def names(session: ClientSession) -> list[str]:
         return sorted(t.name for t in (await session.list_tools()).tools)
 
-    assert run(live, live.token("system/CodeSystem.r"), names) == ["lookup_code"]
+    assert run(live, live.token("system/CodeSystem.r", audience="mcp"), names) == ["lookup_code"]
     # the de-identified scope: the de-identified summary, and terminology (which holds no PHI)
-    assert run(live, live.token(DEID), names) == ["deidentified_summary", "lookup_code"]
-    everything = live.token("system/*.cruds")
+    assert run(live, live.token(DEID, audience="mcp"), names) == ["deidentified_summary", "lookup_code"]
+    everything = live.token("system/*.cruds", audience="mcp")
     assert run(live, everything, names) == sorted(TOOL_ACCESS)
 
     async def forbidden_call(session: ClientSession) -> Any:
@@ -150,7 +104,7 @@ def test_tools_list_shows_only_what_the_token_may_call(live: LiveServer) -> None
             await session.call_tool("get_bundle", {"bundle_id": "anything"})
         return error.value
 
-    error = run(live, live.token("system/CodeSystem.r"), forbidden_call)
+    error = run(live, live.token("system/CodeSystem.r", audience="mcp"), forbidden_call)
     assert error.code == -32003 and "does not allow identified read on Bundle" in error.message
 
 
@@ -159,7 +113,7 @@ def test_extract_a_multipage_fax_with_progress_then_read_the_bundle(live: LiveSe
     pages = [Image.open(io.BytesIO(rendered(kind, seed=61).png_pages[0])) for kind in ("clinic_note", "lab_report")]
     buffer = io.BytesIO()
     pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:], compression="tiff_deflate")
-    token = live.token(PHI_READER)
+    token = live.token(PHI_READER, audience="mcp")
     status, progress = _upload_with_tool(live, token, buffer.getvalue(), "image/tiff")
     assert status["status"] == "succeeded" and status["bundle_id"]
     assert "ocr: page 1 of 2" in progress and progress[-1] == "done"
@@ -181,7 +135,7 @@ def test_extract_a_multipage_fax_with_progress_then_read_the_bundle(live: LiveSe
 @pytest.fixture(scope="module")
 def extracted(live: LiveServer) -> tuple[PatientTruth, dict[str, Any]]:
     document = rendered("clinic_note", seed=62)
-    status, _ = _upload_with_tool(live, live.token(PHI_READER), document.pdf, "application/pdf")
+    status, _ = _upload_with_tool(live, live.token(PHI_READER, audience="mcp"), document.pdf, "application/pdf")
     return document.truth.patient, status
 
 
@@ -193,7 +147,7 @@ def test_deidentified_summary_needs_only_the_deid_scope_and_leaks_nothing(
     live: LiveServer, extracted: tuple[PatientTruth, dict[str, Any]]
 ) -> None:
     patient, status = extracted
-    token = live.token(DEID)
+    token = live.token(DEID, audience="mcp")
 
     async def work(session: ClientSession) -> Any:
         summary = await session.call_tool("deidentified_summary", {"document_id": status["document_id"]})
@@ -223,7 +177,7 @@ def test_patient_search_and_documents_with_phi_scopes(
         documents = await session.call_tool("list_documents", {})
         return found.structured_content, documents.structured_content
 
-    found, documents = run(live, live.token(PHI_READER), work)
+    found, documents = run(live, live.token(PHI_READER, audience="mcp"), work)
     assert [p["name"] for p in found["patients"]] == [patient.name]
     assert status["document_id"] in {d["id"] for d in documents["documents"]}
 
@@ -238,7 +192,7 @@ def test_deidentified_page_image_blacks_out_the_identifiers(
         uri = f"paperchart://document/{status['document_id']}/page/1/deidentified"
         return await session.read_resource(uri)
 
-    resource = run(live, live.token(DEID), work)
+    resource = run(live, live.token(DEID, audience="mcp"), work)
     image = Image.open(io.BytesIO(base64.b64decode(resource.contents[0].blob)))
     text = ocr_engine.read(image.convert("RGB"), 1).text
     assert "Medications" in text or "Diagnoses" in text or "Assessment" in text  # the page is still readable
@@ -269,7 +223,7 @@ def test_stdio_transport_with_a_token_from_the_environment(
         parameters = StdioServerParameters(
             command=sys.executable,
             args=["-m", "server.cli", "mcp"],
-            env={**env, "PAPERCHART_MCP_TOKEN": live.token(DEID)},
+            env={**env, "PAPERCHART_MCP_TOKEN": live.token(DEID, audience="mcp")},
             cwd=str(Path.cwd()),
         )
         async with stdio_client(parameters) as (read, write), ClientSession(read, write) as session:

@@ -1,0 +1,441 @@
+"""A reviewer's decision applied to an extraction Bundle: edits, rejections, additions, Provenance.
+
+Pure functions over FHIR JSON: the HTTP layer collects the decision from the form, the store
+writes the result in one transaction. Each changed or added resource gets a Provenance naming
+the reviewer (agent type ``verifier``), the previous version as ``entity`` (role ``revision``)
+and, per field, what it was and what it became.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal
+
+import msgspec
+
+from fhir_profiles import FhirValidationError, validate_resource
+from fhir_profiles.bundle import EVIDENCE_EXTENSION, PAPERCHART_BASE, REVIEW_TAG_SYSTEM
+from fhir_profiles.retract import mark_entered_in_error
+from server.errors import InvalidRequest
+from terminology.units import UCUM_SYSTEM, normalize_unit
+
+NHS_SYSTEM: Final = "https://fhir.nhs.uk/Id/nhs-number"
+CHANGE_EXTENSION: Final = f"{PAPERCHART_BASE}/StructureDefinition/review-change"
+REVIEWED_TAG: Final = {"system": REVIEW_TAG_SYSTEM, "code": "human-reviewed", "display": "Reviewed by a person"}
+ASSERTIONS: Final = {"confirmed", "refuted", "provisional", "differential", "unconfirmed"}
+_VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+_CODING_PARTS: Final = ("system", "code", "display")
+
+
+class FieldEdit(msgspec.Struct, frozen=True, kw_only=True):
+    reference: str  # "Condition/<id>"
+    field: str
+    value: str
+
+
+class AddedFinding(msgspec.Struct, frozen=True, kw_only=True):
+    kind: Literal["Condition", "MedicationStatement"]
+    text: str
+    assertion: str = "confirmed"
+    dose: float | None = None
+    unit: str | None = None
+    page: int | None = None
+    box: tuple[float, float, float, float] | None = None  # normalized x0, y0, x1, y1
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    edits: tuple[FieldEdit, ...] = ()
+    rejected: tuple[str, ...] = ()
+    added: tuple[AddedFinding, ...] = ()
+
+
+class Reviewer(msgspec.Struct, frozen=True, kw_only=True):
+    username: str
+    fhir_user: str | None = None
+
+
+class ReleasePlan(msgspec.Struct, frozen=True, kw_only=True):
+    bundle: dict[str, Any]
+    resources: list[dict[str, Any]]  # every resource to store as a new version (the Bundle last)
+    changed: dict[str, list[tuple[str, str, str]]]  # reference -> (field, was, now)
+
+
+# --- the editable fields of each resource type: how to read and how to write them -------------
+
+Getter = Callable[[Mapping[str, Any]], str]
+Setter = Callable[[dict[str, Any], str], None]
+
+
+def _dig(resource: Mapping[str, Any], *path: str | int) -> Any:
+    value: Any = resource
+    for step in path:
+        try:
+            value = value[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _number(value: str, field: str) -> float:
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise InvalidRequest(f"{field} must be a number", expression=field) from None
+
+
+def _set_name(patient: dict[str, Any], value: str) -> None:
+    parts = value.split()
+    name: dict[str, Any] = {"use": "official", "text": value.strip()}
+    if parts:
+        name["family"] = parts[-1]
+        if len(parts) > 1:
+            name["given"] = parts[:-1]
+    patient["name"] = [name]
+
+
+def _identifier(patient: Mapping[str, Any], system: str) -> str:
+    return next((_text(i.get("value")) for i in patient.get("identifier", []) if i.get("system") == system), "")
+
+
+def _set_identifier(patient: dict[str, Any], system: str, value: str) -> None:
+    others = [i for i in patient.get("identifier", []) if i.get("system") != system]
+    patient["identifier"] = [*others, {"system": system, "value": re.sub(r"\s", "", value)}] if value else others
+
+
+def _set_assertion(condition: dict[str, Any], value: str) -> None:
+    if value not in ASSERTIONS:
+        raise InvalidRequest(f"assertion must be one of {', '.join(sorted(ASSERTIONS))}", expression="assertion")
+    condition["verificationStatus"] = {"coding": [{"system": _VERIFICATION, "code": value}]}
+
+
+def _set_code(condition: dict[str, Any], value: str) -> None:
+    system, _, rest = value.partition("|")
+    code, _, display = rest.partition("|")
+    if not system or not code:
+        raise InvalidRequest("code must be system|code|display", expression="code")
+    concept = condition.setdefault("code", {})
+    concept["coding"] = [{"system": system, "code": code, **({"display": display} if display else {})}]
+
+
+def _dose_quantity(statement: dict[str, Any]) -> dict[str, Any]:
+    dosage = statement.setdefault("dosage", [{}])
+    rate = dosage[0].setdefault("doseAndRate", [{}])
+    quantity: dict[str, Any] = rate[0].setdefault("doseQuantity", {})
+    return quantity
+
+
+def _set_unit(quantity: dict[str, Any], value: str) -> None:
+    ucum = normalize_unit(value)
+    quantity.pop("system", None)
+    quantity.pop("code", None)
+    if ucum:
+        quantity.update(unit=ucum, system=UCUM_SYSTEM, code=ucum)
+    else:
+        quantity["unit"] = value.strip()
+
+
+def _component(observation: dict[str, Any], loinc: str) -> dict[str, Any]:
+    for component in observation.get("component", []):
+        if any(c.get("code") == loinc for c in component.get("code", {}).get("coding", [])):
+            quantity: dict[str, Any] = component.setdefault("valueQuantity", {})
+            return quantity
+    raise InvalidRequest("this observation has no such component", expression="component")
+
+
+FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
+    "Patient": {
+        "name": ("Name", lambda r: _text(_dig(r, "name", 0, "text")), _set_name),
+        "birthDate": ("Date of birth", lambda r: _text(r.get("birthDate")), lambda r, v: r.__setitem__("birthDate", v)),
+        "gender": ("Sex", lambda r: _text(r.get("gender")), lambda r, v: r.__setitem__("gender", v)),
+        "nhsNumber": (
+            "NHS number",
+            lambda r: _identifier(r, NHS_SYSTEM),
+            lambda r, v: _set_identifier(r, NHS_SYSTEM, v),
+        ),
+    },
+    "Condition": {
+        "text": (
+            "Condition",
+            lambda r: _text(_dig(r, "code", "text")),
+            lambda r, v: r.setdefault("code", {}).__setitem__("text", v),
+        ),
+        "code": (
+            "Code",
+            lambda r: "|".join(_text(_dig(r, "code", "coding", 0, k)) for k in ("system", "code", "display")).strip(
+                "|"
+            ),
+            _set_code,
+        ),
+        "assertion": ("Assertion", lambda r: _text(_dig(r, "verificationStatus", "coding", 0, "code")), _set_assertion),
+    },
+    "MedicationStatement": {
+        "name": (
+            "Medication",
+            lambda r: _text(_dig(r, "medicationCodeableConcept", "text")),
+            lambda r, v: r.setdefault("medicationCodeableConcept", {}).__setitem__("text", v),
+        ),
+        "dose": (
+            "Dose",
+            lambda r: _text(_dig(r, "dosage", 0, "doseAndRate", 0, "doseQuantity", "value")),
+            lambda r, v: _dose_quantity(r).__setitem__("value", _number(v, "dose")),
+        ),
+        "unit": (
+            "Unit",
+            lambda r: _text(_dig(r, "dosage", 0, "doseAndRate", 0, "doseQuantity", "unit")),
+            lambda r, v: _set_unit(_dose_quantity(r), v),
+        ),
+        "instructions": (
+            "Instructions",
+            lambda r: _text(_dig(r, "dosage", 0, "text")),
+            lambda r, v: r.setdefault("dosage", [{}])[0].__setitem__("text", v),
+        ),
+    },
+    "Observation": {
+        "value": (
+            "Value",
+            lambda r: _text(_dig(r, "valueQuantity", "value")),
+            lambda r, v: r.setdefault("valueQuantity", {}).__setitem__("value", _number(v, "value")),
+        ),
+        "unit": (
+            "Unit",
+            lambda r: _text(_dig(r, "valueQuantity", "unit")),
+            lambda r, v: _set_unit(r.setdefault("valueQuantity", {}), v),
+        ),
+        "systolic": (
+            "Systolic",
+            lambda r: next(
+                (_text(c["valueQuantity"].get("value")) for c in r.get("component", []) if _is(c, "8480-6")), ""
+            ),
+            lambda r, v: _component(r, "8480-6").__setitem__("value", _number(v, "systolic")),
+        ),
+        "diastolic": (
+            "Diastolic",
+            lambda r: next(
+                (_text(c["valueQuantity"].get("value")) for c in r.get("component", []) if _is(c, "8462-4")), ""
+            ),
+            lambda r, v: _component(r, "8462-4").__setitem__("value", _number(v, "diastolic")),
+        ),
+    },
+}
+
+
+def _is(component: Mapping[str, Any], loinc: str) -> bool:
+    return any(c.get("code") == loinc for c in component.get("code", {}).get("coding", []))
+
+
+def fields_of(resource: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(field, label, current value) of every editable field the resource has."""
+    kind = str(resource.get("resourceType"))
+    out = []
+    for field, (label, getter, _) in FIELDS.get(kind, {}).items():
+        value = getter(resource)
+        if kind == "Observation" and field in ("systolic", "diastolic") and not resource.get("component"):
+            continue
+        if kind == "Observation" and field in ("value", "unit") and resource.get("component"):
+            continue
+        out.append((field, label, value))
+    return out
+
+
+# --- applying a decision -----------------------------------------------------------------------
+
+
+def _tag_reviewed(resource: dict[str, Any]) -> None:
+    meta = resource.setdefault("meta", {})
+    tags = [t for t in meta.get("tag", []) if t.get("system") != REVIEW_TAG_SYSTEM]
+    meta["tag"] = [*tags, dict(REVIEWED_TAG)]
+    meta.pop("extension", None)  # review reasons are answered
+    meta.pop("versionId", None)
+    meta.pop("lastUpdated", None)
+
+
+def _provenance(
+    reference: str,
+    previous_version: int | None,
+    changes: list[tuple[str, str, str]],
+    reviewer: Reviewer,
+    recorded: str,
+    document_reference: str | None,
+    added: AddedFinding | None = None,
+) -> dict[str, Any]:
+    who: dict[str, Any] = {"display": reviewer.username}
+    if reviewer.fhir_user:
+        who["reference"] = reviewer.fhir_user
+    entity: list[dict[str, Any]] = []
+    if previous_version is not None:
+        entity.append(
+            {
+                "role": "revision",
+                "what": {"reference": f"{reference}/_history/{previous_version}"},
+                "extension": [
+                    {
+                        "url": CHANGE_EXTENSION,
+                        "extension": [
+                            {"url": "field", "valueString": field},
+                            *([{"url": "was", "valueString": was}] if was else []),
+                            *([{"url": "now", "valueString": now}] if now else []),
+                        ],
+                    }
+                    for field, was, now in changes
+                ],
+            }
+        )
+    if added is not None and document_reference is not None:
+        source: dict[str, Any] = {"role": "source", "what": {"reference": document_reference}}
+        if added.page is not None and added.box is not None:
+            x0, y0, x1, y1 = added.box
+            source["extension"] = [
+                {
+                    "url": EVIDENCE_EXTENSION,
+                    "extension": [
+                        {"url": "page", "valueInteger": added.page},
+                        {"url": "box", "valueString": f"{x0:.4f},{y0:.4f},{x1:.4f},{y1:.4f}"},
+                    ],
+                }
+            ]
+        entity.append(source)
+    provenance: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": str(uuid.uuid4()),
+        "target": [{"reference": reference}],
+        "recorded": recorded,
+        "activity": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "CREATE" if added is not None else "UPDATE",
+                }
+            ]
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "verifier",
+                            "display": "Verifier",
+                        }
+                    ]
+                },
+                "who": who,
+            }
+        ],
+    }
+    if entity:
+        provenance["entity"] = entity
+    return provenance
+
+
+def _new_finding(finding: AddedFinding, patient_reference: str | None) -> dict[str, Any]:
+    subject = {"subject": {"reference": patient_reference}} if patient_reference else {}
+    if finding.kind == "Condition":
+        condition: dict[str, Any] = {
+            "resourceType": "Condition",
+            "id": str(uuid.uuid4()),
+            "code": {"text": finding.text},
+        }
+        condition.update(subject)
+        _set_assertion(condition, finding.assertion)
+        return condition
+    statement: dict[str, Any] = {
+        "resourceType": "MedicationStatement",
+        "id": str(uuid.uuid4()),
+        "status": "active",
+        "medicationCodeableConcept": {"text": finding.text},
+        **subject,
+    }
+    if finding.dose is not None:
+        quantity = _dose_quantity(statement)
+        quantity["value"] = finding.dose
+        if finding.unit:
+            _set_unit(quantity, finding.unit)
+    return statement
+
+
+def apply_decision(
+    bundle: Mapping[str, Any],
+    decision: Decision,
+    reviewer: Reviewer,
+    versions: Mapping[str, int],
+    recorded: str,
+    fhir_base_url: str,
+) -> ReleasePlan:
+    """The released Bundle and the resources to store; ``versions``: current version of each entry."""
+    released = copy.deepcopy(dict(bundle))
+    entries: list[dict[str, Any]] = released.get("entry", [])
+    by_reference = {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"]
+        for e in entries
+        if e["resource"]["resourceType"] != "Provenance"
+    }
+    changed: dict[str, list[tuple[str, str, str]]] = {}
+    for edit in decision.edits:
+        resource = by_reference.get(edit.reference)
+        kind = edit.reference.split("/", 1)[0]
+        spec = FIELDS.get(kind, {}).get(edit.field)
+        if resource is None or spec is None:
+            raise InvalidRequest("an edit names a field this document does not have", expression=edit.field)
+        _, getter, setter = spec
+        was = getter(resource)
+        if was == edit.value.strip():
+            continue
+        setter(resource, edit.value.strip())
+        changed.setdefault(edit.reference, []).append((edit.field, was, getter(resource)))
+    for reference in decision.rejected:
+        resource = by_reference.get(reference)
+        if resource is None:
+            raise InvalidRequest("a rejection names a resource this document does not have")
+        mark_entered_in_error(resource)
+        changed.setdefault(reference, []).append(("status", "", "entered-in-error"))
+
+    patient_reference = next((r for r in by_reference if r.startswith("Patient/")), None)
+    document_reference = next(
+        (
+            entity["what"]["reference"]
+            for e in entries
+            if e["resource"]["resourceType"] == "Provenance"
+            for entity in e["resource"].get("entity", [])
+            if entity.get("what", {}).get("reference", "").startswith("DocumentReference/")
+        ),
+        None,
+    )
+    provenances = []
+    for reference, changes in changed.items():
+        provenances.append(
+            _provenance(reference, versions.get(reference), changes, reviewer, recorded, document_reference)
+        )
+    for finding in decision.added:
+        if not finding.text.strip():
+            raise InvalidRequest("an added finding needs its text", expression="text")
+        resource = _new_finding(finding, patient_reference)
+        reference = f"{resource['resourceType']}/{resource['id']}"
+        by_reference[reference] = resource
+        entries.append({"fullUrl": f"{fhir_base_url}/{reference}", "resource": resource})
+        provenances.append(_provenance(reference, None, [], reviewer, recorded, document_reference, finding))
+        changed[reference] = [("added", "", finding.text.strip())]
+
+    for resource in by_reference.values():
+        _tag_reviewed(resource)
+    for provenance in provenances:
+        entries.append({"fullUrl": f"{fhir_base_url}/Provenance/{provenance['id']}", "resource": provenance})
+    _tag_reviewed(released)
+    try:
+        for resource in [*by_reference.values(), *provenances]:
+            validate_resource(resource)
+        validate_resource(released, deep=False)
+    except FhirValidationError as exc:
+        raise InvalidRequest("the corrected values are not valid FHIR", diagnostics="; ".join(exc.problems)) from None
+    resources = [*by_reference.values(), *provenances, released]
+    return ReleasePlan(bundle=released, resources=resources, changed=changed)

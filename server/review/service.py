@@ -1,0 +1,278 @@
+"""The review queue and the review of one document, over the store and the caller's scopes.
+
+Reviewing needs a ``user/`` token (a person, signed in through the built-in SMART server) with
+read on Bundle, DocumentReference and Binary, and ``u`` (``c`` for additions) on every type the
+reviewer changes. The queue shows as little PHI as the task needs: initials, document type, age.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+import anyio.to_thread
+import msgspec
+
+from fhir_profiles.bundle import EVIDENCE_EXTENSION, REVIEW_REASON_EXTENSION, REVIEW_TAG_SYSTEM
+from server.auth import Caller
+from server.errors import InvalidRequest, NotFound
+from server.review.edits import Decision, Reviewer, apply_decision, fields_of
+from server.services import Services
+from server.store import ReviewAction
+from server.store.sqlite import now_instant
+
+REVIEWER_CONTEXTS: Final = ("user",)
+
+
+class Box(msgspec.Struct, frozen=True, kw_only=True):
+    page: int
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+class FieldView(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    label: str
+    value: str
+
+
+class ItemView(msgspec.Struct, frozen=True, kw_only=True):
+    reference: str
+    kind: str
+    title: str
+    flagged: bool
+    rejected: bool
+    fields: list[FieldView]
+    boxes: list[Box]
+
+
+class DocumentView(msgspec.Struct, frozen=True, kw_only=True):
+    document_id: str
+    bundle_id: str
+    bundle_version: int
+    pages: int
+    document_type: str
+    reasons: list[str]
+    items: list[ItemView]
+    last_review: ReviewAction | None
+
+
+class QueueItem(msgspec.Struct, frozen=True, kw_only=True):
+    document_id: str
+    received: str
+    document_type: str
+    initials: str
+    reasons: list[str]
+    flagged: int
+    status: str  # "to review", "released", "returned"
+    waiting_days: int
+
+
+def require_reviewer(caller: Caller, *interactions_on_bundle: str) -> None:
+    caller.require("Bundle", *interactions_on_bundle, contexts=REVIEWER_CONTEXTS, identified=True)
+
+
+def _tags(resource: Mapping[str, Any]) -> set[str]:
+    return {t.get("code", "") for t in resource.get("meta", {}).get("tag", []) if t.get("system") == REVIEW_TAG_SYSTEM}
+
+
+def _reasons(bundle: Mapping[str, Any]) -> list[str]:
+    return [
+        str(e["valueCoding"].get("display", e["valueCoding"].get("code")))
+        for e in bundle.get("meta", {}).get("extension", [])
+        if e.get("url") == REVIEW_REASON_EXTENSION
+    ]
+
+
+def _initials(bundle: Mapping[str, Any]) -> str:
+    patient: Mapping[str, Any] = next(
+        (e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] == "Patient"), {}
+    )
+    name = (patient.get("name") or [{}])[0]
+    words = re.findall(r"[A-Za-z]+", name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]))
+    return "".join(w[0].upper() for w in words[:3]) or "?"
+
+
+_KIND_OF_FILE: Final = {"application/pdf": "PDF", "image/tiff": "TIFF fax", "text/plain": "transcribed note"}
+
+
+def _document_type(resource: Mapping[str, Any]) -> str:
+    """What the document is, without PHI: its type, else its title, else what kind of file it is."""
+    concept = resource.get("type") or {}
+    coding = (concept.get("coding") or [{}])[0]
+    attachment = ((resource.get("content") or [{}])[0]).get("attachment", {})
+    kind = _KIND_OF_FILE.get(str(attachment.get("contentType")), "image")
+    return str(concept.get("text") or coding.get("display") or f"{kind} document")
+
+
+async def queue(services: Services, caller: Caller, *, show_all: bool = False, limit: int = 200) -> list[QueueItem]:
+    """Documents waiting for review (or all extracted ones), oldest first."""
+    require_reviewer(caller, "s")
+    store = services.store
+    documents, _ = await anyio.to_thread.run_sync(lambda: store.search_documents(count=limit * 5))
+    today = dt.datetime.now(dt.UTC).date()
+    items: list[QueueItem] = []
+    for document in documents:
+        if not caller.permits(document.resource, "s"):
+            continue
+        bundle_id = await anyio.to_thread.run_sync(store.latest_bundle_id, document.id)
+        if bundle_id is None:
+            continue
+        stored = await anyio.to_thread.run_sync(store.read_resource, "Bundle", bundle_id)
+        if stored is None:
+            continue
+        bundle = stored.resource
+        last = await anyio.to_thread.run_sync(store.last_review, document.id)
+        status = "to review" if last is None else last.action
+        if last is not None and last.action == "returned":
+            status = "returned"
+        needs_review = "requires-review" in _tags(bundle) and (last is None or last.action == "returned")
+        if not (show_all or needs_review):
+            continue
+        flagged = sum(1 for e in bundle.get("entry", []) if "requires-review" in _tags(e["resource"]))
+        received = dt.date.fromisoformat(document.created_at[:10])
+        items.append(
+            QueueItem(
+                document_id=document.id,
+                received=document.created_at,
+                document_type=_document_type(document.resource),
+                initials=_initials(bundle),
+                reasons=_reasons(bundle),
+                flagged=flagged,
+                status=status,
+                waiting_days=(today - received).days,
+            )
+        )
+        if len(items) >= limit:
+            break
+    return sorted(items, key=lambda item: item.received)
+
+
+def _boxes(bundle: Mapping[str, Any]) -> dict[str, list[Box]]:
+    boxes: dict[str, list[Box]] = {}
+    for entry in bundle.get("entry", []):
+        provenance = entry["resource"]
+        if provenance["resourceType"] != "Provenance":
+            continue
+        for entity in provenance.get("entity", []):
+            for extension in entity.get("extension", []):
+                if extension.get("url") != EVIDENCE_EXTENSION:
+                    continue
+                parts = extension.get("extension", [])
+                page = next((p["valueInteger"] for p in parts if p["url"] == "page"), 1)
+                for part in parts:
+                    if part["url"] == "box":
+                        x0, y0, x1, y1 = (float(v) for v in part["valueString"].split(","))
+                        for target in provenance.get("target", []):
+                            reference = target["reference"].split("/_history/")[0]
+                            boxes.setdefault(reference, []).append(Box(page=page, x0=x0, y0=y0, x1=x1, y1=y1))
+    return boxes
+
+
+def _title(resource: Mapping[str, Any]) -> str:
+    for path in (("code", "text"), ("medicationCodeableConcept", "text")):
+        value: Any = resource
+        for step in path:
+            value = value.get(step) if isinstance(value, Mapping) else None
+        if value:
+            return str(value)
+    if resource["resourceType"] == "Patient":
+        return "Patient"
+    coding = (resource.get("code", {}).get("coding") or [{}])[0]
+    return str(coding.get("display") or resource["resourceType"])
+
+
+async def document_view(services: Services, caller: Caller, document_id: str) -> DocumentView:
+    require_reviewer(caller, "r")
+    store = services.store
+    document = await anyio.to_thread.run_sync(store.get_document, document_id)
+    if document is None:
+        raise NotFound(f"DocumentReference/{document_id} is not known")
+    caller.require_resource(document.resource)
+    bundle_id = await anyio.to_thread.run_sync(store.latest_bundle_id, document_id)
+    stored = await anyio.to_thread.run_sync(store.read_resource, "Bundle", bundle_id) if bundle_id else None
+    if stored is None or bundle_id is None:
+        raise NotFound("this document has no finished extraction to review")
+    bundle = stored.resource
+    boxes = _boxes(bundle)
+    items = []
+    order = {"Patient": 0, "Condition": 1, "MedicationStatement": 2, "Observation": 3}
+    entries = sorted(
+        (e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] in order),
+        key=lambda r: order[r["resourceType"]],
+    )
+    for resource in entries:
+        reference = f"{resource['resourceType']}/{resource['id']}"
+        status = resource.get("status") or (resource.get("verificationStatus", {}).get("coding") or [{}])[0].get("code")
+        items.append(
+            ItemView(
+                reference=reference,
+                kind=resource["resourceType"],
+                title=_title(resource),
+                flagged="requires-review" in _tags(resource),
+                rejected=status == "entered-in-error",
+                fields=[FieldView(name=n, label=label, value=v) for n, label, v in fields_of(resource)],
+                boxes=boxes.get(reference, []),
+            )
+        )
+    return DocumentView(
+        document_id=document_id,
+        bundle_id=bundle_id,
+        bundle_version=stored.version_id,
+        pages=document.pages,
+        document_type=_document_type(document.resource),
+        reasons=_reasons(bundle),
+        items=items,
+        last_review=await anyio.to_thread.run_sync(store.last_review, document_id),
+    )
+
+
+async def release(
+    services: Services, caller: Caller, document_id: str, expected_version: int, decision: Decision
+) -> int:
+    """Apply the decision and store the reviewed Bundle as a new version; returns that version."""
+    view = await document_view(services, caller, document_id)
+    require_reviewer(caller, "u")
+    for edit in decision.edits:
+        caller.require(edit.reference.split("/", 1)[0], "u", contexts=REVIEWER_CONTEXTS)
+    for reference in decision.rejected:
+        caller.require(reference.split("/", 1)[0], "u", contexts=REVIEWER_CONTEXTS)
+    for finding in decision.added:
+        caller.require(finding.kind, "c", contexts=REVIEWER_CONTEXTS)
+    caller.require("Provenance", "c", contexts=REVIEWER_CONTEXTS)
+    stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", view.bundle_id)
+    if stored is None:
+        raise NotFound("the Bundle is no longer available")
+    versions = {}
+    for item in view.items:
+        kind, _, resource_id = item.reference.partition("/")
+        current = await anyio.to_thread.run_sync(services.store.read_resource, kind, resource_id)
+        if current is not None:
+            versions[item.reference] = current.version_id
+    plan = apply_decision(
+        stored.resource,
+        decision,
+        Reviewer(username=caller.subject, fhir_user=caller.fhir_user),
+        versions,
+        now_instant(),
+        services.settings.fhir_base_url,
+    )
+    return await anyio.to_thread.run_sync(
+        services.store.release_review, document_id, view.bundle_id, expected_version, plan.resources, caller.subject
+    )
+
+
+async def return_document(
+    services: Services, caller: Caller, document_id: str, expected_version: int, comment: str
+) -> None:
+    view = await document_view(services, caller, document_id)
+    require_reviewer(caller, "u")
+    if not comment.strip():
+        raise InvalidRequest("say why the document is returned", expression="comment")
+    await anyio.to_thread.run_sync(
+        services.store.return_review, document_id, view.bundle_id, expected_version, caller.subject, comment.strip()
+    )

@@ -1,0 +1,66 @@
+"""A real paperchart server on a loopback port, in this process (uvicorn in a thread)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from litestar import Litestar
+
+from server.app import create_app
+from server.auth.assertion import generate_client_key, token_request
+from server.config import Settings, load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    def __init__(self, app: Litestar, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.base = settings.public_base_url
+
+    def token(self, scopes: str, *, audience: str = "fhir") -> str:
+        """A token from the server's own token endpoint, for a backend client registered with ``scopes``."""
+        key = generate_client_key()
+        registry = self.app.state.services.auth.registry
+        client = registry.add_client(
+            name="test client", kind="backend", scopes=scopes.split(), jwks={"keys": [key.as_dict(private=False)]}
+        )
+        form = token_request(key, client.client_id, f"{self.base}/auth/token", scopes)
+        if audience == "mcp":
+            form["resource"] = f"{self.base}/mcp"
+        response = httpx.post(f"{self.base}/auth/token", data=form)
+        assert response.status_code == 200, response.text
+        return str(response.json()["access_token"])
+
+
+@contextmanager
+def live_server(data_dir: Path) -> Iterator[LiveServer]:
+    import uvicorn
+
+    port = free_port()
+    settings = load_settings({}, data_dir=data_dir, port=port, mllp_enabled=False, semantic_search=False)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise AssertionError("server did not start")
+        time.sleep(0.05)
+    try:
+        yield LiveServer(app, settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
