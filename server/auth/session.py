@@ -15,7 +15,8 @@ from server.auth.registry import AuthRegistry, RefreshGrant
 from server.auth.tokens import TokenService
 
 REVIEW_CLIENT_ID: Final = "paperchart-review"
-REVIEW_SCOPES: Final = ("openid", "fhirUser", "offline_access", "user/*.cruds")
+# read and write asked for separately, so a user who may only read gets a read-only session
+REVIEW_SCOPES: Final = ("openid", "fhirUser", "offline_access", "user/*.rs", "user/*.cu")
 SESSION_COOKIE: Final = "pc_review"
 REFRESH_COOKIE: Final = "pc_review_refresh"
 CSRF_COOKIE: Final = "pc_review_csrf"
