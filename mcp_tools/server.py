@@ -361,6 +361,17 @@ def build_mcp_server(source: CallerSource) -> MCPServer:
         except PaperchartError as error:
             raise _mcp_error(error) from None
 
+    async def page_png(ctx: Context, document_id: str, page: str, *, deidentified: bool) -> bytes:
+        services, caller = authorized(ctx, "deidentified_summary" if deidentified else "get_bundle")
+        try:
+            number = int(page)
+        except ValueError:
+            raise MCPError(-32602, "page must be a number") from None
+        try:
+            return await documents.page_image(services, caller, document_id, number, deidentified=deidentified)
+        except PaperchartError as error:
+            raise _mcp_error(error) from None
+
     @server.resource(
         "paperchart://document/{document_id}/page/{page}",
         name="page-image",
@@ -368,13 +379,7 @@ def build_mcp_server(source: CallerSource) -> MCPServer:
         mime_type="image/png",
     )
     async def page_image(document_id: str, page: str, ctx: Context) -> bytes:
-        services, caller = authorized(ctx, "get_bundle")
-        try:
-            return await documents.page_image(services, caller, document_id, int(page), deidentified=False)
-        except PaperchartError as error:
-            raise _mcp_error(error) from None
-        except ValueError:
-            raise MCPError(-32602, "page must be a number") from None
+        return await page_png(ctx, document_id, page, deidentified=False)
 
     @server.resource(
         "paperchart://document/{document_id}/page/{page}/deidentified",
@@ -383,13 +388,7 @@ def build_mcp_server(source: CallerSource) -> MCPServer:
         mime_type="image/png",
     )
     async def deidentified_page_image(document_id: str, page: str, ctx: Context) -> bytes:
-        services, caller = authorized(ctx, "deidentified_summary")
-        try:
-            return await documents.page_image(services, caller, document_id, int(page), deidentified=True)
-        except PaperchartError as error:
-            raise _mcp_error(error) from None
-        except ValueError:
-            raise MCPError(-32602, "page must be a number") from None
+        return await page_png(ctx, document_id, page, deidentified=True)
 
     @server.prompt(
         name="summarise_document",

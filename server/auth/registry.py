@@ -14,10 +14,8 @@ import hmac
 import json
 import os
 import secrets
-import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -25,7 +23,7 @@ import msgspec
 from joserfc.jwk import ECKey
 
 from server.crypto import KeyProvider, new_data_key, open_sealed, seal
-from terminology.sqlite_driver import connect
+from server.store.database import Database
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS oauth_clients (
@@ -149,41 +147,17 @@ class RefreshGrant(msgspec.Struct, frozen=True, kw_only=True):
     patient: str | None
 
 
-class AuthRegistry:
+def _refresh_grant(row: Sequence[Any]) -> RefreshGrant:
+    """A refresh_tokens row (client_id, username, scopes, patient, ...) as a grant."""
+    return RefreshGrant(client_id=row[0], username=row[1], scopes=tuple(row[2].split()), patient=row[3])
+
+
+class AuthRegistry(Database):
     """Clients, users, signing keys and single-use values, on one SQLite connection."""
 
     def __init__(self, path: Path, keys: KeyProvider) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._keys = keys
-        self._lock = threading.RLock()
-        self._db = connect(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self._transaction() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
-
-    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
-            return list(self._db.execute(sql, parameters).fetchall())
+        super().__init__(path, _SCHEMA)
 
     # --- clients and users ---------------------------------------------------------------
 
@@ -413,7 +387,7 @@ class AuthRegistry:
             if row is None or row[0] != client_id or row[5] or row[4] < _now():
                 return None
             db.execute("UPDATE refresh_tokens SET revoked = 1 WHERE token_hash = ?", (hash_secret(token),))
-            return RefreshGrant(client_id=row[0], username=row[1], scopes=tuple(row[2].split()), patient=row[3])
+            return _refresh_grant(row)
 
     def refresh_token_active(self, token: str) -> RefreshGrant | None:
         rows = self._query(
@@ -423,7 +397,7 @@ class AuthRegistry:
         if not rows or rows[0][5] or rows[0][4] < _now():
             return None
         row = rows[0]
-        return RefreshGrant(client_id=row[0], username=row[1], scopes=tuple(row[2].split()), patient=row[3])
+        return _refresh_grant(row)
 
     def revoke_refresh_token(self, token: str) -> bool:
         with self._transaction() as db:

@@ -150,30 +150,6 @@ async def _authenticate_client(services: Services, form: dict[str, str]) -> Clie
     return client
 
 
-def _token_response(
-    services: Services,
-    client: Client,
-    *,
-    subject: str,
-    scopes: list[str],
-    patient: str | None = None,
-    fhir_user: str | None = None,
-    username: str | None = None,
-    resource: str | None = None,
-) -> Response[dict[str, Any]]:
-    body = token_body(
-        services,
-        client,
-        subject=subject,
-        scopes=scopes,
-        patient=patient,
-        fhir_user=fhir_user,
-        username=username,
-        resource=resource,
-    )
-    return Response(body, headers=_NO_STORE)
-
-
 def token_body(
     services: Services,
     client: Client,
@@ -245,7 +221,9 @@ async def _client_credentials(
     if not scopes:
         raise OAuthError("invalid_scope", "none of the requested scopes is allowed for this client")
     resource = _resource(services, form)
-    return _token_response(services, client, subject=client.client_id, scopes=scopes, resource=resource)
+    return Response(
+        token_body(services, client, subject=client.client_id, scopes=scopes, resource=resource), headers=_NO_STORE
+    )
 
 
 def _resource(services: Services, form: dict[str, str]) -> str | None:
@@ -308,7 +286,7 @@ async def _refresh(services: Services, form: dict[str, str]) -> Response[Any]:
     scopes = narrow(requested, grant.scopes)  # a refresh may narrow, never widen (RFC 6749 §6)
     if not scopes:
         raise OAuthError("invalid_scope", "the requested scopes exceed the original grant")
-    return _token_response(
+    body = token_body(
         services,
         client,
         subject=user.username,
@@ -317,6 +295,7 @@ async def _refresh(services: Services, form: dict[str, str]) -> Response[Any]:
         fhir_user=user.fhir_user,
         username=user.username,
     )
+    return Response(body, headers=_NO_STORE)
 
 
 @post("/auth/introspect", opt=_PUBLIC_OPT, status_code=200)

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import msgspec
 
-from terminology.sqlite_driver import connect
+from server.store.database import Database
 
 GENESIS: Final = "0" * 64
 _SCHEMA: Final = """
@@ -82,36 +80,11 @@ def _chain_hash(previous: str, seq: int, record_text: str) -> str:
     return hashlib.sha256(f"{previous}\n{seq}\n{record_text}".encode()).hexdigest()
 
 
-class AuditLog:
+class AuditLog(Database):
     """Appends and reads audit records on its own connection to the paperchart database."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = connect(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self._transaction() as db:
-            for statement in _SCHEMA.split(";\n"):
-                if statement.strip():
-                    db.execute(statement)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
+        super().__init__(path, _SCHEMA)
 
     def append(self, record: AuditRecord) -> int:
         text = _encoder.encode(record).decode()

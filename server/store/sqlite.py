@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from fhir_profiles.retract import mark_entered_in_error
 from server.crypto import KeyProvider, KeyUnavailable, new_data_key, open_sealed, seal
 from server.errors import ConfigurationError, Conflict
 from server.store.base import DocumentRecord, JobError, JobRecord, ReviewAction, StoredResource
-from terminology.sqlite_driver import connect
+from server.store.database import Database
 
 SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
@@ -154,43 +153,29 @@ def _resource_place(resource_type: str, resource_id: str, version: int) -> str:
     return f"resources/{resource_type}/{resource_id}/{version}"
 
 
-class SqliteStore:
+class SqliteStore(Database):
     """``Store`` on one SQLite file. Thread-safe: one connection, serialized by a lock."""
 
     def __init__(self, path: Path, keys: KeyProvider) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
         self._keys = keys
         self._data_keys: dict[str, bytes] = {}  # owner -> unwrapped data key, for this process only
-        self._lock = threading.RLock()
-        self._depth = 0  # nesting of atomic()/_transaction(): only the outermost one commits
-        self._db = connect(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA secure_delete=ON")  # deleted rows (a shredded data key) are zeroed on disk
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self._transaction():
-            self._check_schema_version()
-            # executescript() would commit on its own; run the statements inside our transaction
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            row = self._db.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        # secure_delete: deleted rows (a shredded data key) are zeroed on disk
+        super().__init__(path, _SCHEMA, pragmas=("foreign_keys=ON", "secure_delete=ON"))
+        with self._transaction() as db:
+            if db.execute("SELECT version FROM schema_version").fetchone() is None:
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             try:
-                self._index_key = self._data_key(self._db, "index")
+                self._index_key = self._data_key(db, "index")
             except KeyUnavailable:
                 raise ConfigurationError(
                     "the master key does not open this database (wrong PAPERCHART_MASTER_KEY or key file)"
                 ) from None
 
-    def _check_schema_version(self) -> None:
-        exists = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
+    def _before_schema(self, db: Any) -> None:
+        exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
         if exists.fetchone() is None:
             return
-        row = self._db.execute("SELECT version FROM schema_version").fetchone()
+        row = db.execute("SELECT version FROM schema_version").fetchone()
         if row is not None and row[0] != SCHEMA_VERSION:
             raise ConfigurationError(
                 f"the database has schema version {row[0]}, this paperchart needs {SCHEMA_VERSION}"
@@ -394,46 +379,16 @@ class SqliteStore:
         return True
 
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        with self._lock:
-            if self._depth:  # joined an outer atomic(): it commits or rolls back for us
-                self._depth += 1
-                try:
-                    yield self._db
-                finally:
-                    self._depth -= 1
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
-            finally:
-                self._depth = 0
-
-    @contextmanager
     def atomic(self) -> Iterator[None]:
         """Group several store calls into one durable transaction (all or nothing)."""
         with self._transaction():
             yield
-
-    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
-            return list(self._db.execute(sql, parameters).fetchall())
 
     def health(self) -> bool:
         try:
             return bool(self._query("SELECT 1")[0][0] == 1)
         except Exception:
             return False
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
     # --- documents ---------------------------------------------------------------------
 
