@@ -184,6 +184,12 @@ def parse_er7(text: str) -> Er7Message:
     return message
 
 
+# HL7 v2.5.1 DTM: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]
+_DTM: Final = re.compile(r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,4})?)?)?)?)?)?(?:[+-]\d{4})?")
+_HEADER_CACHE_SIZE: Final = 4096
+_HEADER_VERDICTS: dict[str, bool] = {}
+
+
 def check_structure(message: Er7Message) -> None:
     """Let hl7apy parse the message (tolerant mode, Z-segments allowed) to catch what we do not read."""
     if message.version not in SUPPORTED_VERSIONS:
@@ -195,8 +201,24 @@ def check_structure(message: Er7Message) -> None:
     # hl7apy (versions 2.3-2.8.2) builds an object per component, ~6 ms a segment and 70 ms for a
     # typical MDM: on the receipt path it checks the header only; PID, TXA and OBX are read and
     # checked by our own mapping (required fields, data types, base64), with Table 0357 errors.
+    # A sender's headers differ only in MSH-7 (time) and MSH-10 (control id): those two are checked
+    # here, and hl7apy's verdict on the rest of the header is remembered per distinct header shape.
     header = message.text.split(SEGMENT_SEPARATOR, 1)[0]
-    try:
-        parse_message(header, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
-    except (HL7apyException, ValueError, KeyError, IndexError, AttributeError):
-        raise Er7Error("message structure cannot be parsed", code="100", location="MSH") from None
+    if not _DTM.fullmatch(message.msh.value(7)):
+        raise Er7Error("MSH-7 is not an HL7 date/time", code="102", location="MSH^1^7")
+    fields = header.split(message.encoding.field)
+    if len(fields) > 9:
+        fields[6], fields[9] = "20000101000000", "X"  # MSH-7 and MSH-10 (MSH-1 is the separator itself)
+    shape = message.encoding.field.join(fields)
+    verdict = _HEADER_VERDICTS.get(shape)
+    if verdict is None:
+        try:
+            parse_message(header, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
+            verdict = True
+        except (HL7apyException, ValueError, KeyError, IndexError, AttributeError):
+            verdict = False
+        if len(_HEADER_VERDICTS) >= _HEADER_CACHE_SIZE:
+            _HEADER_VERDICTS.clear()
+        _HEADER_VERDICTS[shape] = verdict
+    if not verdict:
+        raise Er7Error("message structure cannot be parsed", code="100", location="MSH")
