@@ -101,3 +101,18 @@ def test_error_ack_has_err_segment_and_enhanced_mode_uses_commit_codes() -> None
     assert build_ack(enhanced, "AA").split("\r")[1] == "MSA|CA|E2"
     unreadable = build_ack(None, "AR", error_code="100", error_text="no MSH", location="MSH")
     assert unreadable.split("\r")[1] == "MSA|AR|"
+
+
+def test_header_check_is_remembered_per_header_shape_but_still_checks_time_and_id() -> None:
+    from server.hl7 import er7
+
+    er7._HEADER_VERDICTS.clear()
+    first = parse_er7(mdm("T02", control_id="H1", text_lines=["x"]))
+    check_structure(first)
+    assert len(er7._HEADER_VERDICTS) == 1
+    check_structure(parse_er7(mdm("T02", control_id="H2", text_lines=["x"])))  # same sender, new id and time
+    assert len(er7._HEADER_VERDICTS) == 1
+    bad_time = first.text.replace(first.msh.value(7), "yesterday", 1)
+    with pytest.raises(Er7Error) as error:
+        check_structure(parse_er7(bad_time))
+    assert (error.value.code, error.value.location) == ("102", "MSH^1^7")
