@@ -36,6 +36,20 @@ CONDITION_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-cli
 CONDITION_VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 CONDITION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category"
 OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
+V3_ROLE_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+DIAGNOSTIC_SERVICE: Final = "http://terminology.hl7.org/CodeSystem/v2-0074"
+# who had it, for FamilyMemberHistory.relationship (HL7 v3 RoleCode, the R4 binding's code system)
+RELATIONSHIPS: Final[dict[str, tuple[str, str]]] = {
+    "mother": ("MTH", "mother"),
+    "father": ("FTH", "father"),
+    "sister": ("SIS", "sister"),
+    "brother": ("BRO", "brother"),
+    "grandmother": ("GRMTH", "grandmother"),
+    "grandfather": ("GRFTH", "grandfather"),
+    "aunt": ("AUNT", "aunt"),
+    "uncle": ("UNCLE", "uncle"),
+    "family": ("FAMMEMB", "family member"),
+}
 INTERPRETATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 PROVENANCE_AGENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
@@ -147,6 +161,42 @@ def _condition(diagnosis: Diagnosis, condition_id: str, patient_ref: str, docume
     if diagnosis.codings:
         resource["code"]["coding"] = [msgspec.to_builtins(c) for c in diagnosis.codings]
     return resource
+
+
+def _family_history(diagnosis: Diagnosis, history_id: str, patient_ref: str) -> Resource:
+    """A relative's condition ("mother had breast cancer") is FamilyMemberHistory, not the patient's Condition."""
+    code, display = RELATIONSHIPS.get(diagnosis.relative or "family", RELATIONSHIPS["family"])
+    condition: dict[str, Any] = {"code": {"text": diagnosis.text}}
+    if diagnosis.codings:
+        condition["code"]["coding"] = [msgspec.to_builtins(c) for c in diagnosis.codings]
+    return {
+        "resourceType": "FamilyMemberHistory",
+        "id": history_id,
+        "status": "completed",
+        "patient": {"reference": patient_ref},
+        "relationship": {"coding": [{"system": V3_ROLE_CODE, "code": code, "display": display}]},
+        "condition": [condition],
+    }
+
+
+def _lab_report(report_id: str, patient_ref: str, results: list[str], issued: str, requires_review: bool) -> Resource:
+    """A lab report's results grouped as one DiagnosticReport, as an EHR files them."""
+    return {
+        "resourceType": "DiagnosticReport",
+        "id": report_id,
+        "status": "preliminary" if requires_review else "final",
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB", "display": "Laboratory"}
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": LOINC, "code": "11502-2", "display": "Laboratory report"}]},
+        "subject": {"reference": patient_ref},
+        "issued": issued,
+        "result": [{"reference": reference} for reference in results],
+    }
 
 
 def _medication_statement(medication: Medication, statement_id: str, patient_ref: str) -> Resource:
@@ -282,8 +332,11 @@ def _facts(extraction: Extraction, patient_ref: str) -> Iterator[tuple[str, Reso
     """(kind, resource without id, evidence) for every fact that becomes a resource."""
     review = extraction.requires_review
     for diagnosis in extraction.diagnoses:
-        if diagnosis.assertion in ("family", "hypothetical"):
-            continue  # not a condition of this patient (FamilyMemberHistory / plans come later)
+        if diagnosis.assertion == "hypothetical":
+            continue  # "if fever develops": a plan, not a finding
+        if diagnosis.assertion == "family":
+            yield "FamilyMemberHistory", _family_history(diagnosis, "", patient_ref), diagnosis.evidence
+            continue
         yield "Condition", _condition(diagnosis, "", patient_ref, extraction.document_type), diagnosis.evidence
     for medication in extraction.medications:
         yield "MedicationStatement", _medication_statement(medication, "", patient_ref), medication.evidence
@@ -314,6 +367,17 @@ def build_bundle(extraction: Extraction, context: BundleContext) -> Resource:
         counters[kind] = counters.get(kind, 0) + 1
         resource["id"] = resource_id(context.id_seed, kind, counters[kind])
         items.append((resource, evidence))
+    lab_results = [
+        f"Observation/{r['id']}"
+        for r, _ in items
+        if r["resourceType"] == "Observation"
+        and any(c.get("code") == "laboratory" for cat in r.get("category", []) for c in cat.get("coding", []))
+    ]
+    if extraction.document_type == "lab-report" and lab_results:
+        report_id = resource_id(context.id_seed, "DiagnosticReport", 1)
+        items.append(
+            (_lab_report(report_id, patient_ref, lab_results, context.recorded, extraction.requires_review), None)
+        )
 
     entries = []
     for index, (resource, evidence) in enumerate(items):

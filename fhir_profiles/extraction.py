@@ -86,6 +86,7 @@ class PatientFacts(msgspec.Struct, frozen=True, kw_only=True):
 class Diagnosis(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     assertion: Assertion = "present"
+    relative: str | None = None  # for assertion "family": who had it ("mother", "brother", "family")
     codings: tuple[Coding, ...] = ()
     evidence: Evidence | None = None
     confidence: float = 1.0

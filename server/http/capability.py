@@ -17,6 +17,8 @@ SEARCHABLE_TYPES: Final = (
     "Provenance",
     "Bundle",
     "Encounter",
+    "FamilyMemberHistory",
+    "DiagnosticReport",
 )
 _PATIENT_PARAM: Final = {
     "name": "patient",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
@@ -201,3 +202,37 @@ def test_invalid_fhir_is_refused() -> None:
         )
     with pytest.raises(FhirValidationError):
         validate_resource({"resourceType": "NotAThing"})
+
+
+def test_family_history_becomes_family_member_history_not_a_condition() -> None:
+    bundle = build_bundle(
+        msgspec.structs.replace(
+            extraction(),
+            diagnoses=(Diagnosis(text="breast cancer", assertion="family", relative="mother", evidence=EVIDENCE),),
+        ),
+        CONTEXT,
+    )
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert "Condition" not in kinds
+    history = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "FamilyMemberHistory")
+    assert history["relationship"]["coding"][0]["code"] == "MTH"
+    assert history["condition"][0]["code"]["text"] == "breast cancer"
+    assert history["patient"]["reference"].startswith("Patient/")
+    validate_resource(history)
+
+
+def test_a_lab_report_groups_its_results_in_a_diagnostic_report() -> None:
+    labs = (LabResult(test="Haemoglobin", value=120, unit="g/L"), LabResult(test="Sodium", value=140, unit="mmol/L"))
+    bundle = build_bundle(msgspec.structs.replace(extraction(), document_type="lab-report", labs=labs), CONTEXT)
+    report = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport")
+    observations = {
+        f"Observation/{e['resource']['id']}"
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Observation" and e["resource"]["code"]["text"] in ("Haemoglobin", "Sodium")
+    }
+    assert {r["reference"] for r in report["result"]} == observations
+    assert report["code"]["coding"][0]["code"] == "11502-2" and report["status"] == "final"
+    letter = build_bundle(
+        msgspec.structs.replace(extraction(), labs=labs), CONTEXT
+    )  # a letter quoting results files no report
+    assert "DiagnosticReport" not in {e["resource"]["resourceType"] for e in letter["entry"]}

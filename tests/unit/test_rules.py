@@ -193,3 +193,17 @@ def test_low_confidence_words_reach_the_evidence() -> None:
     extraction = RulesExtractor().extract([page])
     assert extraction.medications[0].evidence is not None
     assert extraction.medications[0].evidence.ocr_confidence == 0.5
+
+
+@pytest.mark.parametrize(
+    ("sentence", "relative"),
+    [
+        ("Mother had breast cancer", "mother"),
+        ("Family history of ischaemic heart disease", "family"),
+        ("FH: diabetes in brother", "brother"),
+    ],
+)
+def test_family_history_names_the_relative(sentence: str, relative: str) -> None:
+    from server.pipeline.extract.rules import relative_of
+
+    assert relative_of(sentence) == relative

@@ -287,6 +287,13 @@ _FAMILY = re.compile(
 _SCOPE_END = re.compile(r"[.;:]|\bbut\b|\bhowever\b|\bexcept\b", re.IGNORECASE)
 
 
+def relative_of(context: str) -> str:
+    """Who in the family a family-history finding is about ("family" when the text does not say)."""
+    words = [m.group(1).lower() for m in _FAMILY.finditer(context)]
+    specific = [w for w in words if w not in ("family history", "fh")]
+    return specific[0] if specific else "family"
+
+
 def assertion_of(phrase: str, context: str) -> Assertion:
     """The assertion of ``phrase`` within ``context`` (the sentence or line it appears in)."""
     index = context.lower().find(phrase.lower())
@@ -374,7 +381,10 @@ def _diagnoses(lines: Sequence[_Line]) -> list[Diagnosis]:
             name_start = line.start + start + text.find(name)
             found.append(
                 Diagnosis(
-                    text=name, assertion=assertion, evidence=line.page.evidence(name_start, name_start + len(name))
+                    text=name,
+                    assertion=assertion,
+                    relative=relative_of(text) if assertion == "family" else None,
+                    evidence=line.page.evidence(name_start, name_start + len(name)),
                 )
             )
         elif line.section in (None, "history", "observations", "other", "plan"):
