@@ -1,5 +1,12 @@
 """Image clean-up before OCR, applied only where a measurement of the page says it helps.
 
+- Orientation: a fax fed sideways or a page scanned upside down is turned upright first.
+  Text lines make the ink profile across lines spiky and along them smooth, which tells sideways
+  from upright; Latin text has more ink above its x-height band (capitals, ascenders) than
+  below it (descenders), which tells upright from upside down. Measured in narrow vertical
+  strips so a few degrees of skew do not blur the line bands. Below a clear margin nothing is
+  turned. On the generated corpus (clean and skewed scans, all four orientations) every page
+  came out upright (tests/unit/test_preprocess.py).
 - Impulse (salt-and-pepper) noise, as on faxes and dusty scans, makes the PP-OCR detector miss
   short words such as lab values. A 3x3 median filter removes it, but softens clean pages, so
   it runs only when more than ``IMPULSE_NOISE_THRESHOLD`` of the pixels are isolated specks
@@ -31,7 +38,62 @@ def impulse_noise_fraction(grey: Image.Image) -> float:
     return float((dark & (neighbours == 0)).mean())
 
 
+_ORIENTATION_SIDE: Final = 1600  # pixels: enough for line bands, cheap to measure
+_ORIENTATION_STRIPS: Final = 12
+_ORIENTATION_MARGIN: Final = 0.03  # |asymmetry| below this: do not turn the page
+_SIDEWAYS_RATIO: Final = 1.05
+
+
+def _spikiness(ink: np.ndarray, axis: int) -> float:
+    profile = ink.sum(axis=axis).astype(float)
+    return float(profile.std() / (profile.mean() + 1e-9))
+
+
+def _ascender_asymmetry(ink: np.ndarray) -> float:
+    """(ink above the x-height bands - ink below) / both, over text lines in vertical strips."""
+    above = below = 0.0
+    width = ink.shape[1]
+    for strip in range(_ORIENTATION_STRIPS):
+        rows = ink[:, strip * width // _ORIENTATION_STRIPS : (strip + 1) * width // _ORIENTATION_STRIPS]
+        profile = rows.sum(axis=1).astype(float)
+        if profile.max() == 0:
+            continue
+        inked = profile > profile.max() * 0.08
+        start = None
+        for index, on in enumerate([*inked, False]):
+            if on and start is None:
+                start = index
+            elif not on and start is not None:
+                band = profile[start:index]
+                if index - start >= 5:
+                    core = np.flatnonzero(band > band.max() * 0.5)
+                    above += band[: core[0]].sum()
+                    below += band[core[-1] + 1 :].sum()
+                start = None
+    return (above - below) / (above + below + 1e-9)
+
+
+def page_orientation(image: Image.Image) -> int:
+    """Degrees (counter-clockwise, 0/90/180/270) to rotate the page by to make its text upright."""
+    grey = image.convert("L")
+    grey.thumbnail((_ORIENTATION_SIDE, _ORIENTATION_SIDE))
+    ink = np.asarray(grey) < _DARK
+    if not ink.any():
+        return 0
+    if _spikiness(ink, axis=0) > _spikiness(ink, axis=1) * _SIDEWAYS_RATIO:  # lines run top to bottom
+        turned = np.rot90(ink, 1)
+        return 90 if _ascender_asymmetry(turned) >= 0 else 270
+    return 180 if _ascender_asymmetry(ink) < -_ORIENTATION_MARGIN else 0
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The page turned so its text reads left to right, top to bottom (unchanged when unsure)."""
+    angle = page_orientation(image)
+    return image.rotate(angle, expand=True, fillcolor="white") if angle else image
+
+
 def prepare_for_ocr(image: Image.Image) -> Image.Image:
+    image = upright(image)
     grey = image.convert("L")
     if impulse_noise_fraction(grey) > IMPULSE_NOISE_THRESHOLD:
         return grey.filter(ImageFilter.MedianFilter(3)).convert("RGB")

@@ -20,9 +20,9 @@ from server.config import Settings
 from server.errors import InvalidFhirOutput, NotFound, UnprocessableDocument
 from server.pipeline.base import Extractor, OcrEngine
 from server.pipeline.code import code_extraction
-from server.pipeline.inspect import PDF, TEXT, DocumentInfo, Limits, inspect_document
+from server.pipeline.inspect import TEXT, DocumentInfo, Limits, inspect_document
 from server.pipeline.page import OcrPage
-from server.pipeline.preprocess import prepare_for_ocr
+from server.pipeline.preprocess import prepare_for_ocr, upright
 from server.pipeline.rasterize import PageImage, iter_pages, render_pdf_page
 from server.pipeline.validate import with_review
 from terminology import TerminologyService
@@ -90,11 +90,12 @@ class Pipeline:
             raise UnprocessableDocument("a transcribed text document has no page images")
         if not 1 <= number <= info.pages:
             raise NotFound(f"the document has no page {number}")
-        if info.content_type == PDF:
-            return render_pdf_page(content, number, self.limits.dpi)
         for raster in iter_pages(content, info.content_type, self.limits):
-            if raster.number == number and isinstance(raster, PageImage):
-                return raster.image
+            if raster.number != number:
+                continue
+            if isinstance(raster, PageImage):  # a scan: shown the way it was read (turned upright)
+                return upright(raster.image)
+            return render_pdf_page(content, number, self.limits.dpi)  # text layer: as printed
         raise NotFound(f"the document has no page {number}")  # pragma: no cover - pages counted above
 
     def page_with_words(self, content: bytes, content_type: str, number: int) -> tuple[Image.Image, OcrPage]:
@@ -108,7 +109,8 @@ class Pipeline:
             if raster.number != number:
                 continue
             if isinstance(raster, PageImage):
-                return raster.image, self.ocr_engine.read(prepare_for_ocr(raster.image), number)
+                image = upright(raster.image)
+                return image, self.ocr_engine.read(prepare_for_ocr(image), number)
             image = render_pdf_page(content, number, self.limits.dpi)
             scale = image.width / raster.width  # text layer in points, image in pixels
             words = [
