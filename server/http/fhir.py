@@ -199,6 +199,29 @@ class FhirController(Controller):
     ) -> Response[bytes]:
         return await _search(request, caller, "Bundle", services, count, offset)
 
+    @get("/Bundle/{bundle_id:str}/$document", opt=needs("Bundle", "r"))
+    async def bundle_as_document(
+        self, bundle_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
+    ) -> Response[bytes]:
+        """A stored Bundle as a FHIR ``document`` Bundle (Composition first), for EHRs that file documents."""
+        from fhir_profiles.document import to_document
+        from server.pipeline.runner import software_name
+
+        bundle = await documents.read_bundle(services, caller, bundle_id)
+        try:
+            document = to_document(
+                bundle,
+                document_type=None,
+                title="Findings extracted from a received document",
+                fhir_base_url=services.settings.fhir_base_url,
+                software=software_name(),
+            )
+        except FhirValidationError as exc:
+            raise InvalidFhirOutput(
+                "the Bundle could not be turned into a valid document", diagnostics="; ".join(exc.problems)
+            ) from None
+        return fhir_response(document)
+
     @get("/Bundle/{bundle_id:str}/$deidentify", opt=needs("Bundle", "r"))
     async def deidentify_bundle(
         self, bundle_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]

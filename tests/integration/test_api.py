@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -302,3 +303,25 @@ def test_every_searchable_type_answers_read_and_search(client: TestClient[Any]) 
         search = client.get(f"/fhir/{resource_type}")
         assert search.status_code == 200 and search.json()["type"] == "searchset", resource_type
         assert client.get(f"/fhir/{resource_type}/missing").status_code == 404, resource_type
+
+
+def test_bundle_as_a_fhir_document(client: TestClient[Any]) -> None:
+    document = rendered("lab_report", seed=5)
+    stored = upload(client, document.pdf, "application/pdf")
+    bundle = client.post(f"/fhir/DocumentReference/{stored['id']}/$extract", headers={"Prefer": "respond-sync"}).json()
+    response = client.get(f"/fhir/Bundle/{bundle['id']}/$document")
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert doc["type"] == "document" and doc["identifier"]["value"].startswith("urn:uuid:") and doc["timestamp"]
+    composition = doc["entry"][0]["resource"]
+    assert composition["resourceType"] == "Composition"
+    assert composition["type"]["coding"][0]["code"] == "11502-2"  # a lab report
+    # FHIR documents are self-contained: every reference resolves to an entry of the Bundle
+    present = {e["fullUrl"].split("/fhir/", 1)[1] for e in doc["entry"]}
+    references = re.findall(r'"reference": "([^"]+)"', json.dumps(doc))
+    assert references and set(references) <= present
+    results = next(s for s in composition["section"] if s["code"]["coding"][0]["code"] == "30954-2")
+    assert len(results["entry"]) == len(document.truth.labs) + 1  # each result and the DiagnosticReport
+    assert all(
+        s["text"]["div"].startswith('<div xmlns="http://www.w3.org/1999/xhtml">') for s in composition["section"]
+    )
