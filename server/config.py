@@ -30,7 +30,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ocr_engine: Literal["rapidocr"] = "rapidocr"
     ocr_confidence_threshold: float = 0.75
     ocr_threads: int = 0  # 0: let ONNX Runtime use every core
-    extractor: Literal["rules"] = "rules"
+    extractor: Literal["rules", "llm"] = "rules"
+    # the LLM extractor: any OpenAI-compatible server (vLLM in production, llama.cpp's server locally)
+    llm_base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    llm_model: str = "default"
+    llm_dialect: Literal["json_schema", "json_object"] = "json_schema"  # vLLM/OpenAI vs llama.cpp
+    llm_timeout_seconds: float = 120.0
+    llm_api_key: str | None = None
     date_order: Literal["DMY", "MDY"] = "DMY"
 
     workers: int = 1

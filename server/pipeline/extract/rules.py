@@ -466,34 +466,36 @@ def _parse_route(text: str) -> str | None:
     return None
 
 
+def parse_medication(body: str) -> Medication | None:
+    """A medication line as written ("Metformin 500 mg po BID") parsed, without evidence; None if it is not one."""
+    match = _MEDICATION.match(body.strip())
+    if not match:
+        return None
+    rest = match.group("rest")
+    return Medication(
+        name=match.group("name").strip(),
+        text=body.strip(),
+        dose_value=float(match.group("dose").replace(",", ".")),
+        dose_unit=normalize_unit(match.group("unit")),
+        route=_parse_route(rest),
+        timing=parse_timing(rest),
+    )
+
+
 def _medications(lines: Sequence[_Line]) -> list[Medication]:
     found: list[Medication] = []
     for line in lines:
         bullet = _BULLET.match(line.text)
         offset = bullet.end() if bullet else 0
         body = line.text[offset:].strip()
-        match = _MEDICATION.match(body)
-        if not match:
+        medication = parse_medication(body)
+        if medication is None:
             continue
-        rest = match.group("rest")
-        route = _parse_route(rest)
-        timing = parse_timing(rest)
         # outside a medication section, only a full SIG (dose, route or frequency) counts
-        if line.section != "medications" and route is None and timing is None:
+        if line.section != "medications" and medication.route is None and medication.timing is None:
             continue
-        lead = line.text.find(body)
-        start = line.start + lead
-        found.append(
-            Medication(
-                name=match.group("name").strip(),
-                text=body,
-                dose_value=float(match.group("dose").replace(",", ".")),
-                dose_unit=normalize_unit(match.group("unit")),
-                route=route,
-                timing=timing,
-                evidence=line.page.evidence(start, start + len(body)),
-            )
-        )
+        start = line.start + line.text.find(body)
+        found.append(msgspec.structs.replace(medication, evidence=line.page.evidence(start, start + len(body))))
     return found
 
 

