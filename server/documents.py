@@ -179,8 +179,21 @@ async def deidentified_view(
         raise InvalidRequest("give either a document id or a patient id")
     raws = await _bundles_for(services, document_id=document_id, patient_id=patient_id)
     bundles = [_deidentified(services, caller, raw) for raw in raws]
-    summaries = [deidentified_summary(raw, services.deid.known_phi(raw)) for raw in raws]
+    writer = _summary_writer(services)
+    summaries = [
+        # the LLM (when configured) is a blocking HTTP call: off the event loop
+        await anyio.to_thread.run_sync(deidentified_summary, raw, services.deid.known_phi(raw), None, writer)
+        for raw in raws
+    ]
     return "\n\n".join(summaries), bundles
+
+
+def _summary_writer(services: Services) -> Any:
+    """The LLM's text completion when the LLM extractor is configured, else None (template summaries)."""
+    from server.pipeline.extract.llm import LlmExtractor
+
+    extractor = services.pipeline.extractor
+    return extractor.client.complete_text if isinstance(extractor, LlmExtractor) else None
 
 
 async def page_image(services: Services, caller: Caller, document_id: str, page: int, *, deidentified: bool) -> bytes:

@@ -8,10 +8,14 @@ other output, and checked: if any PHI value known from the source survives, noth
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from server.deid.text import leaked, scrub_text
 from server.errors import ProcessingFailed
+
+logger = logging.getLogger(__name__)
 
 
 def _resources(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -98,9 +102,33 @@ def clinical_summary(bundle: dict[str, Any], today: dt.date | None = None) -> st
     return "\n".join(lines) if lines else "Nothing clinical was extracted from this document."
 
 
-def deidentified_summary(bundle: dict[str, Any], known_phi: list[str], today: dt.date | None = None) -> str:
-    """The summary, scrubbed, and refused if a known PHI value would still be in it."""
-    text = scrub_text(clinical_summary(bundle, today), known_phi)
+SUMMARY_PROMPT = (
+    "You write short summaries of clinical documents for clinicians. From the facts given, write one "
+    "paragraph: active problems, what was ruled out, medications with doses, abnormal results and vital "
+    "signs, items flagged for review. Use only the facts given; add nothing; do not name anyone."
+)
+
+
+def deidentified_summary(
+    bundle: dict[str, Any],
+    known_phi: list[str],
+    today: dt.date | None = None,
+    writer: Callable[[str, str], str] | None = None,
+) -> str:
+    """The summary, scrubbed, and refused if a known PHI value would still be in it.
+
+    With a ``writer`` (an LLM's ``complete_text``) the template's facts, already scrubbed, are
+    rewritten as prose; the model never sees an identifier, and its answer is scrubbed and checked
+    like the template. If the model fails, the template stands.
+    """
+    facts = scrub_text(clinical_summary(bundle, today), known_phi)
+    text = facts
+    if writer is not None:
+        try:
+            text = scrub_text(writer(SUMMARY_PROMPT, facts), known_phi)
+        except Exception:  # the template is a complete answer on its own
+            logger.warning("the LLM summary failed; using the template summary")
+            text = facts
     if leaked(text, known_phi):
         raise ProcessingFailed("the de-identified summary still contained an identifier; it was withheld")
     return text

@@ -196,3 +196,34 @@ def test_a_real_llama_cpp_server_end_to_end(tmp_path: Any) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_an_llm_summary_never_sees_or_returns_identifiers(scripted: Scripted) -> None:
+    from server.deid import Deidentifier, deidentified_summary
+
+    document = rendered("clinic_note", seed=11)
+    extraction = LlmExtractor(ChatClient(scripted.url, model="m")).fallback.extract(pages_of(document.pdf))
+    bundle = build_bundle(
+        extraction,
+        BundleContext(
+            bundle_id="b",
+            id_seed="s",
+            document_reference_id="d",
+            fhir_base_url="http://x/fhir",
+            recorded="2026-11-23T00:00:00Z",
+            software="paperchart test",
+        ),
+    )
+    known = Deidentifier(b"k" * 32).known_phi(bundle)
+    client = ChatClient(scripted.url, model="m")
+    # the model "leaks" the patient's name: the scrubber takes it out again
+    scripted.answer = f"{document.truth.patient.name} has {document.truth.diagnoses[0].text}."
+    summary = deidentified_summary(bundle, known, writer=client.complete_text)
+    sent = scripted.requests[-1]["messages"][1]["content"]
+    assert document.truth.patient.family not in sent and document.truth.patient.mrn not in sent
+    assert document.truth.patient.family not in summary and document.truth.diagnoses[0].text in summary
+    scripted.status = 500  # the model fails: the template stands
+    try:
+        assert deidentified_summary(bundle, known, writer=client.complete_text).startswith("Patient:")
+    finally:
+        scripted.status = 200

@@ -156,6 +156,24 @@ class ChatClient:
             return {"type": "json_schema", "json_schema": {"name": "extraction", "schema": SCHEMA, "strict": True}}
         return {"type": "json_object", "schema": SCHEMA}  # llama.cpp server
 
+    def complete_text(self, system: str, user: str) -> str:
+        """Free text (e.g. a summary); ``LlmUnavailable`` when there is no usable answer."""
+        body = {
+            "model": self.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+        }
+        base = self.base_url if self.base_url.endswith("/v1") else f"{self.base_url}/v1"
+        try:
+            response = self._http.post(f"{base}/chat/completions", json=body)
+            content = response.json()["choices"][0]["message"]["content"] if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, str) or not content.strip():
+            raise LlmUnavailable("the LLM gave no summary")
+        return content.strip()
+
     def complete_json(self, system: str, user: str) -> Any:
         body = {
             "model": self.model,
