@@ -156,6 +156,14 @@ class ChatClient:
             return {"type": "json_schema", "json_schema": {"name": "extraction", "schema": SCHEMA, "strict": True}}
         return {"type": "json_object", "schema": SCHEMA}  # llama.cpp server
 
+    def reachable(self) -> bool:
+        """Whether the server answers its model list (for /health)."""
+        base = self.base_url if self.base_url.endswith("/v1") else f"{self.base_url}/v1"
+        try:
+            return self._http.get(f"{base}/models", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def complete_text(self, system: str, user: str) -> str:
         """Free text (e.g. a summary); ``LlmUnavailable`` when there is no usable answer."""
         body = {
