@@ -186,13 +186,15 @@ def test_a_real_llama_cpp_server_end_to_end(tmp_path: Any) -> None:
             raise AssertionError("llama.cpp server did not start")
         document = rendered("medication_list", seed=4)
         pages = pages_of(document.pdf)
-        client = ChatClient(f"http://127.0.0.1:{port}/v1", model="smollm2", dialect="json_object", max_tokens=512)
+        client = ChatClient(f"http://127.0.0.1:{port}/v1", model="smollm2", dialect="json_object", max_tokens=768)
         extraction = LlmExtractor(client).extract(pages)
         # a 135M model is no clinician: what must hold is that nothing off the page got through
         text = "\n".join(p.text for p in pages).lower()
         for fact in (*extraction.diagnoses, *extraction.medications, *extraction.labs, *extraction.vitals):
             assert fact.evidence is not None and fact.evidence.text.lower() in text
-        assert extraction.extractor in ("llm:smollm2", "rules") or extraction.review_reasons
+        # the schema was applied (an off-schema answer falls back to the rules and says so)
+        codes = [r.code for r in extraction.review_reasons]
+        assert extraction.extractor == "llm:smollm2" or "llm-unavailable" in codes
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -65,7 +65,7 @@ _VITAL_UNITS: Final = {
 # --- what the model is asked to return -----------------------------------------------------------
 
 
-class LlmPatient(msgspec.Struct, kw_only=True):
+class LlmPatient(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str | None = None
     birth_date: str | None = None
     sex: Literal["male", "female", "other", "unknown"] | None = None
@@ -73,16 +73,16 @@ class LlmPatient(msgspec.Struct, kw_only=True):
     nhs_number: str | None = None
 
 
-class LlmDiagnosis(msgspec.Struct, kw_only=True):
+class LlmDiagnosis(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     text: str
     assertion: Literal["present", "negated", "hypothetical", "historical", "family", "uncertain"] = "present"
 
 
-class LlmMedication(msgspec.Struct, kw_only=True):
+class LlmMedication(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     line: str  # the medication line exactly as written
 
 
-class LlmVital(msgspec.Struct, kw_only=True):
+class LlmVital(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     kind: Literal[
         "blood_pressure",
         "heart_rate",
@@ -97,7 +97,7 @@ class LlmVital(msgspec.Struct, kw_only=True):
     diastolic: float | None = None
 
 
-class LlmLab(msgspec.Struct, kw_only=True):
+class LlmLab(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     test: str
     value: float
     unit: str | None = None
@@ -105,7 +105,7 @@ class LlmLab(msgspec.Struct, kw_only=True):
     high: float | None = None
 
 
-class LlmDocument(msgspec.Struct, kw_only=True):
+class LlmDocument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     document_type: Literal[
         "clinic-letter", "discharge-summary", "lab-report", "medication-list", "prescription", "referral", "unknown"
     ] = "unknown"
@@ -116,7 +116,18 @@ class LlmDocument(msgspec.Struct, kw_only=True):
     labs: list[LlmLab] = msgspec.field(default_factory=list)
 
 
-SCHEMA: Final = msgspec.json.schema(LlmDocument)
+def _root_schema() -> dict[str, Any]:
+    """The JSON schema with the document as its root (llama.cpp's grammar builder ignores a root $ref)."""
+    schema = msgspec.json.schema(LlmDocument)
+    definitions = schema.pop("$defs")
+    root: dict[str, Any] = dict(definitions.pop("LlmDocument"))
+    if definitions:
+        root["$defs"] = definitions
+    return root
+
+
+# an answer with keys outside this schema means the server did not apply it: treated as unusable
+SCHEMA: Final = _root_schema()
 SYSTEM_PROMPT: Final = (
     "You extract facts from one clinical document for a FHIR record. Answer with JSON only, following the "
     "schema. Copy names, identifiers, diagnoses, medication lines and test names exactly as they are written "
