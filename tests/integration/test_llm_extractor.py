@@ -28,6 +28,15 @@ from server.pipeline.page import OcrPage
 from server.pipeline.rasterize import iter_pages
 from tests.conftest import rendered
 
+CONTEXT = BundleContext(
+    bundle_id="b",
+    id_seed="s",
+    document_reference_id="d",
+    fhir_base_url="http://x/fhir",
+    recorded="2026-11-23T00:00:00Z",
+    software="paperchart test",
+)
+
 
 def pages_of(pdf: bytes) -> list[OcrPage]:
     limits = Limits(max_bytes=10**8, max_pages=10, max_page_pixels=10**8, dpi=150)
@@ -112,14 +121,7 @@ def test_grounded_values_are_kept_and_invented_ones_dropped(scripted: Scripted) 
     assert "3 value(s)" in extraction.review_reasons[0].message
     bundle = build_bundle(
         extraction,
-        BundleContext(
-            bundle_id="b",
-            id_seed="s",
-            document_reference_id="d",
-            fhir_base_url="http://x/fhir",
-            recorded="2026-11-23T00:00:00Z",
-            software="paperchart test",
-        ),
+        CONTEXT,
     )
     assert bundle["resourceType"] == "Bundle"
 
@@ -207,14 +209,7 @@ def test_an_llm_summary_never_sees_or_returns_identifiers(scripted: Scripted) ->
     extraction = LlmExtractor(ChatClient(scripted.url, model="m")).fallback.extract(pages_of(document.pdf))
     bundle = build_bundle(
         extraction,
-        BundleContext(
-            bundle_id="b",
-            id_seed="s",
-            document_reference_id="d",
-            fhir_base_url="http://x/fhir",
-            recorded="2026-11-23T00:00:00Z",
-            software="paperchart test",
-        ),
+        CONTEXT,
     )
     known = Deidentifier(b"k" * 32).known_phi(bundle)
     client = ChatClient(scripted.url, model="m")

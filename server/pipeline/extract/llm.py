@@ -37,6 +37,7 @@ from fhir_profiles.extraction import (
     Vital,
 )
 from server.pipeline.extract.rules import (
+    VITAL_UNITS,
     DateOrder,
     RulesExtractor,
     nhs_number_is_valid,
@@ -50,16 +51,6 @@ from terminology.units import normalize_unit
 logger = logging.getLogger(__name__)
 Dialect = Literal["json_schema", "json_object"]
 _ASSERTIONS: Final = {"present", "negated", "hypothetical", "historical", "family", "uncertain"}
-_VITAL_UNITS: Final = {
-    "blood_pressure": "mm[Hg]",
-    "heart_rate": "/min",
-    "respiratory_rate": "/min",
-    "body_temperature": "Cel",
-    "oxygen_saturation": "%",
-    "body_weight": "kg",
-    "body_height": "cm",
-    "bmi": "kg/m2",
-}
 
 
 # --- what the model is asked to return -----------------------------------------------------------
@@ -316,7 +307,7 @@ class LlmExtractor:
                 Vital(
                     kind=vital.kind,
                     value=vital.value,
-                    unit=_VITAL_UNITS[vital.kind],
+                    unit=VITAL_UNITS[vital.kind],
                     diastolic=vital.diastolic,
                     evidence=evidence,
                 )

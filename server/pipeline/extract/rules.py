@@ -530,7 +530,7 @@ _VITALS: Final[tuple[tuple[re.Pattern[str], VitalKind], ...]] = (
     (re.compile(r"\b(?:Height|Ht)\s*[:\-]?\s*(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>cm|m)\b", re.I), "body_height"),
     (re.compile(r"\bBMI\s*[:\-]?\s*(?P<value>\d{2}(?:\.\d+)?)", re.I), "bmi"),
 )
-_VITAL_UNITS: Final = {
+VITAL_UNITS: Final = {
     "blood_pressure": "mm[Hg]",
     "heart_rate": "/min",
     "respiratory_rate": "/min",
@@ -554,7 +554,7 @@ def _vitals(lines: Sequence[_Line]) -> list[Vital]:
             if not match:
                 continue
             groups = match.groupdict()
-            unit = _VITAL_UNITS[kind]
+            unit = VITAL_UNITS[kind]
             written_unit = (groups.get("unit") or "").lower()
             if kind == "body_temperature" and written_unit == "f":
                 unit = "[degF]"
