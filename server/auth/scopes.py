@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
@@ -177,37 +177,83 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def narrow(requested: Iterable[str], *allowed: Iterable[str]) -> list[str]:
-    """The requested scopes that every ``allowed`` list covers (what a token may be issued with).
+    """What a token may be issued with: each requested scope cut down to what every ``allowed`` list grants.
 
-    A resource scope is covered by an allowed one that grants at least as much (``system/*.rs``
-    covers ``system/Observation.rs``; a user's ``user/`` permission covers the same ``patient/`` one);
-    other scopes (``openid``, ``launch/patient``) must appear literally. Malformed scopes are dropped.
+    A resource scope that an allowed one fully covers is kept as it is (``system/*.rs`` covers
+    ``system/Observation.rs``; a user's ``user/`` permission covers the same ``patient/`` one);
+    otherwise it is narrowed to its overlap with each allowed scope (``user/*.cruds`` asked by a
+    user allowed ``user/Observation.rs`` gives ``user/Observation.rs``), as SMART lets a server
+    grant less than was asked. Other scopes (``openid``, ``launch/patient``) must appear literally.
+    Malformed scopes are dropped.
     """
     granted: list[str] = []
-    allowed_lists = [list(a) for a in allowed]
+    allowed_lists = [_parsed(a) for a in allowed]
+    literal_lists = [set(a) for a in allowed]
     for scope in requested:
         try:
             permission = parse_scope(scope)
         except ScopeError:
             continue
         if permission is None:
-            if all(scope in a for a in allowed_lists):
+            if all(scope in literals for literals in literal_lists):
                 granted.append(scope)
             continue
-        if all(_covered(permission, a) for a in allowed_lists):
-            granted.append(scope)
+        current = [permission]
+        for permissions in allowed_lists:
+            current = [kept for candidate in current for kept in _within_any(candidate, permissions)]
+        for result in current:
+            text = scope if result == permission else format_scope(result)
+            if text not in granted:
+                granted.append(text)
     return granted
 
 
-def _covered(permission: Permission, allowed: list[str]) -> bool:
-    for scope in allowed:
+def _within_any(candidate: Permission, permissions: list[Permission]) -> list[Permission]:
+    """The candidate if some permission covers it, else its overlaps with each of them."""
+    if any(candidate.within(other) for other in permissions):
+        return [candidate]
+    overlaps = (_overlap(candidate, other) for other in permissions)
+    return [overlap for overlap in overlaps if overlap is not None]
+
+
+def _parsed(scopes: Iterable[str]) -> list[Permission]:
+    permissions = []
+    for scope in scopes:
         try:
-            other = parse_scope(scope)
+            permission = parse_scope(scope)
         except ScopeError:
             continue
-        if other is not None and permission.within(other):
-            return True
-    return False
+        if permission is not None:
+            permissions.append(permission)
+    return permissions
+
+
+def _overlap(wanted: Permission, allowed: Permission) -> Permission | None:
+    """What both permissions grant, or None."""
+    if not (allowed.context == wanted.context or (wanted.context == "patient" and allowed.context == "user")):
+        return None
+    if wanted.resource_type == allowed.resource_type or allowed.resource_type == "*":
+        resource_type = wanted.resource_type
+    elif wanted.resource_type == "*":
+        resource_type = allowed.resource_type
+    else:
+        return None
+    interactions = wanted.interactions & allowed.interactions
+    if not interactions:
+        return None
+    constraints = tuple(dict.fromkeys((*wanted.constraints, *allowed.constraints)))
+    return Permission(
+        context=wanted.context, resource_type=resource_type, interactions=interactions, constraints=constraints
+    )
+
+
+def format_scope(permission: Permission) -> str:
+    """The SMART v2 scope string of a permission (letters in c, r, u, d, s order)."""
+    letters = "".join(c for c in _V2_ORDER if c in permission.interactions)
+    text = f"{permission.context}/{permission.resource_type}.{letters}"
+    if permission.constraints:
+        text += "?" + urlencode(permission.constraints)
+    return text
 
 
 def _token_matches(resource: Mapping[str, Any], name: str, value: str) -> bool:
@@ -238,4 +284,4 @@ def _codes(value: Any) -> Iterable[tuple[str | None, str]]:
             yield value.get("system"), str(value["code"])
 
 
-__all__ = ["Context", "Grant", "Permission", "ScopeError", "narrow", "parse_scope"]
+__all__ = ["Context", "Grant", "Permission", "ScopeError", "format_scope", "narrow", "parse_scope"]

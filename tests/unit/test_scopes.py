@@ -105,8 +105,17 @@ def test_narrow_issues_only_what_is_allowed() -> None:
     assert narrow(["patient/Condition.rs", "patient/Condition.c"], ["patient/*.cruds"], ["user/*.rs"]) == [
         "patient/Condition.rs"
     ]
-    # a constrained allowance covers only the same constraint or narrower
-    assert narrow(["system/Observation.rs"], ["system/Observation.rs?category=laboratory"]) == []
+    # a constrained allowance narrows a wider request to the same constraint
+    assert narrow(["system/Observation.rs"], ["system/Observation.rs?category=laboratory"]) == [
+        "system/Observation.rs?category=laboratory"
+    ]
+    # a wide request is cut down to what the user may do, not refused
+    assert narrow(["user/*.cruds"], ["user/*.cruds"], ["user/Observation.rs", "user/Patient.r"]) == [
+        "user/Observation.rs",
+        "user/Patient.r",
+    ]
+    assert narrow(["user/*.cu"], ["user/*.cu"], ["user/*.rs"]) == []
+    assert narrow(["system/Patient.rs"], ["system/Observation.rs"]) == []
     assert narrow(["system/Observation.rs?category=laboratory"], ["system/Observation.rs"]) == [
         "system/Observation.rs?category=laboratory"
     ]
