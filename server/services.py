@@ -106,19 +106,18 @@ def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner, audit: Audi
     from server.store.audit import AuditRecord, now_instant
 
     async def handle(payload: bytes) -> bytes | None:
-        ack, queued = await anyio.to_thread.run_sync(hl7.receive, payload)
-        if queued:
+        receipt = await anyio.to_thread.run_sync(hl7.receive, payload)
+        if receipt.queued:
             jobs.submit()
-        code = ack.split("MSA|", 1)[1][:2] if ack and "MSA|" in ack else "CA"
         record = AuditRecord(
             recorded=now_instant(),
             channel="mllp",
             action="C",
             interaction="hl7v2:receive",
-            outcome={"AA": 0, "CA": 0, "AE": 4, "CE": 4}.get(code, 8),
+            outcome={"AA": 0, "AE": 4}.get(receipt.code, 8),
         )
         await anyio.to_thread.run_sync(audit.append, record)
-        return ack.encode("utf-8") if ack is not None else None
+        return receipt.ack.encode("utf-8") if receipt.ack is not None else None
 
     context = None
     if settings.mllp_tls_cert is not None and settings.mllp_tls_key is not None:

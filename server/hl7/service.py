@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
+
 from server.config import Settings
 from server.errors import PaperchartError
 from server.hl7.ack import build_ack, enhanced_mode, wants_accept_ack
@@ -32,6 +34,14 @@ def decode(raw: bytes) -> str:
         return raw.decode("latin-1")  # HL7 v2 default character set is ASCII; 8859/1 is the common extension
 
 
+class Receipt(msgspec.Struct, frozen=True, kw_only=True):
+    """What receiving one message came to."""
+
+    ack: str | None  # None when the sender asked for no accept acknowledgement (enhanced mode)
+    code: str  # HL7 Table 0008: AA, AE or AR
+    queued: bool  # an extraction job was queued
+
+
 class Hl7Service:
     """Turns messages into stored documents and queued extraction jobs. Thread-safe (the store is)."""
 
@@ -40,17 +50,18 @@ class Hl7Service:
         self.store = store
         self.pipeline = pipeline
 
-    def receive(self, raw: bytes) -> tuple[str | None, bool]:
-        """(ACK to send or None when the sender asked for none, whether a job was queued)."""
+    def receive(self, raw: bytes) -> Receipt:
+        """Parse, store and acknowledge one message."""
         try:
             message = parse_er7(decode(raw))
         except Er7Error as exc:
-            return build_ack(None, "AR", error_code=exc.code, error_text=exc.message, location=exc.location), False
+            ack = build_ack(None, "AR", error_code=exc.code, error_text=exc.message, location=exc.location)
+            return Receipt(ack=ack, code="AR", queued=False)
         sender = f"{message.msh.value(3)}|{message.msh.value(4)}"
         previous = self.store.hl7_ack(sender, message.control_id)
         if previous is not None:
             logger.info("HL7 message %s from %s is a resend; returning its original ACK", message.control_id, sender)
-            return previous, False
+            return Receipt(ack=previous, code="AA", queued=False)  # only committed messages are remembered
         try:
             check_structure(message)
             plan = plan_message(message)
@@ -74,8 +85,8 @@ class Hl7Service:
             code, queued = "AR", False
             ack = build_ack(message, code, error_code="207", error_text="the message could not be stored; resend it")
         if enhanced_mode(message) and not wants_accept_ack(message, code):
-            return None, queued
-        return ack, queued
+            return Receipt(ack=None, code=code, queued=queued)
+        return Receipt(ack=ack, code=code, queued=queued)
 
     def _find(self, number: str | None) -> str | None:
         """The live document with this unique number: an edit (T08) leaves older, superseded ones."""

@@ -24,9 +24,10 @@ async def receive_hl7(
     if content_type not in _ACCEPTED:
         raise UnsupportedMediaType(f"send HL7 v2 messages as {HL7_ER7} (or text/plain)")
     body = await request.body()
-    ack, queued = await anyio.to_thread.run_sync(services.hl7.receive, body)
-    if queued:
+    receipt = await anyio.to_thread.run_sync(services.hl7.receive, body)
+    if receipt.queued:
         services.jobs.submit()
+    ack = receipt.ack
     if ack is None:  # enhanced mode, and the sender asked for no accept acknowledgement
         return Response(content=b"", status_code=204)
     return Response(content=ack.encode("utf-8"), media_type=HL7_ER7)

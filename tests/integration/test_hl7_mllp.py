@@ -375,3 +375,17 @@ def test_killed_before_ack_then_resent_is_processed_once(tmp_path: Path) -> None
         process.wait(timeout=30)
     assert msa(ack)[1] == "AA" and again == ack
     assert documents["total"] == 1
+
+
+def test_mllp_receipts_are_audited_with_their_ack_code_whatever_the_separators(
+    app_client: tuple[TestClient[Any], int],
+) -> None:
+    client, port = app_client
+    good = mdm("T02", control_id="AUD-1", document_number="DOC-AUD", text_lines=NOTE_LINES)
+    # the same kind of error with custom encoding characters: the ACK comes back in them too
+    bad = mdm("T02", control_id="AUD-2", pid="PID|1", text_lines=["x"]).replace("|", "#")
+    assert msa(send_raw(port, frame(good))[0])[1] == "AA"
+    assert b"MSA#AE" in send_raw(port, frame(bad))[0]
+    entries, _ = client.app.state.services.audit.search(count=500)
+    outcomes = [e.record.outcome for e in entries if e.record.channel == "mllp"]
+    assert outcomes == [0, 4]
