@@ -293,13 +293,10 @@ def build_mcp_server(source: CallerSource) -> MCPServer:
         services, caller = authorized(ctx, "search_patients")
         ids: list[str] = []
         if identifier:
-            system, _, value = identifier.rpartition("|") if "|" in identifier else ("", "", identifier)
-            ids = await anyio.to_thread.run_sync(
-                lambda: services.store.find_by_identifier("Patient", system or None, value)
-            )
+            ids = await documents.ids_with_identifier(services, "Patient", identifier)
             if not ids:
                 return _result(PatientList(patients=[]), "no patient has that identifier")
-        patient = caller.patient if caller.grant.patient_only("Patient", "s") else None
+        patient = documents.search_patient(caller, "Patient", None)
         if patient is not None:
             ids = [i for i in ids if i == patient] if ids else [patient]
         found, _ = await anyio.to_thread.run_sync(
@@ -314,10 +311,10 @@ def build_mcp_server(source: CallerSource) -> MCPServer:
         ctx: Context, patient_id: str | None = None, count: int = 20
     ) -> Annotated[CallToolResult, DocumentList]:
         services, caller = authorized(ctx, "list_documents")
-        if caller.grant.patient_only("DocumentReference", "s"):
-            if patient_id not in (None, caller.patient):
-                raise MCPError(-32003, "patient/ scopes reach only the launch patient")
-            patient_id = caller.patient
+        try:
+            patient_id = documents.search_patient(caller, "DocumentReference", patient_id)
+        except PaperchartError as error:
+            raise _mcp_error(error) from None
         records, _ = await anyio.to_thread.run_sync(
             lambda: services.store.search_documents(patient=patient_id, count=max(1, min(count, 200)))
         )

@@ -118,6 +118,24 @@ async def read_bundle(
     return caller.visible(stored.resource)
 
 
+def search_patient(caller: Caller, resource_type: str, requested: str | None) -> str | None:
+    """The patient a search is limited to: the requested one, or for a token whose only search
+    permission is ``patient/``, its launch patient (asking for another is refused)."""
+    if not caller.grant.patient_only(resource_type, "s"):
+        return requested
+    if requested is not None and requested != caller.patient:
+        raise Forbidden("patient/ scopes reach only the launch patient")
+    return caller.patient
+
+
+async def ids_with_identifier(services: Services, resource_type: str, identifier: str) -> list[str]:
+    """Token search (FHIR R4 §3.1.1.4.9) on identifiers: ``[system]|[value]`` or a value alone."""
+    system, _, value = identifier.rpartition("|") if "|" in identifier else ("", "", identifier)
+    return await anyio.to_thread.run_sync(
+        lambda: services.store.find_by_identifier(resource_type, system or None, value)
+    )
+
+
 def job_progress(job: JobRecord) -> str:
     """Human-readable progress: ``queued``, ``ocr: page 2 of 5`` (pages read so far), ``extract``, ``done``."""
     if job.status in ("queued", "failed"):
@@ -153,7 +171,8 @@ async def deidentified_bundle(services: Services, caller: Caller, bundle_id: str
     stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", bundle_id)
     if stored is None:
         raise NotFound(f"Bundle/{bundle_id} is not known")
-    return _deidentified(services, caller, stored.resource)
+    # transforming and recording pseudonyms is CPU and SQLite work: off the event loop
+    return await anyio.to_thread.run_sync(_deidentified, services, caller, stored.resource)
 
 
 async def _bundles_for(services: Services, *, document_id: str | None, patient_id: str | None) -> list[dict[str, Any]]:
@@ -178,7 +197,7 @@ async def deidentified_view(
     if (document_id is None) == (patient_id is None):
         raise InvalidRequest("give either a document id or a patient id")
     raws = await _bundles_for(services, document_id=document_id, patient_id=patient_id)
-    bundles = [_deidentified(services, caller, raw) for raw in raws]
+    bundles = [await anyio.to_thread.run_sync(_deidentified, services, caller, raw) for raw in raws]
     writer = _summary_writer(services)
     summaries = [
         # the LLM (when configured) is a blocking HTTP call: off the event loop
@@ -197,23 +216,35 @@ def _summary_writer(services: Services) -> Any:
 
 
 async def page_image(services: Services, caller: Caller, document_id: str, page: int, *, deidentified: bool) -> bytes:
-    """One page as PNG; ``deidentified``: with every identifier blacked out (needs only the de-id scope)."""
+    """One page as PNG; ``deidentified``: with every identifier blacked out (needs only the de-id scope).
+
+    The plain page is rendered without OCR and cached (sealed with the document's key); the
+    de-identified one needs the page's words, so it is read (OCR for a scan) each time.
+    """
     from server.deid.image import png_bytes, redact_page
 
     record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
-    content = await anyio.to_thread.run_sync(services.store.get_document_content, document_id)
-    if record is None or content is None:
+    if record is None:
         raise NotFound(f"DocumentReference/{document_id} is not known")
     patient = patient_of(record.resource)
-    if deidentified:
+    if not deidentified:
+        caller.require_compartment("Binary", patient)
+        cached = await anyio.to_thread.run_sync(services.store.cached_page_image, document_id, page)
+        if cached is not None:
+            return cached
+    else:
         probe = {"resourceType": "Binary", "meta": {"security": [dict(PSEUDONYMIZED)]}}
         if not caller.grant.permits(probe, "r", patient):
             raise Forbidden("the access token does not allow de-identified reads of this document")
-    else:
-        caller.require_compartment("Binary", patient)
-    image, words = await anyio.to_thread.run_sync(services.pipeline.page_with_words, content, record.content_type, page)
+    content = await anyio.to_thread.run_sync(services.store.get_document_content, document_id)
+    if content is None:
+        raise NotFound(f"DocumentReference/{document_id} is not known")
     if not deidentified:
-        return await anyio.to_thread.run_sync(png_bytes, image)
+        image = await anyio.to_thread.run_sync(services.pipeline.render_page, content, record.content_type, page)
+        png = await anyio.to_thread.run_sync(png_bytes, image)
+        await anyio.to_thread.run_sync(services.store.cache_page_image, document_id, page, png)
+        return png
+    image, words = await anyio.to_thread.run_sync(services.pipeline.page_with_words, content, record.content_type, page)
     known: list[str] = []
     bundle_id = await anyio.to_thread.run_sync(services.store.latest_bundle_id, document_id)
     if bundle_id is not None:

@@ -21,7 +21,6 @@ from fhir_profiles.transaction import to_transaction
 from server import documents
 from server.auth import QUIET_PUBLIC, Caller, needs
 from server.errors import (
-    Forbidden,
     InvalidFhirOutput,
     InvalidRequest,
     NotFound,
@@ -285,11 +284,7 @@ class FhirController(Controller):
         self, bundle_id: FromPath[str], services: NamedDependency[Services], caller: NamedDependency[Caller]
     ) -> Response[bytes]:
         """A stored Bundle as a transaction another FHIR server can load (conditional create on Patient)."""
-        stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", bundle_id)
-        if stored is None:
-            raise NotFound(f"Bundle/{bundle_id} is not known")
-        caller.require_resource(stored.resource)
-        bundle = caller.visible(stored.resource)
+        bundle = await documents.read_bundle(services, caller, bundle_id)
         document = None
         for entry in bundle.get("entry", []):
             for entity in entry["resource"].get("entity", []):
@@ -392,11 +387,9 @@ async def _search(
         # FHIR R4 §3.1.1.4.3: a server that cannot honour a parameter must not silently drop it
         raise InvalidRequest(f"search parameter(s) not supported: {', '.join(unknown)}")
     reference = query.get("patient") or query.get("subject")
-    patient_id = reference.removeprefix("Patient/") if reference else None
-    if caller.grant.patient_only(resource_type, "s"):
-        if patient_id is not None and patient_id != caller.patient:
-            raise Forbidden("patient/ scopes reach only the launch patient")
-        patient_id = caller.patient
+    patient_id = documents.search_patient(
+        caller, resource_type, reference.removeprefix("Patient/") if reference else None
+    )
     id_ = query.get("_id")
     if resource_type == "Patient" and patient_id is not None:
         id_ = patient_id
@@ -404,14 +397,10 @@ async def _search(
     ids = [i for i in (id_ or "").split(",") if i]
     identifier = query.get("identifier")
     if identifier is not None:
-        # token search (FHIR R4 §3.1.1.4.9): [system]|[value] or value alone
-        system, _, value = identifier.rpartition("|") if "|" in identifier else ("", "", identifier)
-        matched = await anyio.to_thread.run_sync(
-            lambda: services.store.find_by_identifier(resource_type, system or None, value)
-        )
+        matched = await documents.ids_with_identifier(services, resource_type, identifier)
         ids = [i for i in matched if not ids or i in ids] or ["-no-match-"]
     if resource_type == "DocumentReference":
-        documents, total = await anyio.to_thread.run_sync(
+        records, total = await anyio.to_thread.run_sync(
             lambda: services.store.search_documents(patient=patient_id, ids=ids, count=count, offset=offset)
         )
         found = [
@@ -422,7 +411,7 @@ async def _search(
                 last_updated=d.resource["meta"]["lastUpdated"],
                 resource=_with_binary_url(d.resource),
             )
-            for d in documents
+            for d in records
         ]
     else:
         found, total = await anyio.to_thread.run_sync(

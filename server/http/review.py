@@ -25,6 +25,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 
+from server import documents
 from server.auth import QUIET_PUBLIC, Access, Caller, OAuthError
 from server.auth.session import (
     COOKIE_PATH,
@@ -240,22 +241,7 @@ class ReviewController(Controller):
         services: NamedDependency[Services],
         caller: NamedDependency[Caller],
     ) -> Response[bytes]:
-        from fhir_profiles.compartment import patient_of
-        from server.deid.image import png_bytes
-        from server.errors import NotFound
-
-        record = await anyio.to_thread.run_sync(services.store.get_document, document_id)
-        if record is None:
-            raise NotFound(f"DocumentReference/{document_id} is not known")
-        caller.require_compartment("Binary", patient_of(record.resource))
-        png = await anyio.to_thread.run_sync(services.store.cached_page_image, document_id, page)
-        if png is None:
-            content = await anyio.to_thread.run_sync(services.store.get_document_content, document_id)
-            if content is None:
-                raise NotFound(f"DocumentReference/{document_id} is not known")
-            image = await anyio.to_thread.run_sync(services.pipeline.render_page, content, record.content_type, page)
-            png = await anyio.to_thread.run_sync(png_bytes, image)
-            await anyio.to_thread.run_sync(services.store.cache_page_image, document_id, page, png)
+        png = await documents.page_image(services, caller, document_id, page, deidentified=False)
         return Response(content=png, media_type="image/png")
 
     # --- as the reviewer types ------------------------------------------------------------------
