@@ -91,9 +91,8 @@ async def _record(scope: Scope, status: int, location: str | None) -> None:
     caller: Caller | None = state.get("caller")
     method = str(scope.get("method", "GET"))
     interaction, action, entities = _describe(scope, method, status, location)
-    query = {k.decode() if isinstance(k, bytes) else k for k in _query_names(scope)}
     patient = caller.patient if caller is not None else None
-    if patient is None and "patient" in query:
+    if patient is None:
         patient = _query_value(scope, "patient")
     client = scope.get("client")
     record = AuditRecord(
@@ -115,11 +114,6 @@ async def _record(scope: Scope, status: int, location: str | None) -> None:
         await anyio.to_thread.run_sync(services.audit.append, record)
     except Exception:  # an audit failure must be loud, and must not hide the response already sent
         logger.exception("could not write the audit record for a %s request", method)
-
-
-def _query_names(scope: Scope) -> list[str]:
-    raw = scope.get("query_string", b"").decode("latin-1")
-    return [pair.split("=", 1)[0] for pair in raw.split("&") if pair]
 
 
 def _query_value(scope: Scope, name: str) -> str | None:

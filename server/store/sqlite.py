@@ -222,8 +222,12 @@ class SqliteStore(Database):
 
     def deployment_secret(self, purpose: str) -> bytes:
         """A random 256-bit secret for this deployment (e.g. de-identification pseudonyms), kept wrapped."""
+        owner = f"secret:{purpose}"
+        cached = self._data_keys.get(owner)
+        if cached is not None:  # no write transaction (and fsync) for a key already unwrapped
+            return cached
         with self._transaction() as db:
-            return self._data_key(db, f"secret:{purpose}")
+            return self._data_key(db, owner)
 
     def remember_pseudonyms(self, issued: dict[str, str]) -> None:
         """Keep what each pseudonym stands for (sealed), for audited re-identification."""
