@@ -3,6 +3,11 @@
 Three ranked lists are fused by weighted reciprocal rank (Cormack et al., SIGIR 2009):
 exact designation matches, lexical FTS5/BM25 matches, and semantic KNN matches (sqlite-vec,
 cosine over all-MiniLM-L6-v2 embeddings). Clinical abbreviations are expanded first.
+
+The fused top candidates are then re-ranked by how close the mention is to each candidate's
+closest designation: cosine similarity of the embeddings plus character-trigram overlap. Fusion
+finds the right concept; the re-rank puts it first among near-identical siblings ("…, left
+knee" vs "…, right knee") and forgives misspellings that defeat word-level FTS.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ WEIGHTS: Final = {"exact": 2.0, "lexical": 0.3, "semantic": 1.0}
 POOL: Final = 50  # candidates taken from each list before fusion
 KNN_WIDE: Final = 250  # neighbours fetched before filtering by system and semantic type
 LEXICAL_POOL: Final = 2000  # FTS hits ranked before filtering by system and semantic type
+# Re-rank of the fused top RERANK_POOL: cosine + TRIGRAM_WEIGHT * trigram Dice. Tuned on seed 11
+# (bench/terminology.py reports on seed 7): misspelled titles go from 82% to 99% top-1.
+RERANK_POOL: Final = 30
+TRIGRAM_WEIGHT: Final = 0.5
+EXACT_BONUS: Final = 2.0  # above the largest possible re-rank score (1 + TRIGRAM_WEIGHT)
 Mode = Literal["hybrid", "lexical", "semantic"]
 _RESIDUAL_SUFFIXES: Final = (", unspecified", " NOS", ", unspecified organism", ", not elsewhere classified")
 # Words too common in clinical titles to help ranking ("of", "with"); dropping them keeps the OR
@@ -107,15 +117,19 @@ class TerminologyService:
         lists: list[tuple[float, list[_Hit]]] = []
         lexical: list[_Hit] = []
         semantic: list[_Hit] = []
+        exact: list[_Hit] = []
+        vector: np.ndarray | None = None
         if mode in ("hybrid", "lexical"):
-            lists.append((WEIGHTS["exact"], self._exact(query, systems, semantic_types)))
+            exact = self._exact(query, systems, semantic_types)
+            lists.append((WEIGHTS["exact"], exact))
             lexical = self._lexical(query, systems, semantic_types)
             lists.append((WEIGHTS["lexical"], lexical))
         if mode in ("hybrid", "semantic") and self.embedder is not None:
-            semantic = self._semantic(query, systems, semantic_types)
+            vector = self.embedder.embed([query])[0].astype(np.float32)
+            semantic = self._semantic(vector, systems, semantic_types)
             lists.append((WEIGHTS["semantic"], semantic))
         scores: dict[int, float] = {}
-        best_term: dict[int, tuple[int, str]] = {}
+        matched: dict[int, tuple[int, str]] = {}
         for weight, hits in lists:
             seen: set[int] = set()
             for rank, hit in enumerate(hits, start=1):
@@ -123,18 +137,25 @@ class TerminologyService:
                     continue
                 seen.add(hit.concept_id)
                 scores[hit.concept_id] = scores.get(hit.concept_id, 0.0) + weight / (RRF_K + rank)
-                if hit.concept_id not in best_term or rank < best_term[hit.concept_id][0]:
-                    best_term[hit.concept_id] = (rank, hit.term)
+                if hit.concept_id not in matched or rank < matched[hit.concept_id][0]:
+                    matched[hit.concept_id] = (rank, hit.term)
+        similarity: dict[int, float] = {}
+        for hit in semantic:
+            if hit.similarity is not None:
+                similarity[hit.concept_id] = max(similarity.get(hit.concept_id, -1.0), hit.similarity)
+        if mode == "hybrid":
+            pool = sorted(scores, key=lambda c: -scores[c])[:RERANK_POOL]
+            scores, best_terms, similarity = self._rerank(query, vector, pool)
+            matched = {c: (0, term) for c, term in best_terms.items()}
+            for hit in exact:  # a designation equal to the mention outranks any near miss
+                if hit.concept_id in scores:
+                    scores[hit.concept_id] += EXACT_BONUS
         top = sorted(scores, key=lambda c: -scores[c])[:limit]
         if not top:
             return []
         lexical_rank = _first_ranks(lexical)
         semantic_rank = _first_ranks(semantic)
-        exact_ids = {hit.concept_id for hit in lists[0][1]} if mode != "semantic" else set()
-        similarity: dict[int, float] = {}
-        for hit in semantic:
-            if hit.similarity is not None:
-                similarity[hit.concept_id] = max(similarity.get(hit.concept_id, -1.0), hit.similarity)
+        exact_ids = {hit.concept_id for hit in exact}
         marks = ",".join("?" * len(top))
         details = {
             row[0]: row
@@ -149,7 +170,7 @@ class TerminologyService:
                 display=details[c][3] or "",
                 semantic_type=details[c][4],
                 score=round(scores[c], 6),
-                matched=best_term[c][1],
+                matched=matched[c][1],
                 lexical_rank=lexical_rank.get(c),
                 semantic_rank=semantic_rank.get(c),
                 exact=c in exact_ids,
@@ -157,6 +178,43 @@ class TerminologyService:
             )
             for c in top
         ]
+
+    def _rerank(
+        self, query: str, vector: np.ndarray | None, pool: list[int]
+    ) -> tuple[dict[int, float], dict[int, str], dict[int, float]]:
+        """Score each pooled concept by its closest designation: (scores, best designation, cosine)."""
+        if not pool:
+            return {}, {}, {}
+        marks = ",".join("?" * len(pool))
+        designations = self._rows(f"SELECT id, concept_id, term FROM designation WHERE concept_id IN ({marks})", pool)
+        cosines: dict[int, float] = {}
+        if vector is not None:
+            ids = [row[0] for row in designations]
+            for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                chunk = ids[start : start + 500]
+                rows = self._rows(
+                    f"SELECT rowid, embedding FROM designation_vec WHERE rowid IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for designation_id, blob in rows:
+                    cosines[designation_id] = float(np.frombuffer(blob, dtype=np.float32) @ vector)
+        query_grams = _trigrams(query)
+        best_cosine: dict[int, float] = {}
+        best_trigram: dict[int, float] = {}
+        best_term: dict[int, tuple[float, str]] = {}
+        for designation_id, concept_id, term in designations:
+            cosine = cosines.get(designation_id)
+            trigram = _dice(query_grams, _trigrams(_without_residual(term)))
+            if cosine is not None:
+                best_cosine[concept_id] = max(best_cosine.get(concept_id, -1.0), cosine)
+            best_trigram[concept_id] = max(best_trigram.get(concept_id, 0.0), trigram)
+            combined = (cosine or 0.0) + TRIGRAM_WEIGHT * trigram
+            if concept_id not in best_term or combined > best_term[concept_id][0]:
+                best_term[concept_id] = (combined, term)
+        # each feature at its best designation: a concept whose title is closest in meaning and
+        # whose synonym is closest in spelling has earned both
+        scores = {c: best_cosine.get(c, 0.0) + TRIGRAM_WEIGHT * best_trigram[c] for c in best_term}
+        return scores, {c: term for c, (_, term) in best_term.items()}, best_cosine
 
     @staticmethod
     def _filters(systems: Sequence[str], semantic_types: Sequence[str]) -> tuple[str, list[str]]:
@@ -175,7 +233,9 @@ class TerminologyService:
         # ICD-style titles add a residual qualifier to the plain name ("Heart failure, unspecified")
         variants = [query, *(query + suffix for suffix in _RESIDUAL_SUFFIXES)]
         rows = self._rows(
-            "SELECT d.concept_id, d.term FROM designation d JOIN concept c ON c.id = d.concept_id"
+            # CROSS JOIN keeps the term index in front: joined plainly, SQLite walks every concept of
+            # the system first (30 ms on ICD-10-CM instead of 0.1 ms)
+            "SELECT d.concept_id, d.term FROM designation d CROSS JOIN concept c ON c.id = d.concept_id"
             f" WHERE d.term COLLATE NOCASE IN ({','.join('?' * len(variants))}){where}"
             f" ORDER BY d.kind = 'preferred' DESC LIMIT {POOL}",
             [*variants, *parameters],
@@ -199,10 +259,8 @@ class TerminologyService:
         )
         return [_Hit(concept_id=r[0], term=r[1]) for r in rows]
 
-    def _semantic(self, query: str, systems: Sequence[str], semantic_types: Sequence[str]) -> list[_Hit]:
-        if self.embedder is None:
-            return []
-        vector = self.embedder.embed([query])[0].astype(np.float32).tobytes()
+    def _semantic(self, query_vector: np.ndarray, systems: Sequence[str], semantic_types: Sequence[str]) -> list[_Hit]:
+        vector = query_vector.tobytes()
         found: list[tuple[float, int]] = []
         targets: list[str | None] = list(systems) or [None]
         # Unfiltered KNN is ~2x faster than vec0's metadata filter; filter afterwards, and fall back to
@@ -319,6 +377,24 @@ class TerminologyService:
                 "SELECT system, name, version, licence, source, concepts, imported_at FROM code_system ORDER BY name"
             )
         ]
+
+
+def _without_residual(term: str) -> str:
+    """A residual title without its qualifier: a plain mention ("hyperlipidaemia") is what coders
+    code to "Hyperlipidemia, unspecified", not to a sibling such as "Other hyperlipidemia"."""
+    for suffix in _RESIDUAL_SUFFIXES:
+        if term.endswith(suffix):
+            return term.removesuffix(suffix)
+    return term.removeprefix("Unspecified ")
+
+
+def _trigrams(text: str) -> frozenset[str]:
+    padded = f" {' '.join(_TOKEN.findall(text.lower()))} "
+    return frozenset(padded[i : i + 3] for i in range(len(padded) - 2))
+
+
+def _dice(a: frozenset[str], b: frozenset[str]) -> float:
+    return 2 * len(a & b) / (len(a) + len(b)) if a and b else 0.0
 
 
 def _first_ranks(hits: list[_Hit]) -> dict[int, int]:

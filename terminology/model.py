@@ -64,7 +64,7 @@ class Candidate(msgspec.Struct, frozen=True, kw_only=True):
     code: str
     display: str
     semantic_type: str | None
-    score: float  # reciprocal-rank fusion score
+    score: float  # hybrid: re-rank score (cosine + trigram overlap, exact matches first); else RRF
     matched: str  # the designation that matched best
     lexical_rank: int | None = None
     semantic_rank: int | None = None

@@ -19,18 +19,20 @@ class Importer(Protocol):
     def rows(self) -> Iterator[ConceptRow]: ...
 
 
-FORMATS = ("icd10cm-order", "snomed-rf2", "rxnorm-rrf", "loinc-csv", "fhir-json")
+FORMATS = ("icd10cm-order", "icd10cm-tabular", "snomed-rf2", "rxnorm-rrf", "loinc-csv", "fhir-json")
 
 
 def create_importer(format_: str, path: Path) -> Importer:
     from terminology.importers.fhir_json import FhirJsonImporter
     from terminology.importers.icd10cm import Icd10cmOrderFileImporter
+    from terminology.importers.icd10cm_tabular import Icd10cmTabularImporter
     from terminology.importers.loinc import LoincCsvImporter
     from terminology.importers.rxnorm import RxNormRrfImporter
     from terminology.importers.snomed import SnomedRf2Importer
 
     importers: dict[str, type] = {
         "icd10cm-order": Icd10cmOrderFileImporter,
+        "icd10cm-tabular": Icd10cmTabularImporter,
         "snomed-rf2": SnomedRf2Importer,
         "rxnorm-rrf": RxNormRrfImporter,
         "loinc-csv": LoincCsvImporter,

@@ -2,14 +2,17 @@
 
 Only billable codes (leaves of the tabular list) are imported: those are the codes a claim or
 a Condition may carry. Titles are preferred designations; tabular inclusion terms are
-synonyms of the code they sit under.
+synonyms of the code they sit under. Inclusion terms of a category or subcategory (not
+billable itself) go to the code a coder would give a mention that says nothing more: its
+"unspecified" child, or for injury-style codes the "initial encounter" one.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 from terminology.importers.lines import read_lines
 from terminology.model import ICD10CM, CodeSystemInfo, ConceptRow, DesignationKind, TerminologyImportError
@@ -20,16 +23,24 @@ ICD10CM_LICENCE = "Public domain (US government work: CDC NCHS / CMS)"
 class Icd10cmBuiltinImporter:
     """All billable ICD-10-CM codes with titles and inclusion terms from ``simple-icd-10-cm``.
 
-    ``codes`` limits the import to codes starting with any of the given prefixes (tests and the
-    benchmark build small indexes this way); ``with_inclusion_terms=False`` leaves inclusion
-    terms out, so the benchmark can query with them as held-out variants.
+    ``prefixes`` limits the import to codes starting with any of them (tests build small indexes
+    this way); ``with_inclusion_terms=False`` leaves all inclusion terms out and ``held_out``
+    leaves out the given (code, term) pairs, so the benchmark can query with text the index
+    never saw.
     """
 
-    def __init__(self, *, prefixes: tuple[str, ...] = (), with_inclusion_terms: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        prefixes: tuple[str, ...] = (),
+        with_inclusion_terms: bool = True,
+        held_out: Collection[tuple[str, str]] = (),
+    ) -> None:
         from importlib.metadata import version
 
         self.prefixes = prefixes
         self.with_inclusion_terms = with_inclusion_terms
+        self.held_out = frozenset(held_out)
         self.info = CodeSystemInfo(
             system=ICD10CM,
             name="ICD-10-CM",
@@ -41,14 +52,51 @@ class Icd10cmBuiltinImporter:
     def rows(self) -> Iterator[ConceptRow]:
         import simple_icd_10_cm as icd
 
+        inherited: dict[str, list[str]] = {}
+        if self.with_inclusion_terms:
+            for code in icd.get_all_codes(with_dots=True):
+                if icd.is_leaf(code) or not icd.is_category_or_subcategory(code):
+                    continue
+                terms = [t for t in icd.get_inclusion_term(code) if is_term(t)]
+                target = default_leaf(icd, code) if terms else None
+                if target is not None:
+                    inherited.setdefault(target, []).extend(terms)
         for code in icd.get_all_codes(with_dots=True):
             if not icd.is_leaf(code) or (self.prefixes and not code.startswith(self.prefixes)):
                 continue
             title = icd.get_description(code)
             designations: list[tuple[str, DesignationKind]] = [(title, "preferred")]
             if self.with_inclusion_terms:
-                designations.extend((term, "inclusion") for term in icd.get_inclusion_term(code))
+                terms = [t for t in icd.get_inclusion_term(code) if is_term(t)] + inherited.get(code, [])
+                designations.extend((t, "inclusion") for t in terms if (code, t) not in self.held_out)
             yield ConceptRow(code=code, display=title, semantic_type="disorder", designations=tuple(designations))
+
+
+def is_term(text: str) -> bool:
+    """Tabular "inclusion terms" also carry coding instructions ("Use two codes if…"); keep names."""
+    return len(text) <= 150 and not text.endswith(".") and not text.lower().startswith(("use ", "code ", "for "))
+
+
+_RESIDUAL = re.compile(r"^unspecified\b|, (site )?unspecified\b|\bNOS$", re.I)
+
+
+def default_leaf(icd: Any, code: str) -> str | None:
+    """The billable code for a mention of ``code`` that says nothing more specific, if there is one."""
+    while not icd.is_leaf(code):
+        children = icd.get_children(code)
+        parent = icd.get_description(code).lower()
+        unspecified = [c for c in children if _RESIDUAL.search(icd.get_description(c))]
+        # "I50 Heart failure" → "I50.9 Heart failure, unspecified", not "I50.1 Left ventricular
+        # failure, unspecified": the residual that keeps the parent's words, then the x9/x0 code
+        unspecified.sort(key=lambda c: (not icd.get_description(c).lower().startswith(parent), c[-1] not in "90"))
+        initial = [c for c in children if c.endswith("A") and len(c) == 8]  # 7th character A: initial encounter
+        if unspecified:
+            code = unspecified[0]
+        elif len(initial) == 1:
+            code = initial[0]
+        else:
+            return None
+    return str(code)
 
 
 _ORDER_LINE = re.compile(r"^(\d{5}) ([A-Z0-9]{3,7})\s* ([01]) (.{1,60}?)\s* (.+)$")

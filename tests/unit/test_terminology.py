@@ -13,6 +13,7 @@ from terminology import TerminologyImportError, TerminologyService
 from terminology.abbreviations import expand_abbreviations
 from terminology.embed import MiniLmEmbedder
 from terminology.importers import create_importer
+from terminology.importers.icd10cm import Icd10cmBuiltinImporter
 from terminology.index import build_index
 from terminology.model import ICD10CM, LOINC, RXNORM, SNOMED
 
@@ -171,6 +172,20 @@ def test_rxnorm_rrf_import(tmp_path: Path, scratch_index: Path, embedder: MiniLm
         ("rxnorm-rrf", "RXNCONSO.RRF", b"\xff\xfe\x00bad".decode("latin-1"), "line 1"),
         ("loinc-csv", "LoincTableCore.csv", "LOINC_NUM,COMPONENT\n1-8,x\n", "line 1: missing LOINC column"),
         ("icd10cm-order", "icd10cm_order_2026.txt", "this is not an order file\n", "line 1: not an ICD-10-CM"),
+        ("icd10cm-tabular", "icd10cm_tabular_2026.xml", "<ICD10CM.tabular><chapter><diag>", "not well-formed XML"),
+        ("icd10cm-tabular", "icd10cm_tabular_2026.xml", "<ClaML><Class/></ClaML>", "line 1: root element is <ClaML>"),
+        (
+            "icd10cm-tabular",
+            "icd10cm_tabular_2026.xml",
+            "<ICD10CM.tabular><version>2026</version></ICD10CM.tabular>",
+            "no ICD-10-CM <diag> codes",
+        ),
+        (
+            "icd10cm-tabular",
+            "icd10cm_tabular_2026.xml",
+            '<!DOCTYPE t [<!ENTITY a "aaaa">]><ICD10CM.tabular>&a;</ICD10CM.tabular>',
+            "declares XML entities",
+        ),
         ("fhir-json", "cs.json", '{"resourceType": "Patient"}', "not a FHIR CodeSystem"),
         ("snomed-rf2", "rf2", None, "no sct2_Concept_Snapshot"),
     ],
@@ -279,3 +294,97 @@ def test_a_killed_builds_leftover_is_removed(tmp_path: Path, scratch_index: Path
     source.write_text(RXNCONSO)
     build_index(scratch_index, embedder, [create_importer("rxnorm-rrf", source)])
     assert not leftover.exists()
+
+
+# The CMS tabular list's structure (icd10cm_tabular_2026.xml), cut down to two categories
+TABULAR = """<?xml version="1.0" encoding="utf-8"?>
+<ICD10CM.tabular>
+  <version>2026</version>
+  <chapter>
+    <name>9</name>
+    <desc>Diseases of the circulatory system (I00-I99)</desc>
+    <section id="I30-I5A">
+      <desc>Other forms of heart disease (I30-I5A)</desc>
+      <diag>
+        <name>I50</name>
+        <desc>Heart failure</desc>
+        <codeFirst><note>heart failure complicating abortion (O00-O07, O08.8)</note></codeFirst>
+        <diag>
+          <name>I50.1</name>
+          <desc>Left ventricular failure, unspecified</desc>
+          <inclusionTerm><note>Cardiac asthma</note><note>Edema of lung with heart disease NOS</note></inclusionTerm>
+        </diag>
+        <diag>
+          <name>I50.9</name>
+          <desc>Heart failure, unspecified</desc>
+          <inclusionTerm><note>Biventricular (heart) failure NOS</note></inclusionTerm>
+        </diag>
+      </diag>
+    </section>
+  </chapter>
+  <chapter>
+    <name>19</name>
+    <desc>Injury, poisoning and certain other consequences of external causes (S00-T88)</desc>
+    <section id="S00-S09">
+      <desc>Injuries to the head (S00-S09)</desc>
+      <diag>
+        <name>S02</name>
+        <desc>Fracture of skull and facial bones</desc>
+        <sevenChrNote><note>The appropriate 7th character is to be added to each code from category S02:</note>
+        </sevenChrNote>
+        <sevenChrDef>
+          <extension char="A">initial encounter for closed fracture</extension>
+          <extension char="D">subsequent encounter for fracture with routine healing</extension>
+        </sevenChrDef>
+        <diag>
+          <name>S02.0</name>
+          <desc>Fracture of vault of skull</desc>
+          <inclusionTerm><note>Fracture of frontal bone</note><note>Use two codes if both apply.</note></inclusionTerm>
+        </diag>
+        <diag>
+          <name>S02.8</name>
+          <desc>Fractures of other specified skull and facial bones</desc>
+          <diag>
+            <name>S02.85</name>
+            <desc>Fracture of orbit, unspecified</desc>
+            <inclusionTerm><note>Fracture of orbit NOS</note></inclusionTerm>
+          </diag>
+        </diag>
+      </diag>
+    </section>
+  </chapter>
+</ICD10CM.tabular>
+"""
+
+
+def test_icd10cm_tabular_xml(tmp_path: Path, scratch_index: Path, embedder: MiniLmEmbedder) -> None:
+    source = tmp_path / "icd10cm_tabular_2026.xml"
+    source.write_text(TABULAR)
+    rows = {row.code: row for row in create_importer("icd10cm-tabular", source).rows()}
+    # billable codes only; a 7th character makes injury codes billable, with X placeholders
+    assert sorted(rows) == ["I50.1", "I50.9", "S02.0XXA", "S02.0XXD", "S02.85XA", "S02.85XD"]
+    assert rows["S02.0XXA"].display == "Fracture of vault of skull, initial encounter for closed fracture"
+    assert ("Cardiac asthma", "inclusion") in rows["I50.1"].designations
+    # a tabular code's terms go to its initial-encounter code; coding instructions are not names
+    assert [t for t, _ in rows["S02.0XXA"].designations] == [rows["S02.0XXA"].display, "Fracture of frontal bone"]
+    assert len(rows["S02.0XXD"].designations) == 1
+    counts = build_index(scratch_index, embedder, [create_importer("icd10cm-tabular", source)])
+    assert counts == {"ICD-10-CM": 6}
+    service = TerminologyService(scratch_index, embedder)
+    assert top_codes(service, "cardiac asthma", ICD10CM)[0] == "I50.1"
+    assert [s.info.version for s in service.code_systems() if s.info.system == ICD10CM] == ["2026"]
+
+
+def test_category_inclusion_terms_go_to_the_code_for_a_plain_mention() -> None:
+    import simple_icd_10_cm as icd
+
+    from terminology.importers.icd10cm import default_leaf
+
+    assert default_leaf(icd, "I50") == "I50.9"  # not I50.1 "Left ventricular failure, unspecified"
+    assert default_leaf(icd, "S02.85") == "S02.85XA"  # the initial encounter
+    assert default_leaf(icd, "H44.52") == "H44.529"  # "…, unspecified eye"
+    assert default_leaf(icd, "E11") is None  # no residual child: left alone rather than guessed
+    rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("S02.85",)).rows()}
+    assert ("Fracture of orbit NOS", "inclusion") in rows["S02.85XA"].designations
+    held = Icd10cmBuiltinImporter(prefixes=("S02.85",), held_out={("S02.85XA", "Fracture of orbit NOS")})
+    assert ("Fracture of orbit NOS", "inclusion") not in {r.code: r for r in held.rows()}["S02.85XA"].designations
