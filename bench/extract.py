@@ -3,11 +3,11 @@
     .venv/bin/python bench/extract.py [--documents 24] [--no-ocr]
 
 Per field family (demographics, diagnoses with assertion, medications with dose/route/
-frequency, labs with value/unit/flag, vitals), on born-digital PDFs (text layer: extraction
-alone) and on the same documents scanned with noise, blur and rotation (OCR + extraction), so
-OCR's share of the error is visible. Also a negation suite: generated sentences whose findings
-are present or negated, scored on the assertion alone. The peer, measured in the same run, is
-a keyword check for negation ("no", "not", "denies"... anywhere in the sentence).
+frequency, labs with value/unit/flag, vitals, allergies, procedures, follow-up actions), on
+born-digital PDFs (text layer: extraction alone) and on the same documents scanned with noise,
+blur and rotation (OCR + extraction), so OCR's share of the error is visible. Also a negation
+suite: generated sentences whose findings are present or negated, scored on the assertion alone.
+The peer, measured in the same run, is a keyword check for negation ("no", "not", "denies"... anywhere in the sentence).
 Caveat: the generator and the rules share one template vocabulary, so these figures show the
 pipeline is consistent, not how it does on real clinical writing.
 """
@@ -67,6 +67,12 @@ def facts(truth: DocumentTruth) -> dict[str, set[tuple[object, ...]]]:
         },
         "labs": {(lab.test.lower(), lab.value, lab.flag) for lab in truth.labs},
         "vitals": {(v.kind, v.value, v.diastolic, VITAL_UNITS[v.unit]) for v in truth.vitals},
+        "allergies": {
+            ("none known",) if a.none_known else (a.substance.lower(), a.reaction, a.severity, a.category)
+            for a in truth.allergies
+        },
+        "procedures": {(pr.text.lower(), pr.year) for pr in truth.procedures},
+        "follow-ups": {f.lower().rstrip(".") for f in truth.follow_ups},
     }
 
 
@@ -95,6 +101,12 @@ def found(extraction: Extraction) -> dict[str, set[tuple[object, ...]]]:
         "medications": medications,
         "labs": {(lab.test.lower(), lab.value, lab.flag or "N") for lab in extraction.labs},
         "vitals": {(v.kind, v.value, v.diastolic, v.unit) for v in extraction.vitals},
+        "allergies": {
+            ("none known",) if a.none_known else (a.substance.lower(), a.reaction, a.severity, a.category)
+            for a in extraction.allergies
+        },
+        "procedures": {(pr.text.lower(), pr.date) for pr in extraction.procedures},
+        "follow-ups": {f.text.lower() for f in extraction.follow_ups},
     }
 
 
@@ -168,7 +180,7 @@ def main() -> None:
     documents = [render_document(KINDS[i % len(KINDS)], 500 + i, SCAN) for i in range(args.documents)]
     extractor = RulesExtractor()
     ocr = create_ocr_engine(load_settings({}))
-    families = ["demographics", "diagnoses", "medications", "labs", "vitals"]
+    families = ["demographics", "diagnoses", "medications", "labs", "vitals", "allergies", "procedures", "follow-ups"]
     results: dict[str, Counter[str]] = {}
     seconds: dict[str, float] = {}
     corpora = [("born-digital (extraction only)", False)] + (

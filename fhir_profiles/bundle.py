@@ -1,4 +1,5 @@
-"""Extraction → FHIR R4 Bundle: Patient, Condition, MedicationStatement, Observation, Provenance.
+"""Extraction → FHIR R4 Bundle: Patient, Condition, MedicationStatement (or MedicationRequest),
+Observation, AllergyIntolerance, Procedure, FamilyMemberHistory, DiagnosticReport, Provenance.
 
 Resource ids are derived from ``BundleContext.id_seed`` so the same job always produces the
 same ids: re-running a job after a crash replaces its Bundle instead of adding a second one.
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
-from fhir_profiles.extraction import Diagnosis, Evidence, Extraction, LabResult, Medication, Vital
+from fhir_profiles.extraction import Allergy, Diagnosis, Evidence, Extraction, LabResult, Medication, Procedure, Vital
 from fhir_profiles.validate import validate_resource
 from terminology.labs import DIASTOLIC, SYSTOLIC, VITAL_CODES
 from terminology.units import UCUM_SYSTEM
@@ -52,6 +53,11 @@ RELATIONSHIPS: Final[dict[str, tuple[str, str]]] = {
 }
 INTERPRETATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 PROVENANCE_AGENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+ALLERGY_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+ALLERGY_VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"
+# SNOMED CT situations for a recorded absence of allergies (as the IPS uses them)
+NO_KNOWN_DRUG_ALLERGY: Final = ("409137002", "No known drug allergy")
+NO_KNOWN_ALLERGY: Final = ("716186003", "No known allergy")
 
 
 # SNOMED CT route of administration qualifier values.
@@ -85,6 +91,13 @@ class BundleContext(msgspec.Struct, frozen=True, kw_only=True):
     # The document's subject when the sender said who it is (e.g. HL7 PID): used as the Bundle's
     # Patient instead of demographics read off the page, which only confirm it.
     patient: dict[str, Any] | None = None
+    # US Core consumers expect medications as MedicationRequest (PAPERCHART_MEDICATION_RESOURCE)
+    medication_resource: Literal["MedicationStatement", "MedicationRequest"] = "MedicationStatement"
+    # when the document's findings hold (its date): Observation.effectiveDateTime, which vital
+    # signs must have; None when the sender did not say
+    effective: str | None = None
+    # the namespace of the MRNs printed on this deployment's documents (PAPERCHART_MRN_SYSTEM)
+    mrn_system: str | None = None
 
 
 def resource_id(seed: str, kind: str, index: int) -> str:
@@ -110,7 +123,7 @@ def _quantity(value: float, ucum: str | None, written: str | None = None) -> dic
     return quantity
 
 
-def _patient(extraction: Extraction, patient_id: str) -> Resource:
+def _patient(extraction: Extraction, patient_id: str, mrn_system: str | None) -> Resource:
     facts = extraction.patient
     resource: Resource = {"resourceType": "Patient", "id": patient_id}
     identifiers: list[dict[str, Any]] = []
@@ -118,13 +131,14 @@ def _patient(extraction: Extraction, patient_id: str) -> Resource:
         if identifier.kind == "nhs":
             identifiers.append({"system": NHS_NUMBER_SYSTEM, "value": identifier.value})
         else:
-            identifiers.append(
-                {
-                    "use": "usual",
-                    "type": {"coding": [{"system": V2_0203, "code": "MR", "display": "Medical record number"}]},
-                    "value": identifier.value,
-                }
-            )
+            mrn: dict[str, Any] = {
+                "use": "usual",
+                "type": {"coding": [{"system": V2_0203, "code": "MR", "display": "Medical record number"}]},
+            }
+            if mrn_system:
+                mrn["system"] = mrn_system
+            mrn["value"] = identifier.value
+            identifiers.append(mrn)
     if identifiers:
         resource["identifier"] = identifiers
     if facts.name is not None:
@@ -199,7 +213,7 @@ def _lab_report(report_id: str, patient_ref: str, results: list[str], issued: st
     }
 
 
-def _medication_statement(medication: Medication, statement_id: str, patient_ref: str) -> Resource:
+def _dosage(medication: Medication) -> dict[str, Any]:
     dosage: dict[str, Any] = {"text": medication.text}
     timing = medication.timing
     if timing is not None:
@@ -219,17 +233,89 @@ def _medication_statement(medication: Medication, statement_id: str, patient_ref
         dosage["route"] = {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": medication.route}
     if medication.dose_value is not None:
         dosage["doseAndRate"] = [{"doseQuantity": _quantity(medication.dose_value, medication.dose_unit)}]
+    return dosage
+
+
+def _medication_concept(medication: Medication) -> dict[str, Any]:
     concept: dict[str, Any] = {"text": medication.name}
     if medication.codings:
         concept["coding"] = [msgspec.to_builtins(c) for c in medication.codings]
+    return concept
+
+
+def _medication_statement(medication: Medication, statement_id: str, patient_ref: str) -> Resource:
     return {
         "resourceType": "MedicationStatement",
         "id": statement_id,
         "status": medication.status,
-        "medicationCodeableConcept": concept,
+        "medicationCodeableConcept": _medication_concept(medication),
         "subject": {"reference": patient_ref},
-        "dosage": [dosage],
+        "dosage": [_dosage(medication)],
     }
+
+
+# MedicationStatement.status → MedicationRequest.status (R4 value sets)
+_REQUEST_STATUS: Final = {"active": "active", "stopped": "stopped", "on-hold": "on-hold", "unknown": "unknown"}
+
+
+def _medication_request(medication: Medication, request_id: str, patient_ref: str) -> Resource:
+    """The US Core form of a medication on a list: an order, ``reported`` because it was read off a
+    document rather than placed here (US Core MedicationRequest: status, intent, medication,
+    subject, reported[x], dosageInstruction)."""
+    return {
+        "resourceType": "MedicationRequest",
+        "id": request_id,
+        "status": _REQUEST_STATUS[medication.status],
+        "intent": "order",
+        "reportedBoolean": True,
+        "medicationCodeableConcept": _medication_concept(medication),
+        "subject": {"reference": patient_ref},
+        "dosageInstruction": [_dosage(medication)],
+    }
+
+
+def _allergy_intolerance(allergy: Allergy, allergy_id: str, patient_ref: str) -> Resource:
+    code: dict[str, Any] = {"text": allergy.substance}
+    if allergy.none_known:
+        drugs_only = "drug" in allergy.substance.lower() or allergy.substance.upper().startswith("NKDA")
+        snomed, display = NO_KNOWN_DRUG_ALLERGY if drugs_only else NO_KNOWN_ALLERGY
+        code["coding"] = [{"system": SNOMED, "code": snomed, "display": display}]
+    elif allergy.codings:
+        code["coding"] = [msgspec.to_builtins(c) for c in allergy.codings]
+    resource: Resource = {
+        "resourceType": "AllergyIntolerance",
+        "id": allergy_id,
+        "clinicalStatus": {"coding": [{"system": ALLERGY_CLINICAL, "code": "active", "display": "Active"}]},
+        "verificationStatus": {
+            "coding": [{"system": ALLERGY_VERIFICATION, "code": "confirmed", "display": "Confirmed"}]
+        },
+        "code": code,
+        "patient": {"reference": patient_ref},
+    }
+    if allergy.category is not None:
+        resource["category"] = [allergy.category]
+    if allergy.reaction is not None or allergy.severity is not None:
+        reaction: dict[str, Any] = {"manifestation": [{"text": allergy.reaction or "reaction not stated"}]}
+        if allergy.severity is not None:
+            reaction["severity"] = allergy.severity
+        resource["reaction"] = [reaction]
+    return resource
+
+
+def _procedure(procedure: Procedure, procedure_id: str, patient_ref: str) -> Resource:
+    code: dict[str, Any] = {"text": procedure.text}
+    if procedure.codings:
+        code["coding"] = [msgspec.to_builtins(c) for c in procedure.codings]
+    resource: Resource = {
+        "resourceType": "Procedure",
+        "id": procedure_id,
+        "status": "completed",
+        "code": code,
+        "subject": {"reference": patient_ref},
+    }
+    if procedure.date is not None:
+        resource["performedDateTime"] = procedure.date
+    return resource
 
 
 def _observation_status(requires_review: bool) -> str:
@@ -328,7 +414,15 @@ def _provenance(
     }
 
 
-def _facts(extraction: Extraction, patient_ref: str) -> Iterator[tuple[str, Resource, Evidence | None]]:
+def _effective(observation: Resource, context: BundleContext) -> Resource:
+    if context.effective:
+        observation["effectiveDateTime"] = context.effective
+    return observation
+
+
+def _facts(
+    extraction: Extraction, patient_ref: str, context: BundleContext
+) -> Iterator[tuple[str, Resource, Evidence | None]]:
     """(kind, resource without id, evidence) for every fact that becomes a resource."""
     review = extraction.requires_review
     for diagnosis in extraction.diagnoses:
@@ -339,11 +433,18 @@ def _facts(extraction: Extraction, patient_ref: str) -> Iterator[tuple[str, Reso
             continue
         yield "Condition", _condition(diagnosis, "", patient_ref, extraction.document_type), diagnosis.evidence
     for medication in extraction.medications:
-        yield "MedicationStatement", _medication_statement(medication, "", patient_ref), medication.evidence
+        if context.medication_resource == "MedicationRequest":
+            yield "MedicationRequest", _medication_request(medication, "", patient_ref), medication.evidence
+        else:
+            yield "MedicationStatement", _medication_statement(medication, "", patient_ref), medication.evidence
     for vital in extraction.vitals:
-        yield "Observation", _vital(vital, "", patient_ref, review), vital.evidence
+        yield "Observation", _effective(_vital(vital, "", patient_ref, review), context), vital.evidence
     for lab in extraction.labs:
-        yield "Observation", _lab(lab, "", patient_ref, review), lab.evidence
+        yield "Observation", _effective(_lab(lab, "", patient_ref, review), context), lab.evidence
+    for allergy in extraction.allergies:
+        yield "AllergyIntolerance", _allergy_intolerance(allergy, "", patient_ref), allergy.evidence
+    for procedure in extraction.procedures:
+        yield "Procedure", _procedure(procedure, "", patient_ref), procedure.evidence
 
 
 def _patient_evidence(extraction: Extraction) -> Evidence | None:
@@ -359,11 +460,11 @@ def build_bundle(extraction: Extraction, context: BundleContext) -> Resource:
         patient_id = str(patient["id"])
     else:
         patient_id = resource_id(context.id_seed, "Patient", 0)
-        patient = _patient(extraction, patient_id)
+        patient = _patient(extraction, patient_id, context.mrn_system)
     patient_ref = f"Patient/{patient_id}"
     items: list[tuple[Resource, Evidence | None]] = [(patient, _patient_evidence(extraction))]
     counters: dict[str, int] = {}
-    for kind, resource, evidence in _facts(extraction, patient_ref):
+    for kind, resource, evidence in _facts(extraction, patient_ref, context):
         counters[kind] = counters.get(kind, 0) + 1
         resource["id"] = resource_id(context.id_seed, kind, counters[kind])
         items.append((resource, evidence))

@@ -21,7 +21,9 @@ LAB_REPORT: Final = ("11502-2", "Laboratory report")
 # (section LOINC, title, resource types it lists, a filter on the resource)
 _SECTIONS: Final = (
     ("11450-4", "Problem list", ("Condition",)),
-    ("10160-0", "History of medication use", ("MedicationStatement",)),
+    ("10160-0", "History of medication use", ("MedicationStatement", "MedicationRequest")),
+    ("48765-2", "Allergies and adverse reactions", ("AllergyIntolerance",)),
+    ("47519-4", "History of procedures", ("Procedure",)),
     ("8716-3", "Vital signs", ("Observation:vital-signs",)),
     ("30954-2", "Relevant diagnostic tests and/or laboratory data", ("Observation:laboratory", "DiagnosticReport")),
     ("10157-6", "Family history", ("FamilyMemberHistory",)),

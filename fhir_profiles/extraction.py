@@ -27,6 +27,8 @@ VitalKind = Literal[
 ]
 IdentifierKind = Literal["mrn", "nhs"]
 LabFlag = Literal["N", "H", "L", "HH", "LL"]
+AllergyCategory = Literal["food", "medication", "environment", "biologic"]
+Severity = Literal["mild", "moderate", "severe"]
 
 
 class Box(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -137,6 +139,32 @@ class LabResult(msgspec.Struct, frozen=True, kw_only=True):
     evidence: Evidence | None = None
 
 
+class Allergy(msgspec.Struct, frozen=True, kw_only=True):
+    """An allergy or intolerance, or the statement that there is none ("NKDA": ``none_known``)."""
+
+    substance: str  # as written; for none_known the statement itself ("No known drug allergies")
+    reaction: str | None = None  # manifestation as written ("rash", "anaphylaxis")
+    severity: Severity | None = None
+    category: AllergyCategory | None = None
+    none_known: bool = False
+    codings: tuple[Coding, ...] = ()
+    evidence: Evidence | None = None
+
+
+class Procedure(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    date: str | None = None  # ISO 8601 date or year, when written
+    codings: tuple[Coding, ...] = ()
+    evidence: Evidence | None = None
+
+
+class FollowUp(msgspec.Struct, frozen=True, kw_only=True):
+    """An action the document asks for ("Review in clinic in 6 weeks", "Repeat HbA1c in 3 months")."""
+
+    text: str
+    evidence: Evidence | None = None
+
+
 class Extraction(msgspec.Struct, frozen=True, kw_only=True):
     document_type: DocumentType = "unknown"
     patient: PatientFacts = msgspec.field(default_factory=PatientFacts)
@@ -144,6 +172,9 @@ class Extraction(msgspec.Struct, frozen=True, kw_only=True):
     medications: tuple[Medication, ...] = ()
     vitals: tuple[Vital, ...] = ()
     labs: tuple[LabResult, ...] = ()
+    allergies: tuple[Allergy, ...] = ()
+    procedures: tuple[Procedure, ...] = ()
+    follow_ups: tuple[FollowUp, ...] = ()
     extractor: str = "rules"
     review_reasons: tuple[ReviewReason, ...] = ()
 

@@ -15,7 +15,19 @@ def mark_entered_in_error(resource: dict[str, Any]) -> None:
                 {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "entered-in-error"}
             ]
         }
-    elif kind in ("Observation", "MedicationStatement", "DocumentReference"):
+    elif kind in ("Observation", "MedicationStatement", "MedicationRequest", "Procedure", "DocumentReference"):
+        resource["status"] = "entered-in-error"
+    elif kind == "AllergyIntolerance":
+        resource.pop("clinicalStatus", None)  # ait-2: no clinicalStatus when entered-in-error
+        resource["verificationStatus"] = {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+                    "code": "entered-in-error",
+                }
+            ]
+        }
+    elif kind == "FamilyMemberHistory":
         resource["status"] = "entered-in-error"
     elif kind == "Bundle":
         for entry in resource.get("entry", []):

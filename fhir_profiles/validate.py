@@ -31,6 +31,17 @@ _REQUIRED_CODES: Final[dict[tuple[str, str], frozenset[str]]] = {
         {"active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown", "not-taken"}
     ),
     ("DocumentReference", "status"): frozenset({"current", "superseded", "entered-in-error"}),
+    ("MedicationRequest", "status"): frozenset(
+        {"active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"}
+    ),
+    ("MedicationRequest", "intent"): frozenset(
+        {"proposal", "plan", "order", "original-order", "reflex-order", "filler-order", "instance-order", "option"}
+    ),
+    ("Procedure", "status"): frozenset(
+        {"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error", "unknown"}
+    ),
+    ("AllergyIntolerance", "type"): frozenset({"allergy", "intolerance"}),
+    ("AllergyIntolerance", "criticality"): frozenset({"low", "high", "unable-to-assess"}),
     ("Bundle", "type"): frozenset(
         {
             "document",
@@ -54,7 +65,17 @@ _REQUIRED_CODINGS: Final[dict[tuple[str, str], tuple[str, frozenset[str]]]] = {
         "http://terminology.hl7.org/CodeSystem/condition-ver-status",
         frozenset({"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"}),
     ),
+    ("AllergyIntolerance", "clinicalStatus"): (
+        "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+        frozenset({"active", "inactive", "resolved"}),
+    ),
+    ("AllergyIntolerance", "verificationStatus"): (
+        "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+        frozenset({"unconfirmed", "confirmed", "refuted", "entered-in-error"}),
+    ),
 }
+_ALLERGY_CATEGORIES: Final = frozenset({"food", "medication", "environment", "biologic"})
+_SEVERITIES: Final = frozenset({"mild", "moderate", "severe"})
 
 
 def _binding_problems(resource: dict[str, Any]) -> list[str]:
@@ -69,6 +90,11 @@ def _binding_problems(resource: dict[str, Any]) -> list[str]:
         codings = [c for c in resource[element].get("coding", []) if c.get("system") == system]
         if not codings or any(c.get("code") not in codes for c in codings):
             problems.append(f"{element}: code not in required value set")
+    if resource_type == "AllergyIntolerance":
+        if any(c not in _ALLERGY_CATEGORIES for c in resource.get("category", [])):
+            problems.append("category: code not in required value set")
+        if any(r.get("severity", "mild") not in _SEVERITIES for r in resource.get("reaction", [])):
+            problems.append("reaction.severity: code not in required value set")
     return problems
 
 

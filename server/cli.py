@@ -181,6 +181,8 @@ def _extract(args: argparse.Namespace) -> int:
         fhir_base_url=settings.fhir_base_url,
         recorded=now_instant(),
         software=software_name(),
+        medication_resource=settings.medication_resource,
+        mrn_system=settings.mrn_system,
     )
     bar = tqdm(total=0, unit="page", desc="OCR", disable=not sys.stderr.isatty(), file=sys.stderr)
 

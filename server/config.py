@@ -38,6 +38,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_timeout_seconds: float = 120.0
     llm_api_key: str | None = None
     date_order: Literal["DMY", "MDY"] = "DMY"
+    # how medications are written: R4's MedicationStatement, or US Core's MedicationRequest
+    medication_resource: Literal["MedicationStatement", "MedicationRequest"] = "MedicationStatement"
+    # the identifier system (namespace) of the MRNs printed on this deployment's documents
+    mrn_system: str | None = None
 
     workers: int = 1
     job_lease_seconds: float = 60.0

@@ -33,6 +33,13 @@ logger = logging.getLogger(__name__)
 _PERMANENT_STATUSES: Final = frozenset({400, 404, 413, 415, 422})
 
 
+def document_date(document: dict[str, Any]) -> str | None:
+    """When a document's findings hold, as its sender said: DocumentReference.context.period, else .date."""
+    period = document.get("context", {}).get("period", {})
+    when = period.get("start") or period.get("end") or document.get("date")
+    return str(when) if when else None
+
+
 def bundle_id_for(job_id: str) -> str:
     return resource_id(job_id, "Bundle", 0)
 
@@ -174,6 +181,9 @@ class JobRunner:
             fhir_base_url=self.settings.fhir_base_url,
             recorded=now_instant(),
             software=software_name(),
+            medication_resource=self.settings.medication_resource,
+            effective=document_date(document.resource),
+            mrn_system=self.settings.mrn_system,
         )
         result = self.pipeline.run(content, document.content_type, context, on_progress)
         return result.bundle

@@ -67,11 +67,29 @@ def clinical_summary(bundle: dict[str, Any], today: dt.date | None = None) -> st
     if absent:
         lines.append("Ruled out or denied: " + "; ".join(absent) + ".")
     medications = []
-    for statement in _resources(bundle, "MedicationStatement"):
-        dosage = (statement.get("dosage") or [{}])[0]
-        medications.append(dosage.get("text") or _code_text(statement.get("medicationCodeableConcept")))
+    for kind, key in (("MedicationStatement", "dosage"), ("MedicationRequest", "dosageInstruction")):
+        for statement in _resources(bundle, kind):
+            dosage = (statement.get(key) or [{}])[0]
+            medications.append(dosage.get("text") or _code_text(statement.get("medicationCodeableConcept")))
     if medications:
         lines.append("Medications: " + "; ".join(medications) + ".")
+    allergies = []
+    for allergy in _resources(bundle, "AllergyIntolerance"):
+        reactions = [
+            " ".join(filter(None, [r.get("severity"), *(m.get("text") for m in r.get("manifestation", []))]))
+            for r in allergy.get("reaction", [])
+        ]
+        text = _code_text(allergy.get("code"))
+        allergies.append(f"{text} ({', '.join(reactions)})" if any(reactions) else text)
+    if allergies:
+        lines.append("Allergies: " + "; ".join(allergies) + ".")
+    procedures = []
+    for procedure in _resources(bundle, "Procedure"):
+        when = procedure.get("performedDateTime")
+        text = _code_text(procedure.get("code"))
+        procedures.append(f"{text} ({when[:4]})" if when else text)
+    if procedures:
+        lines.append("Procedures: " + "; ".join(procedures) + ".")
     vitals: list[str] = []
     labs: list[str] = []
     for observation in _resources(bundle, "Observation"):
@@ -91,21 +109,22 @@ def clinical_summary(bundle: dict[str, Any], today: dt.date | None = None) -> st
         lines.append("Vital signs: " + "; ".join(vitals) + ".")
     if labs:
         lines.append("Laboratory results: " + "; ".join(labs) + ".")
-    flagged = sum(
-        1
-        for e in bundle.get("entry", [])
-        for tag in e["resource"].get("meta", {}).get("tag", [])
-        if tag.get("code") == "needs-review"
-    )
-    if flagged:
-        lines.append(f"{flagged} extracted item(s) are flagged for human review.")
+    if any(tag.get("code") == "requires-review" for tag in bundle.get("meta", {}).get("tag", [])):
+        # the reasons are machine codes with PHI-free sentences (fhir_profiles.bundle)
+        reasons = [
+            str(e["valueCoding"].get("display", ""))
+            for e in bundle.get("meta", {}).get("extension", [])
+            if "valueCoding" in e
+        ]
+        lines.append("Flagged for human review" + (": " + " ".join(r for r in reasons if r) if any(reasons) else "."))
     return "\n".join(lines) if lines else "Nothing clinical was extracted from this document."
 
 
 SUMMARY_PROMPT = (
     "You write short summaries of clinical documents for clinicians. From the facts given, write one "
-    "paragraph: active problems, what was ruled out, medications with doses, abnormal results and vital "
-    "signs, items flagged for review. Use only the facts given; add nothing; do not name anyone."
+    "paragraph: active problems, what was ruled out, medications with doses, allergies, past procedures, "
+    "abnormal results and vital signs, items flagged for review. Use only the facts given; add nothing; "
+    "do not name anyone."
 )
 
 

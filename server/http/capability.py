@@ -19,6 +19,9 @@ SEARCHABLE_TYPES: Final = (
     "Encounter",
     "FamilyMemberHistory",
     "DiagnosticReport",
+    "AllergyIntolerance",
+    "Procedure",
+    "MedicationRequest",
 )
 _PATIENT_PARAM: Final = {
     "name": "patient",

@@ -18,6 +18,8 @@ from litestar.params import FromPath, QueryParameter
 
 from fhir_profiles import FhirValidationError, operation_outcome, patient_of, validate_resource
 from fhir_profiles.transaction import to_transaction
+from fhir_profiles.us_core import PROFILES as US_CORE_PROFILES
+from fhir_profiles.us_core import us_core_problems
 from server import documents
 from server.auth import QUIET_PUBLIC, Caller, needs
 from server.errors import (
@@ -307,18 +309,39 @@ class FhirController(Controller):
 
     @post("/{resource_type:str}/$validate", status_code=200, opt=needs(None, "c", "u"))
     async def validate(
-        self, request: Request[Any, Any, Any], resource_type: FromPath[str], caller: NamedDependency[Caller]
+        self,
+        request: Request[Any, Any, Any],
+        resource_type: FromPath[str],
+        caller: NamedDependency[Caller],
+        profile: Annotated[str | None, QueryParameter(name="profile")] = None,
     ) -> Response[bytes]:
-        """FHIR $validate (R4 §6.1.0.4): the resource in the body, the verdict as an OperationOutcome (200)."""
+        """FHIR $validate (R4 §6.1.0.4): the resource in the body, the verdict as an OperationOutcome (200).
+
+        With ``profile`` (a query parameter or a Parameters ``profile``) naming a US Core profile,
+        its cardinality and must-support rules are checked too (``fhir_profiles.us_core``).
+        """
         body = _parse_json(await request.body())
         if body.get("resourceType") == "Parameters":  # the resource may come wrapped in Parameters.resource
-            wrapped = [p.get("resource") for p in body.get("parameter", []) if p.get("name") == "resource"]
+            parameters = body.get("parameter", [])
+            wrapped = [p.get("resource") for p in parameters if p.get("name") == "resource"]
+            named = [p.get("valueUri") or p.get("valueCanonical") for p in parameters if p.get("name") == "profile"]
+            profile = profile or (str(named[0]) if named and named[0] else None)
             body = wrapped[0] if wrapped and isinstance(wrapped[0], dict) else body
         if body.get("resourceType") != resource_type:
             raise InvalidRequest(f"the body is not a {resource_type} resource", expression="resourceType")
+        if profile is not None and profile.split("|")[0] not in US_CORE_PROFILES:
+            raise InvalidRequest(
+                "profile not supported: give a US Core profile URL or leave it out to validate against R4",
+                expression="profile",
+            )
+        problems: list[str] = []
         try:
             await anyio.to_thread.run_sync(validate_resource, body)
         except FhirValidationError as exc:
+            problems.extend(exc.problems)
+        if profile is not None:
+            problems.extend(us_core_problems(body, profile))
+        if problems:
             issues = [
                 {
                     "severity": "error",
@@ -326,11 +349,12 @@ class FhirController(Controller):
                     "details": {"text": problem},
                     "expression": [f"{resource_type}.{problem.split(':', 1)[0]}"],
                 }
-                for problem in exc.problems
+                for problem in problems
             ]
             return fhir_response({"resourceType": "OperationOutcome", "issue": issues})
+        against = f"FHIR R4 and {profile.rsplit('/', 1)[-1]}" if profile else "FHIR R4"
         return fhir_response(
-            operation_outcome("informational", f"{resource_type} is valid FHIR R4", severity="information")
+            operation_outcome("informational", f"{resource_type} is valid {against}", severity="information")
         )
 
     @get("/DocumentReference", opt=needs("DocumentReference", "s"))

@@ -11,7 +11,7 @@ from typing import Final
 
 import msgspec
 
-from fhir_profiles.extraction import Coding, Diagnosis, Extraction, Medication, ReviewReason
+from fhir_profiles.extraction import Allergy, Coding, Diagnosis, Extraction, Medication, Procedure, ReviewReason
 from terminology import Candidate, TerminologyService
 from terminology.model import ICD10CM, RXNORM, SNOMED
 
@@ -52,10 +52,24 @@ def _code_medication(terminology: TerminologyService, medication: Medication, sy
     return msgspec.structs.replace(medication, codings=(*medication.codings, coding) if coding else medication.codings)
 
 
+def _code_allergy(terminology: TerminologyService, allergy: Allergy, systems: set[str]) -> Allergy:
+    if allergy.none_known or SNOMED not in systems:
+        return allergy  # "no known allergies" has fixed codes, chosen in the FHIR mapping
+    coding = _best(terminology, allergy.substance, SNOMED, ("substance", "drug"))
+    return msgspec.structs.replace(allergy, codings=(*allergy.codings, coding)) if coding else allergy
+
+
+def _code_procedure(terminology: TerminologyService, procedure: Procedure, systems: set[str]) -> Procedure:
+    coding = _best(terminology, procedure.text, SNOMED, ("procedure",)) if SNOMED in systems else None
+    return msgspec.structs.replace(procedure, codings=(*procedure.codings, coding)) if coding else procedure
+
+
 def code_extraction(extraction: Extraction, terminology: TerminologyService) -> Extraction:
     systems = {summary.info.system for summary in terminology.code_systems()}
     diagnoses = tuple(_code_diagnosis(terminology, d, systems) for d in extraction.diagnoses)
     medications = tuple(_code_medication(terminology, m, systems) for m in extraction.medications)
+    allergies = tuple(_code_allergy(terminology, a, systems) for a in extraction.allergies)
+    procedures = tuple(_code_procedure(terminology, p, systems) for p in extraction.procedures)
     reasons = list(extraction.review_reasons)
     unresolved = sum(1 for d in diagnoses if d.assertion == "present" and not d.codings)
     if unresolved:
@@ -65,5 +79,10 @@ def code_extraction(extraction: Extraction, terminology: TerminologyService) -> 
             )
         )
     return msgspec.structs.replace(
-        extraction, diagnoses=diagnoses, medications=medications, review_reasons=tuple(reasons)
+        extraction,
+        diagnoses=diagnoses,
+        medications=medications,
+        allergies=allergies,
+        procedures=procedures,
+        review_reasons=tuple(reasons),
     )

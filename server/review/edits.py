@@ -128,8 +128,13 @@ def _set_code(condition: dict[str, Any], value: str) -> None:
     concept["coding"] = [{"system": system, "code": code, **({"display": display} if display else {})}]
 
 
+def _dosage_key(medication: Mapping[str, Any]) -> str:
+    """MedicationStatement.dosage, MedicationRequest.dosageInstruction: the same Dosage type."""
+    return "dosageInstruction" if medication.get("resourceType") == "MedicationRequest" else "dosage"
+
+
 def _dose_quantity(statement: dict[str, Any]) -> dict[str, Any]:
-    dosage = statement.setdefault("dosage", [{}])
+    dosage = statement.setdefault(_dosage_key(statement), [{}])
     rate = dosage[0].setdefault("doseAndRate", [{}])
     quantity: dict[str, Any] = rate[0].setdefault("doseQuantity", {})
     return quantity
@@ -151,6 +156,30 @@ def _component(observation: dict[str, Any], loinc: str) -> dict[str, Any]:
             quantity: dict[str, Any] = component.setdefault("valueQuantity", {})
             return quantity
     raise InvalidRequest("this observation has no such component", expression="component")
+
+
+_MEDICATION_FIELDS: Final[dict[str, tuple[str, Getter, Setter]]] = {
+    "name": (
+        "Medication",
+        lambda r: _text(_dig(r, "medicationCodeableConcept", "text")),
+        lambda r, v: r.setdefault("medicationCodeableConcept", {}).__setitem__("text", v),
+    ),
+    "dose": (
+        "Dose",
+        lambda r: _text(_dig(r, _dosage_key(r), 0, "doseAndRate", 0, "doseQuantity", "value")),
+        lambda r, v: _dose_quantity(r).__setitem__("value", _number(v, "dose")),
+    ),
+    "unit": (
+        "Unit",
+        lambda r: _text(_dig(r, _dosage_key(r), 0, "doseAndRate", 0, "doseQuantity", "unit")),
+        lambda r, v: _set_unit(_dose_quantity(r), v),
+    ),
+    "instructions": (
+        "Instructions",
+        lambda r: _text(_dig(r, _dosage_key(r), 0, "text")),
+        lambda r, v: r.setdefault(_dosage_key(r), [{}])[0].__setitem__("text", v),
+    ),
+}
 
 
 FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
@@ -179,28 +208,8 @@ FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
         ),
         "assertion": ("Assertion", lambda r: _text(_dig(r, "verificationStatus", "coding", 0, "code")), _set_assertion),
     },
-    "MedicationStatement": {
-        "name": (
-            "Medication",
-            lambda r: _text(_dig(r, "medicationCodeableConcept", "text")),
-            lambda r, v: r.setdefault("medicationCodeableConcept", {}).__setitem__("text", v),
-        ),
-        "dose": (
-            "Dose",
-            lambda r: _text(_dig(r, "dosage", 0, "doseAndRate", 0, "doseQuantity", "value")),
-            lambda r, v: _dose_quantity(r).__setitem__("value", _number(v, "dose")),
-        ),
-        "unit": (
-            "Unit",
-            lambda r: _text(_dig(r, "dosage", 0, "doseAndRate", 0, "doseQuantity", "unit")),
-            lambda r, v: _set_unit(_dose_quantity(r), v),
-        ),
-        "instructions": (
-            "Instructions",
-            lambda r: _text(_dig(r, "dosage", 0, "text")),
-            lambda r, v: r.setdefault("dosage", [{}])[0].__setitem__("text", v),
-        ),
-    },
+    "MedicationStatement": _MEDICATION_FIELDS,
+    "MedicationRequest": _MEDICATION_FIELDS,
     "Observation": {
         "value": (
             "Value",

@@ -200,7 +200,7 @@ async def document_view(services: Services, caller: Caller, document_id: str) ->
     bundle = stored.resource
     boxes = _boxes(bundle)
     items = []
-    order = {"Patient": 0, "Condition": 1, "MedicationStatement": 2, "Observation": 3}
+    order = {"Patient": 0, "Condition": 1, "MedicationStatement": 2, "MedicationRequest": 2, "Observation": 3}
     entries = sorted(
         (e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] in order),
         key=lambda r: order[r["resourceType"]],

@@ -17,6 +17,7 @@ _RANGES: Final = {
     ("Observation", "systolic"): (40.0, 300.0),
     ("Observation", "diastolic"): (20.0, 200.0),
     ("MedicationStatement", "dose"): (0.0, 100_000.0),
+    ("MedicationRequest", "dose"): (0.0, 100_000.0),
 }
 _GENDERS: Final = {"male", "female", "other", "unknown"}
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pypdfium2 as pdfium
 import pytest
 from litestar.testing import TestClient
@@ -325,3 +326,46 @@ def test_bundle_as_a_fhir_document(client: TestClient[Any]) -> None:
     assert all(
         s["text"]["div"].startswith('<div xmlns="http://www.w3.org/1999/xhtml">') for s in composition["section"]
     )
+
+
+def test_a_us_core_deployment_emits_bundles_that_pass_us_core(settings: Settings) -> None:
+    """MedicationRequest mode with an MRN namespace and a dated document: every resource passes
+    its US Core profile's checks, through $validate as a client would ask."""
+    from fhir_profiles.us_core import profile_for, us_core_problems
+
+    us_core = msgspec.structs.replace(
+        settings, medication_resource="MedicationRequest", mrn_system="urn:oid:2.16.840.1.113883.3.999.1"
+    )
+    document = rendered("clinic_note", seed=11)
+    with authorized_client(create_app(us_core)) as client:
+        reference = document_reference(
+            document.pdf, "application/pdf", context={"period": {"start": "2026-11-02T09:30:00Z"}}
+        )
+        stored = client.post("/fhir/DocumentReference", content=json.dumps(reference), headers=FHIR_JSON).json()
+        response = client.post(f"/fhir/DocumentReference/{stored['id']}/$extract", headers={"Prefer": "respond-sync"})
+        assert response.status_code == 200, response.text
+        bundle = response.json()
+        assert entries(bundle, "MedicationStatement") == []
+        requests = entries(bundle, "MedicationRequest")
+        assert {r["medicationCodeableConcept"]["text"] for r in requests} == {m.name for m in document.truth.medications}
+        allergies = entries(bundle, "AllergyIntolerance")
+        assert len(allergies) == len(document.truth.allergies)
+        assert {p["code"]["text"] for p in entries(bundle, "Procedure")} == {p.text for p in document.truth.procedures}
+        checked = 0
+        for resource in (e["resource"] for e in bundle["entry"]):
+            profile = profile_for(resource)
+            if profile is None:
+                continue
+            assert us_core_problems(resource) == [], resource["resourceType"]
+            outcome = client.post(f"/fhir/{resource['resourceType']}/$validate?profile={profile}", json=resource)
+            assert outcome.json()["issue"][0]["severity"] == "information", outcome.text
+            checked += 1
+        assert checked >= 10
+        # a page-read MRN without a namespace is what US Core refuses
+        patient = dict(entries(bundle, "Patient")[0])
+        patient["identifier"] = [{k: v for k, v in i.items() if k != "system"} for i in patient["identifier"]]
+        patient_profile = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"
+        refused = client.post(f"/fhir/Patient/$validate?profile={patient_profile}", json=patient).json()
+        assert any("identifier[" in i["details"]["text"] for i in refused["issue"])
+        unknown = client.post("/fhir/Patient/$validate?profile=http://example.org/mine", json=patient)
+        assert unknown.status_code == 400

@@ -87,6 +87,10 @@ def test_grounded_values_are_kept_and_invented_ones_dropped(scripted: Scripted) 
     medication = truth.medications[0]
     pages = pages_of(document.pdf)
     line = next(ln for ln in pages[0].text.splitlines() if ln.lstrip("- ").startswith(medication.name)).lstrip("- ")
+    allergy = truth.allergies[0]
+    text_lines = pages[0].text.splitlines()
+    allergy_line = next(ln for ln in text_lines if ln.lstrip("- ").startswith(allergy.substance)).lstrip("- ")
+    procedure = truth.procedures[0]
     scripted.answer = {
         "document_type": "clinic-letter",
         "patient": {"name": truth.patient.name, "mrn": truth.patient.mrn, "nhs_number": truth.patient.nhs_number},
@@ -98,6 +102,9 @@ def test_grounded_values_are_kept_and_invented_ones_dropped(scripted: Scripted) 
         "medications": [{"line": line}, {"line": "Warfarin 5 mg po OD"}],  # the second is invented
         "vitals": [{"kind": "heart_rate", "value": 999}],  # no such number on the page
         "labs": [],
+        "allergies": [{"line": allergy_line}, {"line": "Iodine - hives"}],  # the second is invented
+        "procedures": [{"text": procedure.text, "date": procedure.year}],
+        "follow_ups": [f"{truth.follow_ups[0]}."],
     }
     extractor = LlmExtractor(ChatClient(scripted.url, model="scripted", dialect="json_schema"))
     extraction = extractor.extract(pages)
@@ -117,8 +124,13 @@ def test_grounded_values_are_kept_and_invented_ones_dropped(scripted: Scripted) 
     assert {i.kind for i in extraction.patient.identifiers} == {"mrn", "nhs"}
     for fact in (*extraction.diagnoses, *extraction.medications):
         assert fact.evidence is not None and fact.evidence.boxes  # every kept value points at the page
+    assert [(a.substance, a.reaction, a.severity) for a in extraction.allergies] == [
+        (allergy.substance, allergy.reaction, allergy.severity)  # parsed by the shared allergy parser
+    ]
+    assert [(p.text, p.date) for p in extraction.procedures] == [(procedure.text, procedure.year)]
+    assert [f.text for f in extraction.follow_ups] == [truth.follow_ups[0]]
     assert [r.code for r in extraction.review_reasons] == ["llm-ungrounded"]
-    assert "3 value(s)" in extraction.review_reasons[0].message
+    assert "4 value(s)" in extraction.review_reasons[0].message
     bundle = build_bundle(
         extraction,
         CONTEXT,

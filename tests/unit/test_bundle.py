@@ -11,7 +11,9 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir_profiles import BundleContext, FhirValidationError, build_bundle, validate_resource
 from fhir_profiles.bundle import EVIDENCE_EXTENSION, REVIEW_TAG_SYSTEM
 from fhir_profiles.extraction import (
+    Allergy,
     Box,
+    Coding,
     Diagnosis,
     Evidence,
     Extraction,
@@ -19,6 +21,7 @@ from fhir_profiles.extraction import (
     LabResult,
     Medication,
     PatientFacts,
+    Procedure,
     ReviewReason,
     TextFact,
     Timing,
@@ -236,3 +239,94 @@ def test_a_lab_report_groups_its_results_in_a_diagnostic_report() -> None:
         msgspec.structs.replace(extraction(), labs=labs), CONTEXT
     )  # a letter quoting results files no report
     assert "DiagnosticReport" not in {e["resource"]["resourceType"] for e in letter["entry"]}
+
+
+def test_allergies_become_allergy_intolerances() -> None:
+    allergies = (
+        Allergy(
+            substance="Penicillin",
+            reaction="anaphylaxis",
+            severity="severe",
+            category="medication",
+            codings=(Coding(system="http://snomed.info/sct", code="764146007", display="Penicillin"),),
+            evidence=EVIDENCE,
+        ),
+        Allergy(substance="Latex", category="environment"),
+    )
+    bundle = build_bundle(msgspec.structs.replace(extraction(), allergies=allergies), CONTEXT)
+    penicillin, latex = by_type(bundle, "AllergyIntolerance")
+    assert penicillin["code"] == {
+        "text": "Penicillin",
+        "coding": [{"system": "http://snomed.info/sct", "code": "764146007", "display": "Penicillin"}],
+    }
+    assert penicillin["reaction"] == [{"manifestation": [{"text": "anaphylaxis"}], "severity": "severe"}]
+    assert penicillin["category"] == ["medication"] and penicillin["patient"]["reference"].startswith("Patient/")
+    assert penicillin["clinicalStatus"]["coding"][0]["code"] == "active"
+    assert "reaction" not in latex and latex["category"] == ["environment"]
+    provenance_targets = {p["target"][0]["reference"] for p in by_type(bundle, "Provenance")}
+    assert f"AllergyIntolerance/{penicillin['id']}" in provenance_targets
+
+
+@pytest.mark.parametrize(
+    ("written", "code"), [("NKDA", "409137002"), ("No known drug allergies", "409137002"), ("Nil known", "716186003")]
+)
+def test_no_known_allergies_has_the_ips_codes(written: str, code: str) -> None:
+    bundle = build_bundle(
+        msgspec.structs.replace(extraction(), allergies=(Allergy(substance=written, none_known=True),)), CONTEXT
+    )
+    (allergy,) = by_type(bundle, "AllergyIntolerance")
+    assert allergy["code"]["coding"][0]["code"] == code and allergy["code"]["text"] == written
+
+
+def test_procedures_are_completed_with_their_date() -> None:
+    procedures = (Procedure(text="Appendicectomy", date="2015"), Procedure(text="Colonoscopy"))
+    bundle = build_bundle(msgspec.structs.replace(extraction(), procedures=procedures), CONTEXT)
+    appendix, colonoscopy = by_type(bundle, "Procedure")
+    assert (appendix["status"], appendix["performedDateTime"], appendix["code"]["text"]) == (
+        "completed",
+        "2015",
+        "Appendicectomy",
+    )
+    assert "performedDateTime" not in colonoscopy
+
+
+def test_medications_as_us_core_medication_requests_on_request() -> None:
+    context = msgspec.structs.replace(CONTEXT, medication_resource="MedicationRequest")
+    bundle = build_bundle(extraction(), context)
+    assert by_type(bundle, "MedicationStatement") == []
+    (request,) = by_type(bundle, "MedicationRequest")
+    assert (request["status"], request["intent"], request["reportedBoolean"]) == ("active", "order", True)
+    assert request["dosageInstruction"][0]["timing"]["repeat"] == {"frequency": 2, "period": 1, "periodUnit": "d"}
+    assert request["medicationCodeableConcept"]["text"] == "Metformin"
+
+
+def test_bad_allergy_codes_are_refused() -> None:
+    allergy = {
+        "resourceType": "AllergyIntolerance",
+        "patient": {"reference": "Patient/1"},
+        "category": ["medicine"],
+        "reaction": [{"manifestation": [{"text": "rash"}], "severity": "awful"}],
+    }
+    with pytest.raises(FhirValidationError) as caught:
+        validate_resource(allergy)
+    assert "category" in str(caught.value) and "reaction.severity" in str(caught.value)
+
+
+def test_us_core_checks_name_what_is_missing() -> None:
+    from fhir_profiles.us_core import VITAL_SIGNS, profile_for, us_core_problems
+
+    bundle = build_bundle(extraction(), CONTEXT)
+    vital = next(o for o in by_type(bundle, "Observation") if o["code"]["coding"][0]["code"] == "85354-9")
+    assert profile_for(vital) == VITAL_SIGNS
+    assert us_core_problems(vital) == ["effective[x]: required for vital signs (1..1)"]  # the document was undated
+    dated = build_bundle(extraction(), msgspec.structs.replace(CONTEXT, effective="2026-11-02"))
+    assert all(us_core_problems(o) == [] for o in by_type(dated, "Observation"))
+    (patient,) = by_type(bundle, "Patient")
+    assert us_core_problems(patient) == ["identifier[1].system: required by US Core (1..1)"]  # the MRN
+    assert us_core_problems({"resourceType": "Procedure", "status": "completed", "code": {"text": "x"}}) == [
+        "subject: required by US Core (1..)",
+        "performed[x]: us-core-7 needs it when the procedure is completed",
+    ]
+    assert us_core_problems({"resourceType": "Patient"}, VITAL_SIGNS) == [
+        "resourceType: us-core-vital-signs profiles Observation"
+    ]

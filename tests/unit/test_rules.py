@@ -207,3 +207,58 @@ def test_family_history_names_the_relative(sentence: str, relative: str) -> None
     from server.pipeline.extract.rules import relative_of
 
     assert relative_of(sentence) == relative
+
+
+LETTER = """
+Clinic Letter
+Allergies: Penicillin - anaphylaxis (severe); latex
+Past Surgical History
+- Appendicectomy (2015)
+- Laparoscopic cholecystectomy, 12 March 2019
+- Colonoscopy
+Allergies
+- Codeine: vomiting, mild
+- Peanut (moderate swelling of lips)
+Plan
+- Review in clinic in 6 weeks.
+- Continue current medications.
+- GP to check renal function in 2 weeks.
+- Review in clinic in 6 weeks.
+"""
+
+
+def test_allergies_with_reaction_severity_and_category() -> None:
+    page = page_from_text(LETTER)
+    found = {a.substance: a for a in RulesExtractor().extract([page]).allergies}
+    assert set(found) == {"Penicillin", "latex", "Codeine", "Peanut"}
+    assert (found["Penicillin"].reaction, found["Penicillin"].severity) == ("anaphylaxis", "severe")
+    assert (found["Codeine"].reaction, found["Codeine"].severity, found["Codeine"].category) == (
+        "vomiting",
+        "mild",
+        "medication",
+    )
+    assert (found["Peanut"].category, found["Peanut"].reaction) == ("food", "swelling of lips")
+    assert found["latex"].category == "environment" and found["latex"].reaction is None
+    evidence = found["Codeine"].evidence
+    assert evidence is not None and page.text[evidence.start : evidence.end] == "Codeine: vomiting, mild"
+
+
+@pytest.mark.parametrize("written", ["NKDA", "No known drug allergies", "Nil known", "No known allergies."])
+def test_no_known_allergies_is_recorded_not_skipped(written: str) -> None:
+    allergies = RulesExtractor().extract([page_from_text(f"Allergies\n{written}\n")]).allergies
+    assert [(a.none_known, a.substance) for a in allergies] == [(True, written.rstrip("."))]
+
+
+def test_procedures_with_dates() -> None:
+    procedures = RulesExtractor().extract([page_from_text(LETTER)]).procedures
+    assert [(p.text, p.date) for p in procedures] == [
+        ("Appendicectomy", "2015"),
+        ("Laparoscopic cholecystectomy", "2019-03-12"),
+        ("Colonoscopy", None),
+    ]
+
+
+def test_follow_up_actions_are_the_plans_actions_once_each() -> None:
+    follow_ups = RulesExtractor().extract([page_from_text(LETTER)]).follow_ups
+    # "Continue current medications" is about medicines, not an action to follow up
+    assert [f.text for f in follow_ups] == ["Review in clinic in 6 weeks", "GP to check renal function in 2 weeks"]

@@ -28,10 +28,12 @@ from fhir_profiles.extraction import (
     Diagnosis,
     Evidence,
     Extraction,
+    FollowUp,
     Identifier,
     LabFlag,
     LabResult,
     PatientFacts,
+    Procedure,
     ReviewReason,
     TextFact,
     Vital,
@@ -41,6 +43,7 @@ from server.pipeline.extract.rules import (
     DateOrder,
     RulesExtractor,
     nhs_number_is_valid,
+    parse_allergy,
     parse_date,
     parse_medication,
     relative_of,
@@ -96,6 +99,15 @@ class LlmLab(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     high: float | None = None
 
 
+class LlmAllergy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    line: str  # the allergy as written, e.g. "Penicillin - rash (moderate)" or "NKDA"
+
+
+class LlmProcedure(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    text: str
+    date: str | None = None  # as written
+
+
 class LlmDocument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     document_type: Literal[
         "clinic-letter", "discharge-summary", "lab-report", "medication-list", "prescription", "referral", "unknown"
@@ -105,6 +117,9 @@ class LlmDocument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     medications: list[LlmMedication] = msgspec.field(default_factory=list)
     vitals: list[LlmVital] = msgspec.field(default_factory=list)
     labs: list[LlmLab] = msgspec.field(default_factory=list)
+    allergies: list[LlmAllergy] = msgspec.field(default_factory=list)
+    procedures: list[LlmProcedure] = msgspec.field(default_factory=list)
+    follow_ups: list[str] = msgspec.field(default_factory=list)  # actions as written
 
 
 def _root_schema() -> dict[str, Any]:
@@ -123,8 +138,9 @@ SYSTEM_PROMPT: Final = (
     "You extract facts from one clinical document for a FHIR record. Answer with JSON only, following the "
     "schema. Copy names, identifiers, diagnoses, medication lines and test names exactly as they are written "
     "in the document. Put a diagnosis the document denies or rules out with assertion 'negated', a relative's "
-    "condition with 'family', a possible one with 'uncertain', a past one with 'historical'. Give dates as "
-    "written. Leave out anything the document does not say; never guess."
+    "condition with 'family', a possible one with 'uncertain', a past one with 'historical'. Copy each "
+    "allergy line (or 'NKDA') as written, past operations and procedures with their dates, and follow-up "
+    "actions from the plan. Give dates as written. Leave out anything the document does not say; never guess."
 )
 
 
@@ -338,6 +354,34 @@ class LlmExtractor:
                     evidence=value,
                 )
             )
+        allergies = []
+        for allergy_line in proposed.allergies:
+            evidence = _locate(pages, allergy_line.line)
+            parsed_allergy = parse_allergy(evidence.text) if evidence is not None else None
+            if evidence is None or parsed_allergy is None:
+                dropped += 1
+                continue
+            allergies.append(msgspec.structs.replace(parsed_allergy, evidence=evidence))
+        procedures = []
+        for procedure in proposed.procedures:
+            evidence = _locate(pages, procedure.text)
+            when = _locate(pages, procedure.date) if procedure.date else None
+            if evidence is None or (procedure.date and when is None):
+                dropped += 1
+                continue
+            date = None
+            if when is not None:
+                year = re.fullmatch(r"(?:19|20)\d\d", when.text.strip())
+                parsed_date = None if year else parse_date(when.text, self.date_order)
+                date = when.text.strip() if year else (parsed_date.isoformat() if parsed_date else None)
+            procedures.append(Procedure(text=evidence.text, date=date, evidence=evidence))
+        follow_ups = []
+        for action in proposed.follow_ups:
+            evidence = _locate(pages, action.rstrip("."))
+            if evidence is None:
+                dropped += 1
+                continue
+            follow_ups.append(FollowUp(text=evidence.text, evidence=evidence))
         reasons: tuple[ReviewReason, ...] = ()
         if dropped:
             reasons = (
@@ -353,6 +397,9 @@ class LlmExtractor:
             medications=tuple(medications),
             vitals=tuple(vitals),
             labs=tuple(labs),
+            allergies=tuple(allergies),
+            procedures=tuple(procedures),
+            follow_ups=tuple(follow_ups),
             extractor=self.name,
             review_reasons=reasons,
         )

@@ -16,17 +16,22 @@ from typing import Final, Literal
 import msgspec
 
 from fhir_profiles.extraction import (
+    Allergy,
+    AllergyCategory,
     Assertion,
     Coding,
     Diagnosis,
     DocumentType,
     Evidence,
     Extraction,
+    FollowUp,
     Identifier,
     LabFlag,
     LabResult,
     Medication,
     PatientFacts,
+    Procedure,
+    Severity,
     TextFact,
     Timing,
     Vital,
@@ -37,7 +42,9 @@ from terminology import find_lab_test, normalize_unit
 from terminology.labs import LOINC_SYSTEM
 
 DateOrder = Literal["DMY", "MDY"]
-Section = Literal["diagnoses", "medications", "allergies", "observations", "history", "results", "plan", "other"]
+Section = Literal[
+    "diagnoses", "medications", "allergies", "observations", "history", "results", "plan", "procedures", "other"
+]
 
 
 class _Line(msgspec.Struct, frozen=True):
@@ -69,7 +76,17 @@ _SECTION_HEADINGS: Final[dict[str, Section]] = {
     "drugs": "medications",
     "regular medications": "medications",
     "allergies": "allergies",
+    "allergy": "allergies",
+    "drug allergies": "allergies",
     "allergies and adverse reactions": "allergies",
+    "allergies and intolerances": "allergies",
+    "procedures": "procedures",
+    "past surgical history": "procedures",
+    "surgical history": "procedures",
+    "psh": "procedures",
+    "operations": "procedures",
+    "previous operations": "procedures",
+    "procedures performed": "procedures",
     "observations": "observations",
     "vitals": "observations",
     "vital signs": "observations",
@@ -83,6 +100,8 @@ _SECTION_HEADINGS: Final[dict[str, Section]] = {
     "plan": "plan",
     "follow-up": "plan",
     "follow up": "plan",
+    "follow-up plan": "plan",
+    "actions": "plan",
     "assessment and plan": "plan",
 }
 _HEADING_CLEAN = re.compile(r"[:\s]+$")
@@ -545,7 +564,7 @@ VITAL_UNITS: Final = {
 def _vitals(lines: Sequence[_Line]) -> list[Vital]:
     found: dict[str, Vital] = {}
     for line in lines:
-        if line.section in ("medications", "results", "diagnoses"):
+        if line.section in ("medications", "results", "diagnoses", "allergies", "procedures", "plan"):
             continue
         for pattern, kind in _VITALS:
             if kind in found:
@@ -599,7 +618,7 @@ def _lab_flag(value: float, low: float | None, high: float | None) -> LabFlag | 
 def _labs(lines: Sequence[_Line]) -> list[LabResult]:
     found: list[LabResult] = []
     for line in lines:
-        if line.section in ("medications", "diagnoses"):
+        if line.section in ("medications", "diagnoses", "allergies", "procedures", "plan"):
             continue
         hit = find_lab_test(line.text)
         if hit is None:
@@ -644,6 +663,145 @@ def _labs(lines: Sequence[_Line]) -> list[LabResult]:
     return found
 
 
+# --- allergies ----------------------------------------------------------------------------
+
+_NONE_KNOWN = re.compile(
+    r"^(?:NKDA|NKA|nil\s+known(?:\s+drug)?(?:\s+allergies)?|no\s+known\s+(?:drug\s+)?allergies)\b", re.I
+)
+_ALLERGIES_INLINE = re.compile(r"^\s*(?:drug\s+)?allerg(?:y|ies)\s*[:\-]\s*(?P<body>\S.*)$", re.I)
+_CAUSES = re.compile(r"\s+(?:causes|caused|gives|gave|->|\u2192)\s+", re.I)
+_SEVERITY = re.compile(r"\b(mild|moderate|severe|life[-\s]threatening)\b", re.I)
+_ALLERGY = re.compile(r"^(?P<substance>[A-Za-z][A-Za-z'\-]*(?:\s+[A-Za-z][A-Za-z'\-]*){0,3})\s*(?P<rest>.*)$")
+_FOOD: Final = re.compile(
+    r"\b(peanuts?|nuts?|tree\s+nuts?|shellfish|fish|eggs?|milk|dairy|wheat|gluten|soya?|sesame|strawberr\w*)\b", re.I
+)
+_ENVIRONMENT: Final = re.compile(
+    r"\b(latex|pollen|dust\s+mites?|house\s+dust|cats?|dogs?|bee|wasp|grass|mou?ld|nickel|elastoplast|plasters?)\b",
+    re.I,
+)
+
+
+def _allergy_category(substance: str) -> AllergyCategory:
+    if _FOOD.search(substance):
+        return "food"
+    if _ENVIRONMENT.search(substance):
+        return "environment"
+    return "medication"  # what allergy lists in clinical documents are mostly about
+
+
+def parse_allergy(body: str) -> Allergy | None:
+    """One allergy as written: "Penicillin - rash (moderate)", "Codeine: vomiting, mild", "NKDA"."""
+    body = body.strip().rstrip(".;,")
+    if not body:
+        return None
+    if _NONE_KNOWN.match(body):
+        return Allergy(substance=body, none_known=True)
+    match = _ALLERGY.match(_CAUSES.sub(" - ", body, count=1))
+    if match is None:
+        return None
+    substance = match.group("substance").strip()
+    rest = match.group("rest")
+    severity_match = _SEVERITY.search(rest)
+    severity: Severity | None = None
+    if severity_match:
+        word = severity_match.group(1).lower()
+        severity = "severe" if word.startswith("life") else word  # type: ignore[assignment]
+        rest = rest[: severity_match.start()] + rest[severity_match.end() :]
+    reaction = re.sub(r"^[\s\-\u2013:(,]+|[\s)\-,.;]+$", "", re.sub(r"\(\s*\)|\s{2,}", " ", rest)).strip()
+    return Allergy(
+        substance=substance,
+        reaction=reaction or None,
+        severity=severity,
+        category=_allergy_category(substance),
+    )
+
+
+def _allergies(lines: Sequence[_Line]) -> list[Allergy]:
+    found: list[Allergy] = []
+    for line in lines:
+        inline = _ALLERGIES_INLINE.match(line.text)
+        if inline:
+            body_start = inline.start("body")
+        elif line.section == "allergies":
+            bullet = _BULLET.match(line.text)
+            body_start = bullet.end() if bullet else len(line.text) - len(line.text.lstrip())
+        else:
+            continue
+        # "Allergies: penicillin (rash); latex" lists several; a comma may belong to one ("rash, mild")
+        offset = body_start
+        for part in line.text[body_start:].split(";"):
+            allergy = parse_allergy(part)
+            start = line.start + offset + (len(part) - len(part.lstrip()))
+            offset += len(part) + 1
+            if allergy is not None:
+                end = start + len(part.strip().rstrip(".;,"))
+                found.append(msgspec.structs.replace(allergy, evidence=line.page.evidence(start, end)))
+    unique: dict[str, Allergy] = {}
+    for allergy in found:
+        unique.setdefault(allergy.substance.lower(), allergy)
+    return list(unique.values())
+
+
+# --- procedures ---------------------------------------------------------------------------
+
+_PROCEDURE_DATE = re.compile(
+    rf"(?:\s*[,\-\u2013]\s*|\s+(?:in|on)\s+|\s*\(\s*|\s+)(?P<date>{DATE_PATTERN}|(?:19|20)\d\d)\s*\)?\s*$"
+)
+
+
+def _procedures(lines: Sequence[_Line], order: DateOrder) -> list[Procedure]:
+    found: list[Procedure] = []
+    for line in lines:
+        if line.section != "procedures":
+            continue
+        bullet = _BULLET.match(line.text)
+        start = bullet.end() if bullet else len(line.text) - len(line.text.lstrip())
+        body = line.text[start:].rstrip().rstrip(".;,")
+        if not re.search(r"[A-Za-z]{3}", body):
+            continue
+        date: str | None = None
+        dated = _PROCEDURE_DATE.search(body)
+        text = body
+        if dated:
+            written = dated.group("date")
+            if re.fullmatch(r"(?:19|20)\d\d", written):
+                date = written
+            else:
+                parsed = parse_date(written, order)
+                date = parsed.isoformat() if parsed else None
+            if date is not None:
+                text = body[: dated.start()].strip()
+        if len(text) < 3:
+            continue
+        begin = line.start + start
+        found.append(Procedure(text=text, date=date, evidence=line.page.evidence(begin, begin + len(body))))
+    return found
+
+
+# --- follow-up actions --------------------------------------------------------------------
+
+_ACTION = re.compile(
+    r"^(?:review|repeat|re-?check|follow[\s\-]?up|refer|arrange|book|schedule|see|return|reassess|monitor|check|"
+    r"(?:gp|patient|we|i|team)\s+(?:to|will|should)|to\s+be\s+seen)\b",
+    re.I,
+)
+
+
+def _follow_ups(lines: Sequence[_Line]) -> list[FollowUp]:
+    found: dict[str, FollowUp] = {}
+    for line in lines:
+        if line.section != "plan":
+            continue
+        bullet = _BULLET.match(line.text)
+        start = bullet.end() if bullet else len(line.text) - len(line.text.lstrip())
+        text = line.text[start:].rstrip().rstrip(".")
+        if not _ACTION.match(text) or text.lower() in found:
+            continue
+        begin = line.start + start
+        found[text.lower()] = FollowUp(text=text, evidence=line.page.evidence(begin, begin + len(text)))
+    return list(found.values())
+
+
 # --- the extractor ------------------------------------------------------------------------
 
 
@@ -664,5 +822,8 @@ class RulesExtractor:
             medications=tuple(_medications(lines)),
             vitals=tuple(_vitals(lines)),
             labs=tuple(_labs(lines)),
+            allergies=tuple(_allergies(lines)),
+            procedures=tuple(_procedures(lines, self.date_order)),
+            follow_ups=tuple(_follow_ups(lines)),
             extractor=self.name,
         )
