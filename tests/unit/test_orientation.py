@@ -16,6 +16,9 @@ PAGES = [
     ("lab_report", 3, ScanEffects(noise=0.01, blur=0.6, rotation=1.5)),
     ("medication_list", 4, ScanEffects(noise=0.004, blur=0.5, rotation=-2.5)),
     ("discharge_summary", 5, ScanEffects(noise=0.01, blur=0.6, rotation=1.5)),
+    # a sparse table and a short list: their line profile is weak unless measured at the skew angle
+    ("lab_report", 918, ScanEffects(dpi=200)),
+    ("medication_list", 919, ScanEffects(dpi=200, noise=0.006, blur=0.6, rotation=1.5)),
 ]
 
 

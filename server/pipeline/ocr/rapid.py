@@ -35,6 +35,10 @@ class RapidOcrEngine:
             self._engine = RapidOCR(
                 params={
                     "Global.log_level": "warning",
+                    # the per-line 180° classifier: pages are turned upright before OCR
+                    # (server.pipeline.preprocess), so it only costs time (a third of it, measured
+                    # on generated scans, with no change in character error rate)
+                    "Global.use_cls": False,
                     "EngineConfig.onnxruntime.intra_op_num_threads": self._threads,
                 }
             )

@@ -1,0 +1,154 @@
+"""OCR accuracy and speed on generated pages with exact ground truth, Tesseract 5 in the same run.
+
+    .venv/bin/python bench/ocr.py [--documents 24]
+
+Each generated document (tests/fixtures/generate.py) is a born-digital PDF, whose text layer is
+the ground truth of every page, and scanned copies of it at 200 dpi in three conditions:
+``clean``; ``scan`` (speckle noise, blur, 1.5° skew); ``fax sideways`` (the scan fed turned 90°,
+with more noise). Our engine (PP-OCR on ONNX Runtime, after our orientation and noise
+pre-processing, as the pipeline runs it) and Tesseract 5 (``tesseract page.png stdout``, its
+own defaults, which include page-orientation handling only with ``--psm 0/1``; we give it the
+default ``--psm 3``) read the same PNG pages. Reported per document class and overall:
+character and word error rate (jiwer, whitespace-normalized, reading order as each engine
+returns it), pages/minute and peak RSS (ours: this whole process; Tesseract: its largest run).
+Table-cell and checkbox accuracy are not measured: the page model has no tables or checkboxes
+yet (issue 11).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from PIL import Image
+
+from server.config import load_settings
+from server.pipeline.inspect import Limits
+from server.pipeline.ocr import create_ocr_engine
+from server.pipeline.page import OcrPage
+from server.pipeline.preprocess import prepare_for_ocr
+from server.pipeline.rasterize import iter_pages
+from tests.fixtures.generate import KINDS, ScanEffects, render_document
+
+CONDITIONS = {
+    "clean": (ScanEffects(dpi=200), 0),
+    "scan": (ScanEffects(dpi=200, noise=0.006, blur=0.6, rotation=1.5), 0),
+    "fax sideways": (ScanEffects(dpi=200, noise=0.01, blur=0.5, rotation=-1.0), 90),
+}
+
+
+def normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+def reference_pages(pdf: bytes) -> list[str]:
+    limits = Limits(max_bytes=1 << 30, max_pages=100, max_page_pixels=60_000_000, dpi=200)
+    return [normalized(p.text) for p in iter_pages(pdf, "application/pdf", limits) if isinstance(p, OcrPage)]
+
+
+def tesseract(path: Path) -> tuple[str, float]:
+    """Tesseract's text for one page and its peak RSS in MB.
+
+    The peak is read from /proc (VmHWM) while it runs: a forked child's rusage would count the
+    pages it shared with this process before exec.
+    """
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen(["tesseract", str(path), "stdout"], stdout=out, stderr=subprocess.DEVNULL)
+        peak = 0.0
+        status = Path(f"/proc/{process.pid}/status")
+        while process.poll() is None:
+            try:
+                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+                if fields.get("Name", "").strip() == "tesseract":  # exec'd: not this process's fork any more
+                    peak = max(peak, int(fields.get("VmHWM", "0 kB").split()[0]) / 1024)
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.005)
+        if process.returncode != 0:
+            raise RuntimeError(f"tesseract exited with {process.returncode}")
+        out.seek(0)
+        return normalized(out.read().decode("utf-8", "replace")), peak
+
+
+def main() -> None:
+    import jiwer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documents", type=int, default=24, help="documents per condition (cycling the kinds)")
+    args = parser.parse_args()
+    have_tesseract = shutil.which("tesseract") is not None
+    engine = create_ocr_engine(load_settings())
+    engine.ready()
+
+    # (engine, class) -> references, hypotheses; engine -> seconds, pages
+    texts: dict[tuple[str, str], tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    seconds: dict[str, float] = defaultdict(float)
+    pages_read: dict[str, int] = defaultdict(int)
+    peer_rss = 0.0
+    with tempfile.TemporaryDirectory() as folder:
+        for condition, (effects, turn) in CONDITIONS.items():
+            for index in range(args.documents):
+                kind = KINDS[index % len(KINDS)]
+                document = render_document(kind, 500 + index, effects)
+                references = reference_pages(document.pdf)
+                for number, (png, reference) in enumerate(zip(document.png_pages, references, strict=True), 1):
+                    image = Image.open(io.BytesIO(png)).convert("RGB")
+                    if turn:
+                        image = image.rotate(turn, expand=True, fillcolor="white")
+                    path = Path(folder) / f"{kind}-{index}-{number}.png"
+                    image.save(path)
+                    classes = (f"{kind.replace('_', ' ')}", condition, "all")
+                    started = time.perf_counter()
+                    ours = normalized(engine.read(prepare_for_ocr(image), number).text)
+                    seconds["paperchart"] += time.perf_counter() - started
+                    pages_read["paperchart"] += 1
+                    for name in classes:
+                        texts[("paperchart", name)][0].append(reference)
+                        texts[("paperchart", name)][1].append(ours)
+                    if have_tesseract:
+                        started = time.perf_counter()
+                        theirs, rss = tesseract(path)
+                        seconds["tesseract"] += time.perf_counter() - started
+                        peer_rss = max(peer_rss, rss)
+                        pages_read["tesseract"] += 1
+                        for name in classes:
+                            texts[("tesseract", name)][0].append(reference)
+                            texts[("tesseract", name)][1].append(theirs)
+
+    classes = sorted({name for _, name in texts}, key=lambda n: (n == "all", n in CONDITIONS, n))
+    print(f"{pages_read['paperchart']} pages ({args.documents} documents x {len(CONDITIONS)} conditions)")
+    print(f"{'class':<20} {'CER ours':>9} {'CER tess':>9} {'ratio':>6} {'WER ours':>9} {'WER tess':>9} {'ratio':>6}")
+    for name in classes:
+        reference, ours = texts[("paperchart", name)]
+        cer, wer = jiwer.cer(reference, ours), jiwer.wer(reference, ours)
+        if have_tesseract:
+            reference, theirs = texts[("tesseract", name)]
+            peer_cer, peer_wer = jiwer.cer(reference, theirs), jiwer.wer(reference, theirs)
+            print(
+                f"{name:<20} {cer:>9.2%} {peer_cer:>9.2%} {cer / peer_cer if peer_cer else 0:>6.2f}"
+                f" {wer:>9.2%} {peer_wer:>9.2%} {wer / peer_wer if peer_wer else 0:>6.2f}"
+            )
+        else:
+            print(f"{name:<20} {cer:>9.2%} {'-':>9} {'-':>6} {wer:>9.2%} {'-':>9} {'-':>6}")
+    ours_rate = pages_read["paperchart"] / seconds["paperchart"] * 60
+    line = f"\npages/minute: paperchart {ours_rate:.1f}"
+    if have_tesseract:
+        peer_rate = pages_read["tesseract"] / seconds["tesseract"] * 60
+        line += f", Tesseract {peer_rate:.1f} (ratio {ours_rate / peer_rate:.2f})"
+    print(line)
+    ours_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: paperchart {ours_rss:.0f} MB (whole process), Tesseract {peer_rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
