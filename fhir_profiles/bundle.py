@@ -1,5 +1,6 @@
 """Extraction → FHIR R4 Bundle: Patient, Condition, MedicationStatement (or MedicationRequest),
-Observation, AllergyIntolerance, Procedure, FamilyMemberHistory, DiagnosticReport, Provenance.
+Observation, AllergyIntolerance, Procedure, CarePlan (follow-up actions), FamilyMemberHistory,
+DiagnosticReport, Provenance.
 
 Resource ids are derived from ``BundleContext.id_seed`` so the same job always produces the
 same ids: re-running a job after a crash replaces its Bundle instead of adding a second one.
@@ -16,7 +17,17 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from fhir_profiles.extraction import Allergy, Diagnosis, Evidence, Extraction, LabResult, Medication, Procedure, Vital
+from fhir_profiles.extraction import (
+    Allergy,
+    Diagnosis,
+    Evidence,
+    Extraction,
+    FollowUp,
+    LabResult,
+    Medication,
+    Procedure,
+    Vital,
+)
 from fhir_profiles.validate import validate_resource
 from terminology.labs import DIASTOLIC, SYSTOLIC, VITAL_CODES
 from terminology.units import UCUM_SYSTEM
@@ -318,6 +329,19 @@ def _procedure(procedure: Procedure, procedure_id: str, patient_ref: str) -> Res
     return resource
 
 
+def _care_plan(follow_up: FollowUp, plan_id: str, patient_ref: str) -> Resource:
+    """A follow-up action the document asks for, as a one-activity CarePlan (not yet started)."""
+    return {
+        "resourceType": "CarePlan",
+        "id": plan_id,
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": patient_ref},
+        "description": follow_up.text,
+        "activity": [{"detail": {"status": "not-started", "description": follow_up.text}}],
+    }
+
+
 def _observation_status(requires_review: bool) -> str:
     return "preliminary" if requires_review else "final"
 
@@ -445,6 +469,8 @@ def _facts(
         yield "AllergyIntolerance", _allergy_intolerance(allergy, "", patient_ref), allergy.evidence
     for procedure in extraction.procedures:
         yield "Procedure", _procedure(procedure, "", patient_ref), procedure.evidence
+    for follow_up in extraction.follow_ups:
+        yield "CarePlan", _care_plan(follow_up, "", patient_ref), follow_up.evidence
 
 
 def _patient_evidence(extraction: Extraction) -> Evidence | None:

@@ -24,6 +24,7 @@ _SECTIONS: Final = (
     ("10160-0", "History of medication use", ("MedicationStatement", "MedicationRequest")),
     ("48765-2", "Allergies and adverse reactions", ("AllergyIntolerance",)),
     ("47519-4", "History of procedures", ("Procedure",)),
+    ("18776-5", "Plan of care", ("CarePlan",)),
     ("8716-3", "Vital signs", ("Observation:vital-signs",)),
     ("30954-2", "Relevant diagnostic tests and/or laboratory data", ("Observation:laboratory", "DiagnosticReport")),
     ("10157-6", "Family history", ("FamilyMemberHistory",)),
@@ -50,6 +51,8 @@ def _label(resource: Mapping[str, Any]) -> str:
         relative = resource["relationship"]["coding"][0].get("display", "relative")
         condition = (resource.get("condition") or [{}])[0].get("code", {}).get("text", "")
         return f"{relative}: {condition}"
+    if resource.get("description"):  # CarePlan
+        return str(resource["description"])
     return str(resource["resourceType"])
 
 

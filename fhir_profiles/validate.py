@@ -41,6 +41,10 @@ _REQUIRED_CODES: Final[dict[tuple[str, str], frozenset[str]]] = {
         {"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error", "unknown"}
     ),
     ("AllergyIntolerance", "type"): frozenset({"allergy", "intolerance"}),
+    ("CarePlan", "status"): frozenset(
+        {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+    ),
+    ("CarePlan", "intent"): frozenset({"proposal", "plan", "order", "option"}),
     ("AllergyIntolerance", "criticality"): frozenset({"low", "high", "unable-to-assess"}),
     ("Bundle", "type"): frozenset(
         {

@@ -90,6 +90,9 @@ def clinical_summary(bundle: dict[str, Any], today: dt.date | None = None) -> st
         procedures.append(f"{text} ({when[:4]})" if when else text)
     if procedures:
         lines.append("Procedures: " + "; ".join(procedures) + ".")
+    plans = [str(p.get("description", "")) for p in _resources(bundle, "CarePlan") if p.get("description")]
+    if plans:
+        lines.append("Follow-up: " + "; ".join(plans) + ".")
     vitals: list[str] = []
     labs: list[str] = []
     for observation in _resources(bundle, "Observation"):

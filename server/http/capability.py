@@ -22,6 +22,7 @@ SEARCHABLE_TYPES: Final = (
     "AllergyIntolerance",
     "Procedure",
     "MedicationRequest",
+    "CarePlan",
 )
 _PATIENT_PARAM: Final = {
     "name": "patient",

@@ -158,6 +158,30 @@ def _component(observation: dict[str, Any], loinc: str) -> dict[str, Any]:
     raise InvalidRequest("this observation has no such component", expression="component")
 
 
+def _reaction(allergy: dict[str, Any]) -> dict[str, Any]:
+    reactions = allergy.setdefault("reaction", [{"manifestation": [{"text": "reaction not stated"}]}])
+    reaction: dict[str, Any] = reactions[0]
+    return reaction
+
+
+def _set_severity(allergy: dict[str, Any], value: str) -> None:
+    if value not in ("mild", "moderate", "severe"):
+        raise InvalidRequest("severity is mild, moderate or severe", expression="severity")
+    _reaction(allergy)["severity"] = value
+
+
+def _set_action(plan: dict[str, Any], value: str) -> None:
+    plan["description"] = value
+    for activity in plan.get("activity", []):
+        activity.setdefault("detail", {})["description"] = value
+
+
+def _set_performed(procedure: dict[str, Any], value: str) -> None:
+    if not re.fullmatch(r"\d{4}(-\d{2}(-\d{2})?)?", value):
+        raise InvalidRequest("the date is YYYY, YYYY-MM or YYYY-MM-DD", expression="performedDateTime")
+    procedure["performedDateTime"] = value
+
+
 _MEDICATION_FIELDS: Final[dict[str, tuple[str, Getter, Setter]]] = {
     "name": (
         "Medication",
@@ -235,6 +259,30 @@ FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
             ),
             lambda r, v: _component(r, "8462-4").__setitem__("value", _number(v, "diastolic")),
         ),
+    },
+    "AllergyIntolerance": {
+        "substance": (
+            "Substance",
+            lambda r: _text(_dig(r, "code", "text")),
+            lambda r, v: r.setdefault("code", {}).__setitem__("text", v),
+        ),
+        "reaction": (
+            "Reaction",
+            lambda r: _text(_dig(r, "reaction", 0, "manifestation", 0, "text")),
+            lambda r, v: _reaction(r).__setitem__("manifestation", [{"text": v}]),
+        ),
+        "severity": ("Severity", lambda r: _text(_dig(r, "reaction", 0, "severity")), _set_severity),
+    },
+    "Procedure": {
+        "text": (
+            "Procedure",
+            lambda r: _text(_dig(r, "code", "text")),
+            lambda r, v: r.setdefault("code", {}).__setitem__("text", v),
+        ),
+        "date": ("Date", lambda r: _text(r.get("performedDateTime")), _set_performed),
+    },
+    "CarePlan": {
+        "action": ("Follow-up", lambda r: _text(r.get("description")), _set_action),
     },
 }
 

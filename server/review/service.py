@@ -174,7 +174,7 @@ def _boxes(bundle: Mapping[str, Any]) -> dict[str, list[Box]]:
 
 
 def _title(resource: Mapping[str, Any]) -> str:
-    for path in (("code", "text"), ("medicationCodeableConcept", "text")):
+    for path in (("code", "text"), ("medicationCodeableConcept", "text"), ("description",)):
         value: Any = resource
         for step in path:
             value = value.get(step) if isinstance(value, Mapping) else None
@@ -200,7 +200,16 @@ async def document_view(services: Services, caller: Caller, document_id: str) ->
     bundle = stored.resource
     boxes = _boxes(bundle)
     items = []
-    order = {"Patient": 0, "Condition": 1, "MedicationStatement": 2, "MedicationRequest": 2, "Observation": 3}
+    order = {
+        "Patient": 0,
+        "Condition": 1,
+        "MedicationStatement": 2,
+        "MedicationRequest": 2,
+        "AllergyIntolerance": 3,
+        "Observation": 4,
+        "Procedure": 5,
+        "CarePlan": 6,
+    }
     entries = sorted(
         (e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] in order),
         key=lambda r: order[r["resourceType"]],

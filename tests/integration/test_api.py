@@ -347,10 +347,13 @@ def test_a_us_core_deployment_emits_bundles_that_pass_us_core(settings: Settings
         bundle = response.json()
         assert entries(bundle, "MedicationStatement") == []
         requests = entries(bundle, "MedicationRequest")
-        assert {r["medicationCodeableConcept"]["text"] for r in requests} == {m.name for m in document.truth.medications}
+        names = {r["medicationCodeableConcept"]["text"] for r in requests}
+        assert names == {m.name for m in document.truth.medications}
         allergies = entries(bundle, "AllergyIntolerance")
         assert len(allergies) == len(document.truth.allergies)
         assert {p["code"]["text"] for p in entries(bundle, "Procedure")} == {p.text for p in document.truth.procedures}
+        plans = {p["description"] for p in entries(bundle, "CarePlan")}
+        assert plans == {f.rstrip(".") for f in document.truth.follow_ups}
         checked = 0
         for resource in (e["resource"] for e in bundle["entry"]):
             profile = profile_for(resource)

@@ -189,3 +189,34 @@ def test_return_with_a_comment_and_refusals(site: Site) -> None:
     assert view.status_code == 200
     refused = reader.post(f"/review/documents/{site.document_id}/release", data=form_of(view.text))
     assert refused.status_code == 403
+
+
+def test_allergies_and_procedures_are_reviewed_like_the_rest(site: Site) -> None:
+    reviewer = sign_in(site, "reviewer")
+    page = reviewer.get(f"/review/documents/{site.document_id}").text
+    bundle = site.client.get(f"/fhir/Bundle/{site.bundle['id']}", headers=site.admin).json()
+    allergy = entry(bundle, "AllergyIntolerance")
+    procedure, other = entry(bundle, "Procedure"), entry(bundle, "Procedure", 1)
+    assert f"edit:AllergyIntolerance/{allergy['id']}:substance" in page
+    assert f"edit:Procedure/{procedure['id']}:date" in page
+    bad_date = reviewer.post(
+        f"/review/documents/{site.document_id}/release",
+        data={**form_of(page), f"edit:Procedure/{procedure['id']}:date": "last spring"},
+    )
+    assert bad_date.status_code == 400 and "YYYY" in bad_date.text
+    form = {
+        **form_of(page),
+        f"edit:Procedure/{procedure['id']}:date": "2016-05",
+        "reject": f"Procedure/{other['id']}",
+    }
+    if not allergy["code"].get("coding", [{}])[0].get("code", "").startswith(("409137002", "716186003")):
+        form[f"edit:AllergyIntolerance/{allergy['id']}:severity"] = "severe"
+    released = reviewer.post(f"/review/documents/{site.document_id}/release", data=form, follow_redirects=False)
+    assert released.status_code == 303, released.text[:400]
+    edited = site.client.get(f"/fhir/Procedure/{procedure['id']}", headers=site.admin).json()
+    assert edited["performedDateTime"] == "2016-05"
+    withdrawn = site.client.get(f"/fhir/Procedure/{other['id']}", headers=site.admin).json()
+    assert withdrawn["status"] == "entered-in-error"
+    if f"edit:AllergyIntolerance/{allergy['id']}:severity" in form:
+        severity = site.client.get(f"/fhir/AllergyIntolerance/{allergy['id']}", headers=site.admin).json()
+        assert severity["reaction"][0]["severity"] == "severe"

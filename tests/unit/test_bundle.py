@@ -17,6 +17,7 @@ from fhir_profiles.extraction import (
     Diagnosis,
     Evidence,
     Extraction,
+    FollowUp,
     Identifier,
     LabResult,
     Medication,
@@ -330,3 +331,12 @@ def test_us_core_checks_name_what_is_missing() -> None:
     assert us_core_problems({"resourceType": "Patient"}, VITAL_SIGNS) == [
         "resourceType: us-core-vital-signs profiles Observation"
     ]
+
+
+def test_follow_up_actions_become_care_plans() -> None:
+    follow_ups = (FollowUp(text="Review in clinic in 6 weeks", evidence=EVIDENCE),)
+    bundle = build_bundle(msgspec.structs.replace(extraction(), follow_ups=follow_ups), CONTEXT)
+    (plan,) = by_type(bundle, "CarePlan")
+    assert (plan["status"], plan["intent"], plan["description"]) == ("active", "plan", "Review in clinic in 6 weeks")
+    assert plan["activity"] == [{"detail": {"status": "not-started", "description": "Review in clinic in 6 weeks"}}]
+    assert any(p["target"][0]["reference"] == f"CarePlan/{plan['id']}" for p in by_type(bundle, "Provenance"))
