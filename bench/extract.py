@@ -212,6 +212,16 @@ def main() -> None:
         p, r, f = score(total, "all")
         rate = len(documents) / seconds[name] * 60
         print(f"{name:<32} {'ALL':<14} {p:>9.3f} {r:>7.3f} {f:>6.3f}   ({rate:.0f} documents/min)")
+    # ablation: lab tables read line by line, as before the page model had tables
+    lines_only = RulesExtractor(read_tables=False)
+    counts = Counter()
+    for document in documents:
+        got, want = found(lines_only.extract(read(document.pdf, ocr))), facts(document.truth)
+        counts["labs:tp"] += len(got["labs"] & want["labs"])
+        counts["labs:fp"] += len(got["labs"] - want["labs"])
+        counts["labs:fn"] += len(want["labs"] - got["labs"])
+    p, r, f = score(counts, "labs")
+    print(f"{'born-digital, lab rows as lines':<32} {'labs':<14} {p:>9.3f} {r:>7.3f} {f:>6.3f}   (no table reading)")
     p, r, f, baseline = negation_suite(random.Random(3), 400)
     print(
         f"\nnegation suite (400 generated sentences): precision {p:.3f} recall {r:.3f} F1 {f:.3f}; "

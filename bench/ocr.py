@@ -8,11 +8,13 @@ the ground truth of every page, and scanned copies of it at 200 dpi in three con
 with more noise). Our engine (PP-OCR on ONNX Runtime, after our orientation and noise
 pre-processing, as the pipeline runs it) and Tesseract 5 (``tesseract page.png stdout``, its
 own defaults, which include page-orientation handling only with ``--psm 0/1``; we give it the
-default ``--psm 3``) read the same PNG pages. Reported per document class and overall:
-character and word error rate (jiwer, whitespace-normalized, reading order as each engine
-returns it), pages/minute and peak RSS (ours: this whole process; Tesseract: its largest run).
-Table-cell and checkbox accuracy are not measured: the page model has no tables or checkboxes
-yet (issue 11).
+default ``--psm 3``) read the same PNG pages. Tesseract's error rates are on its own reading
+order (its TSV lines); for tables its words go through the same line composition and table
+finder as ours. Reported per document class and overall: character and word error rate (jiwer,
+whitespace-normalized), table-cell accuracy on the lab reports (the cells our table finder gets
+from each engine's words, against the cells it gets from the PDF's text layer), pages/minute and
+peak RSS (ours: this whole process; Tesseract: its largest run). Checkbox accuracy is not
+measured: the page model has no checkboxes yet (issue 11).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from PIL import Image
 from server.config import load_settings
 from server.pipeline.inspect import Limits
 from server.pipeline.ocr import create_ocr_engine
-from server.pipeline.page import OcrPage
+from server.pipeline.page import OcrPage, Word, compose_page
 from server.pipeline.preprocess import prepare_for_ocr
 from server.pipeline.rasterize import iter_pages
+from server.pipeline.tables import find_tables
 from tests.fixtures.generate import KINDS, ScanEffects, render_document
 
 CONDITIONS = {
@@ -51,19 +54,20 @@ def normalized(text: str) -> str:
     return " ".join(text.split())
 
 
-def reference_pages(pdf: bytes) -> list[str]:
+def reference_pages(pdf: bytes) -> list[OcrPage]:
     limits = Limits(max_bytes=1 << 30, max_pages=100, max_page_pixels=60_000_000, dpi=200)
-    return [normalized(p.text) for p in iter_pages(pdf, "application/pdf", limits) if isinstance(p, OcrPage)]
+    return [p for p in iter_pages(pdf, "application/pdf", limits) if isinstance(p, OcrPage)]
 
 
-def tesseract(path: Path) -> tuple[str, float]:
-    """Tesseract's text for one page and its peak RSS in MB.
+def tesseract(path: Path, width: float, height: float) -> tuple[str, OcrPage, float]:
+    """Tesseract's text in its own reading order, its words composed into a page by our code
+    (for the table finder), and its peak RSS in MB.
 
     The peak is read from /proc (VmHWM) while it runs: a forked child's rusage would count the
     pages it shared with this process before exec.
     """
     with tempfile.TemporaryFile() as out:
-        process = subprocess.Popen(["tesseract", str(path), "stdout"], stdout=out, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(["tesseract", str(path), "stdout", "tsv"], stdout=out, stderr=subprocess.DEVNULL)
         peak = 0.0
         status = Path(f"/proc/{process.pid}/status")
         while process.poll() is None:
@@ -77,7 +81,38 @@ def tesseract(path: Path) -> tuple[str, float]:
         if process.returncode != 0:
             raise RuntimeError(f"tesseract exited with {process.returncode}")
         out.seek(0)
-        return normalized(out.read().decode("utf-8", "replace")), peak
+        words = []
+        lines: dict[tuple[str, str, str], list[str]] = {}
+        for row in out.read().decode("utf-8", "replace").splitlines()[1:]:
+            fields = row.split("\t")
+            if len(fields) == 12 and fields[0] == "5" and fields[11].strip():
+                lines.setdefault((fields[2], fields[3], fields[4]), []).append(fields[11])
+                left, top, w, h = (float(v) for v in fields[6:10])
+                words.append(
+                    Word(text=fields[11], bbox=(left, top, left + w, top + h), confidence=float(fields[10]) / 100)
+                )
+        native = normalized(" ".join(" ".join(line) for line in lines.values()))
+        return native, compose_page(1, width, height, "ocr", words), peak
+
+
+def table_cells(page: OcrPage) -> list[list[str]]:
+    """The cells of the page's tables, header first, as text ("" for an empty cell)."""
+    rows: list[list[str]] = []
+    for table in find_tables(page):
+        rows.append(list(table.header))
+        rows.extend([normalized(c.text) if c else "" for c in row] for row in table.rows)
+    return rows
+
+
+def cells_right(reference: list[list[str]], read: list[list[str]]) -> tuple[int, int]:
+    """(cells read exactly right, cells in the reference), row by row and column by column."""
+    right = sum(
+        1
+        for index, row in enumerate(reference)
+        for column, cell in enumerate(row)
+        if index < len(read) and column < len(read[index]) and read[index][column] == cell
+    )
+    return right, sum(len(row) for row in reference)
 
 
 def main() -> None:
@@ -95,35 +130,44 @@ def main() -> None:
     seconds: dict[str, float] = defaultdict(float)
     pages_read: dict[str, int] = defaultdict(int)
     peer_rss = 0.0
+    cells: dict[str, list[int]] = {"paperchart": [0, 0], "tesseract": [0, 0]}
     with tempfile.TemporaryDirectory() as folder:
         for condition, (effects, turn) in CONDITIONS.items():
             for index in range(args.documents):
                 kind = KINDS[index % len(KINDS)]
                 document = render_document(kind, 500 + index, effects)
                 references = reference_pages(document.pdf)
-                for number, (png, reference) in enumerate(zip(document.png_pages, references, strict=True), 1):
+                for number, (png, truth_page) in enumerate(zip(document.png_pages, references, strict=True), 1):
+                    reference = normalized(truth_page.text)
                     image = Image.open(io.BytesIO(png)).convert("RGB")
                     if turn:
                         image = image.rotate(turn, expand=True, fillcolor="white")
                     path = Path(folder) / f"{kind}-{index}-{number}.png"
                     image.save(path)
                     classes = (f"{kind.replace('_', ' ')}", condition, "all")
+                    truth_cells = table_cells(truth_page) if kind == "lab_report" else []
                     started = time.perf_counter()
-                    ours = normalized(engine.read(prepare_for_ocr(image), number).text)
+                    page = engine.read(prepare_for_ocr(image), number)
                     seconds["paperchart"] += time.perf_counter() - started
                     pages_read["paperchart"] += 1
+                    right, total = cells_right(truth_cells, table_cells(page))
+                    cells["paperchart"][0] += right
+                    cells["paperchart"][1] += total
                     for name in classes:
                         texts[("paperchart", name)][0].append(reference)
-                        texts[("paperchart", name)][1].append(ours)
+                        texts[("paperchart", name)][1].append(normalized(page.text))
                     if have_tesseract:
                         started = time.perf_counter()
-                        theirs, rss = tesseract(path)
+                        native, theirs, rss = tesseract(path, float(image.width), float(image.height))
                         seconds["tesseract"] += time.perf_counter() - started
-                        peer_rss = max(peer_rss, rss)
                         pages_read["tesseract"] += 1
+                        peer_rss = max(peer_rss, rss)
+                        right, total = cells_right(truth_cells, table_cells(theirs))
+                        cells["tesseract"][0] += right
+                        cells["tesseract"][1] += total
                         for name in classes:
                             texts[("tesseract", name)][0].append(reference)
-                            texts[("tesseract", name)][1].append(theirs)
+                            texts[("tesseract", name)][1].append(native)
 
     classes = sorted({name for _, name in texts}, key=lambda n: (n == "all", n in CONDITIONS, n))
     print(f"{pages_read['paperchart']} pages ({args.documents} documents x {len(CONDITIONS)} conditions)")
@@ -140,8 +184,13 @@ def main() -> None:
             )
         else:
             print(f"{name:<20} {cer:>9.2%} {'-':>9} {'-':>6} {wer:>9.2%} {'-':>9} {'-':>6}")
+    ours_cells = cells["paperchart"][0] / max(cells["paperchart"][1], 1)
+    line = f"\nlab table cells read right: paperchart {ours_cells:.1%} of {cells['paperchart'][1]}"
+    if have_tesseract:
+        line += f", Tesseract {cells['tesseract'][0] / max(cells['tesseract'][1], 1):.1%}"
+    print(line)
     ours_rate = pages_read["paperchart"] / seconds["paperchart"] * 60
-    line = f"\npages/minute: paperchart {ours_rate:.1f}"
+    line = f"pages/minute: paperchart {ours_rate:.1f}"
     if have_tesseract:
         peer_rate = pages_read["tesseract"] / seconds["tesseract"] * 60
         line += f", Tesseract {peer_rate:.1f} (ratio {ours_rate / peer_rate:.2f})"
