@@ -4,7 +4,8 @@
 
 For each generated document (all kinds, born-digital), the pipeline extracts a Bundle; then:
 - structured: the de-identified Bundle is searched for every identifier in the ground truth
-  (names, MRN, NHS number, birth date as ISO and as printed) — goal 0 leaks;
+  (names, MRN, NHS number, birth date as ISO and as printed, phone, street, postcode, the
+  document's date) — goal 0 leaks;
 - free text: the page text, plus a sentence that names the patient in running prose (no label,
   no title), is scrubbed with what the extraction found (names, identifiers) plus
   the Safe Harbor patterns; name recall = share of patient-name occurrences removed (goal
@@ -51,8 +52,13 @@ def printed_forms(truth: DocumentTruth) -> tuple[list[str], list[str]]:
         born.strftime("%d %B %Y"),
         f"{born.day} {born.strftime('%B %Y')}",
         born.strftime("%d/%m/%Y"),
+        p.phone,
+        p.postal_code,
+        p.address.split(",")[0],  # house number and street
+        truth.document_date,
+        dt.date.fromisoformat(truth.document_date).strftime("%d %b %Y"),  # as printed: Safe Harbor dates
     ]
-    return [p.given, p.family], identifiers
+    return [p.given, p.family], [i for i in identifiers if i]
 
 
 def count(text: str, value: str) -> int:
@@ -151,7 +157,7 @@ def main() -> None:
             f"{ours_recall / peer_recall:.2f}" if peer_recall else "inf",
         ),
         (
-            "free-text identifier leaks (MRN, NHS, DOB)",
+            "free-text identifier leaks (MRN, NHS, dates, phone, address)",
             f"{totals['ours_id_left']}/{totals['id_total']}",
             f"{totals['peer_id_left']}/{totals['id_total']}",
             "-",

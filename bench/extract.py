@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/extract.py [--documents 24] [--no-ocr]
 
-Per field family (demographics, diagnoses with assertion, medications with dose/route/
-frequency, labs with value/unit/flag, vitals, allergies, procedures, follow-up actions), on
-born-digital PDFs (text layer: extraction alone) and on the same documents scanned with noise,
-blur and rotation (OCR + extraction), so OCR's share of the error is visible. Also a negation
-suite: generated sentences whose findings are present or negated, scored on the assertion alone.
-The peer, measured in the same run, is a keyword check for negation ("no", "not", "denies"... anywhere in the sentence).
+Per field family (demographics with address and phone; the document's date, author and
+organisation; diagnoses with assertion; medications with dose, route and frequency; labs with
+value, unit and flag; vitals; allergies; procedures; follow-up actions), on born-digital PDFs
+(text layer: extraction alone) and on the same documents scanned with noise, blur and rotation
+(OCR + extraction), so OCR's share of the error is visible. Also a negation suite: generated
+sentences whose findings are present or negated, scored on the assertion alone. The peer,
+measured in the same run, is a keyword check for negation ("no", "not", "denies"... anywhere
+in the sentence).
 Caveat: the generator and the rules share one template vocabulary, so these figures show the
 pipeline is consistent, not how it does on real clinical writing.
 """
@@ -53,7 +55,10 @@ def facts(truth: DocumentTruth) -> dict[str, set[tuple[object, ...]]]:
             ("sex", p.sex),
             ("mrn", p.mrn),
             ("nhs", p.nhs_number),
+            ("address", p.address),
+            ("phone", p.phone),
         },
+        "document": {("date", truth.document_date), ("author", truth.author), ("facility", truth.facility)},
         "diagnoses": {(d.text.lower(), d.assertion) for d in truth.diagnoses},
         "medications": {
             (
@@ -84,6 +89,18 @@ def found(extraction: Extraction) -> dict[str, set[tuple[object, ...]]]:
             demographics.add((key, " ".join(fact.value.split()[-2:]) if key == "name" else fact.value))
     for identifier in p.identifiers:
         demographics.add(("mrn" if identifier.kind == "mrn" else "nhs", identifier.value))
+    for key, fact in (("address", p.address), ("phone", p.phone)):
+        if fact is not None:
+            demographics.add((key, fact.value))
+    document = {
+        (key, fact.value)
+        for key, fact in (
+            ("date", extraction.document_date),
+            ("author", extraction.author),
+            ("facility", extraction.facility),
+        )
+        if fact is not None
+    }
     medications = set()
     for m in extraction.medications:
         timing = m.timing
@@ -97,6 +114,7 @@ def found(extraction: Extraction) -> dict[str, set[tuple[object, ...]]]:
         medications.add((m.name.lower(), m.dose_value, m.dose_unit, m.route, frequency))
     return {
         "demographics": demographics,
+        "document": document,
         "diagnoses": {(d.text.lower(), d.assertion) for d in extraction.diagnoses},
         "medications": medications,
         "labs": {(lab.test.lower(), lab.value, lab.flag or "N") for lab in extraction.labs},
@@ -180,7 +198,17 @@ def main() -> None:
     documents = [render_document(KINDS[i % len(KINDS)], 500 + i, SCAN) for i in range(args.documents)]
     extractor = RulesExtractor()
     ocr = create_ocr_engine(load_settings({}))
-    families = ["demographics", "diagnoses", "medications", "labs", "vitals", "allergies", "procedures", "follow-ups"]
+    families = [
+        "demographics",
+        "document",
+        "diagnoses",
+        "medications",
+        "labs",
+        "vitals",
+        "allergies",
+        "procedures",
+        "follow-ups",
+    ]
     results: dict[str, Counter[str]] = {}
     seconds: dict[str, float] = {}
     corpora = [("born-digital (extraction only)", False)] + (

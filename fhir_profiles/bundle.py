@@ -163,10 +163,24 @@ def _patient(extraction: Extraction, patient_id: str, mrn_system: str | None) ->
         resource["gender"] = facts.sex.value
     if facts.birth_date is not None:
         resource["birthDate"] = facts.birth_date.value
+    telecom = []
+    if facts.phone is not None:
+        telecom.append({"system": "phone", "value": facts.phone.value})
+    if facts.email is not None:
+        telecom.append({"system": "email", "value": facts.email.value})
+    if telecom:
+        resource["telecom"] = telecom
+    if facts.address is not None:
+        address: dict[str, Any] = {"text": facts.address.value}
+        if facts.postal_code:
+            address["postalCode"] = facts.postal_code
+        resource["address"] = [address]
     return resource
 
 
-def _condition(diagnosis: Diagnosis, condition_id: str, patient_ref: str, document_type: str) -> Resource:
+def _condition(
+    diagnosis: Diagnosis, condition_id: str, patient_ref: str, document_type: str, author: str | None
+) -> Resource:
     category = "problem-list-item" if document_type in ("clinic-letter", "referral") else "encounter-diagnosis"
     if diagnosis.assertion == "negated":
         category = "encounter-diagnosis"  # a refuted finding is not a problem-list entry
@@ -185,6 +199,8 @@ def _condition(diagnosis: Diagnosis, condition_id: str, patient_ref: str, docume
         resource["clinicalStatus"] = {"coding": [{"system": CONDITION_CLINICAL, "code": status}]}
     if diagnosis.codings:
         resource["code"]["coding"] = [msgspec.to_builtins(c) for c in diagnosis.codings]
+    if author:  # the letter's author made the statement
+        resource["asserter"] = {"display": author}
     return resource
 
 
@@ -438,9 +454,11 @@ def _provenance(
     }
 
 
-def _effective(observation: Resource, context: BundleContext) -> Resource:
-    if context.effective:
-        observation["effectiveDateTime"] = context.effective
+def _effective(observation: Resource, context: BundleContext, extraction: Extraction) -> Resource:
+    """The sender's date for the document, else the date printed on it."""
+    when = context.effective or (extraction.document_date.value if extraction.document_date else None)
+    if when:
+        observation["effectiveDateTime"] = when
     return observation
 
 
@@ -455,16 +473,18 @@ def _facts(
         if diagnosis.assertion == "family":
             yield "FamilyMemberHistory", _family_history(diagnosis, "", patient_ref), diagnosis.evidence
             continue
-        yield "Condition", _condition(diagnosis, "", patient_ref, extraction.document_type), diagnosis.evidence
+        author = extraction.author.value if extraction.author else None
+        condition = _condition(diagnosis, "", patient_ref, extraction.document_type, author)
+        yield "Condition", condition, diagnosis.evidence
     for medication in extraction.medications:
         if context.medication_resource == "MedicationRequest":
             yield "MedicationRequest", _medication_request(medication, "", patient_ref), medication.evidence
         else:
             yield "MedicationStatement", _medication_statement(medication, "", patient_ref), medication.evidence
     for vital in extraction.vitals:
-        yield "Observation", _effective(_vital(vital, "", patient_ref, review), context), vital.evidence
+        yield "Observation", _effective(_vital(vital, "", patient_ref, review), context, extraction), vital.evidence
     for lab in extraction.labs:
-        yield "Observation", _effective(_lab(lab, "", patient_ref, review), context), lab.evidence
+        yield "Observation", _effective(_lab(lab, "", patient_ref, review), context, extraction), lab.evidence
     for allergy in extraction.allergies:
         yield "AllergyIntolerance", _allergy_intolerance(allergy, "", patient_ref), allergy.evidence
     for procedure in extraction.procedures:

@@ -83,6 +83,10 @@ class PatientFacts(msgspec.Struct, frozen=True, kw_only=True):
     birth_date: TextFact | None = None  # ISO 8601 date
     sex: TextFact | None = None  # FHIR administrative-gender code
     identifiers: tuple[Identifier, ...] = ()
+    address: TextFact | None = None  # as written, one line
+    postal_code: str | None = None  # UK postcode or US ZIP code found in the address
+    phone: TextFact | None = None
+    email: TextFact | None = None
 
 
 class Diagnosis(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,6 +171,9 @@ class FollowUp(msgspec.Struct, frozen=True, kw_only=True):
 
 class Extraction(msgspec.Struct, frozen=True, kw_only=True):
     document_type: DocumentType = "unknown"
+    document_date: TextFact | None = None  # ISO 8601 date the document is about (letter, report date)
+    author: TextFact | None = None  # the clinician who wrote or signed it
+    facility: TextFact | None = None  # the organisation it comes from
     patient: PatientFacts = msgspec.field(default_factory=PatientFacts)
     diagnoses: tuple[Diagnosis, ...] = ()
     medications: tuple[Medication, ...] = ()

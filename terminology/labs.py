@@ -10,6 +10,7 @@ redistributed with this notice. The full LOINC table is imported from the user's
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import cache
 from typing import Final
 
@@ -153,18 +154,34 @@ def _name_pattern() -> re.Pattern[str]:
     return re.compile(r"^\s*(" + "|".join(re.escape(n) for n in names) + r")\b", re.IGNORECASE)
 
 
+def lab_test_by_code(code: str) -> LabTest | None:
+    return next((test for test in _LAB_TESTS if test.code == code), None)
+
+
+def _without_accents(text: str) -> str:
+    """Each accented letter as its base letter, one character for one ("Sodíum" → "Sodium").
+
+    OCR of a noisy scan reads specks over letters as accents; report names here are English.
+    """
+    out = []
+    for char in text:
+        base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+        out.append(base if len(base) == 1 else char)
+    return "".join(out)
+
+
 def find_lab_test(text: str, unit: str | None = None) -> tuple[LabTest, str] | None:
-    """The lab test whose name starts ``text`` (longest name wins) and the name as matched.
+    """The lab test whose name starts ``text`` (longest name wins) and the name as written.
 
     Where one name has several LOINC codes (mass vs molar), the UCUM ``unit`` picks one; with
     no unit or no match on unit, the first listed is returned.
     """
-    match = _name_pattern().match(text)
+    match = _name_pattern().match(_without_accents(text))
     if not match:
         return None
     name = match.group(1).lower()
     candidates = [test for test in _LAB_TESTS if name in test.names]
     for test in candidates:
         if unit and unit in test.units:
-            return test, match.group(1)
-    return candidates[0], match.group(1)
+            return test, text[match.start(1) : match.end(1)]
+    return candidates[0], text[match.start(1) : match.end(1)]

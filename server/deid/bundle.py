@@ -146,6 +146,8 @@ class Deidentifier:
             values.append(resource.get("birthDate", ""))
             for address in resource.get("address", []):
                 values.extend([*address.get("line", []), address.get("city", ""), address.get("postalCode", "")])
+                text = address.get("text", "")  # as written on the page: the whole and each part
+                values.extend([text, *(part.strip() for part in text.split(","))])
         return [v for v in values if v and len(v) >= 2]
 
     def bundle(

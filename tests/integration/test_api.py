@@ -7,6 +7,7 @@ import io
 import json
 import re
 import time
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,6 +56,10 @@ def poll(client: TestClient[Any], url: str, limit: float = 120) -> Any:
     raise AssertionError("job did not finish")
 
 
+def _plain(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 def assert_matches_truth(bundle: dict[str, Any], truth: DocumentTruth) -> None:
     patient = entries(bundle, "Patient")[0]
     assert patient["name"][0]["text"] == truth.patient.name
@@ -67,7 +72,8 @@ def assert_matches_truth(bundle: dict[str, Any], truth: DocumentTruth) -> None:
         assert dose["value"] == medication.dose
     observations = entries(bundle, "Observation")
     for lab in truth.labs:
-        observation = next(o for o in observations if o["code"]["text"] == lab.test)
+        # code.text is the name as read: OCR may have put an accent on it ("Sodíum"); the coding is exact
+        observation = next(o for o in observations if _plain(o["code"]["text"]) == lab.test)
         assert observation["valueQuantity"]["value"] == lab.value
         assert observation["interpretation"][0]["coding"][0]["code"] == lab.flag
 

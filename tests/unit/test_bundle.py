@@ -340,3 +340,31 @@ def test_follow_up_actions_become_care_plans() -> None:
     assert (plan["status"], plan["intent"], plan["description"]) == ("active", "plan", "Review in clinic in 6 weeks")
     assert plan["activity"] == [{"detail": {"status": "not-started", "description": "Review in clinic in 6 weeks"}}]
     assert any(p["target"][0]["reference"] == f"CarePlan/{plan['id']}" for p in by_type(bundle, "Provenance"))
+
+
+def test_contact_details_document_date_and_author_reach_fhir() -> None:
+    facts = msgspec.structs.replace(
+        extraction().patient,
+        address=TextFact(value="14 Mill Lane, Elmford ZZ3 4QX"),
+        postal_code="ZZ3 4QX",
+        phone=TextFact(value="0113 496 0123"),
+        email=TextFact(value="jane@example.org"),
+    )
+    dated = msgspec.structs.replace(
+        extraction(),
+        patient=facts,
+        document_date=TextFact(value="2026-11-02"),
+        author=TextFact(value="Dr K. Mensah"),
+    )
+    bundle = build_bundle(dated, CONTEXT)
+    (patient,) = by_type(bundle, "Patient")
+    assert patient["address"] == [{"text": "14 Mill Lane, Elmford ZZ3 4QX", "postalCode": "ZZ3 4QX"}]
+    assert patient["telecom"] == [
+        {"system": "phone", "value": "0113 496 0123"},
+        {"system": "email", "value": "jane@example.org"},
+    ]
+    assert {o["effectiveDateTime"] for o in by_type(bundle, "Observation")} == {"2026-11-02"}
+    assert by_type(bundle, "Condition")[0]["asserter"] == {"display": "Dr K. Mensah"}
+    # the sender's date wins over the one printed on the page
+    sent = build_bundle(dated, msgspec.structs.replace(CONTEXT, effective="2026-10-30T09:00:00Z"))
+    assert {o["effectiveDateTime"] for o in by_type(sent, "Observation")} == {"2026-10-30T09:00:00Z"}

@@ -262,3 +262,29 @@ def test_follow_up_actions_are_the_plans_actions_once_each() -> None:
     follow_ups = RulesExtractor().extract([page_from_text(LETTER)]).follow_ups
     # "Continue current medications" is about medicines, not an action to follow up
     assert [f.text for f in follow_ups] == ["Review in clinic in 6 weeks", "GP to check renal function in 2 weeks"]
+
+
+def test_contact_details_and_the_documents_date_author_and_organisation() -> None:
+    page = page_from_text(
+        "Northgate Health Clinic\n"
+        "Clinic Letter\n"
+        "Date: 02 Nov 2026\n"
+        "Patient Name: Jane Smith\n"
+        "Address: 14 Mill Lane, Elmford ZZ3 4QX Tel: 0113 496 0123\n"
+        "Email: jane.smith@example.org\n"
+        "Clinician: Dr K. Mensah\n"
+    )
+    extraction = RulesExtractor().extract([page])
+    patient = extraction.patient
+    assert patient.address is not None and patient.address.value == "14 Mill Lane, Elmford ZZ3 4QX"
+    assert patient.postal_code == "ZZ3 4QX"
+    assert patient.phone is not None and patient.phone.value == "0113 496 0123"
+    assert patient.email is not None and patient.email.value == "jane.smith@example.org"
+    assert extraction.document_date is not None and extraction.document_date.value == "2026-11-02"
+    assert extraction.author is not None and extraction.author.value == "Dr K. Mensah"
+    assert extraction.facility is not None and extraction.facility.value == "Northgate Health Clinic"
+
+
+def test_an_accent_misread_on_a_lab_name_still_finds_the_test() -> None:
+    labs = RulesExtractor().extract([page_from_text("Results\nSodíum 139 mmol/L 135-145\n")]).labs
+    assert [(lab.test, lab.value, lab.codings[0].code) for lab in labs] == [("Sodíum", 139, "2951-2")]

@@ -223,6 +223,19 @@ _NHS = re.compile(
 )
 
 
+_ADDRESS = re.compile(
+    r"\bAddress\s*[:\-]\s*(?P<value>\S.*?)"
+    r"(?=\s{2,}|\s+(?:Tel|Telephone|Phone|Mobile|Mob|E-?mail|NHS|MRN|DOB|Sex)\b|$)",
+    re.IGNORECASE,
+)
+_POSTAL_CODE = re.compile(r"\b([A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}|\d{5}(?:-\d{4})?)\s*$")
+_PHONE = re.compile(
+    r"\b(?:Tel(?:ephone)?|Phone|Mobile|Mob)\.?(?:\s*No\.?)?\s*[:\-]?\s*(?P<value>\+?\(?\d[\d ()\-]{6,18}\d)",
+    re.IGNORECASE,
+)
+_EMAIL = re.compile(r"(?P<value>[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,})")
+
+
 def nhs_number_is_valid(digits: str) -> bool:
     """NHS number Modulus 11 check (NHS Data Dictionary, "NHS Number")."""
     if not re.fullmatch(r"\d{10}", digits):
@@ -245,7 +258,7 @@ def _split_name(name: str) -> tuple[tuple[str, ...], str | None]:
 
 
 def _patient(lines: Sequence[_Line], order: DateOrder) -> PatientFacts:
-    name = birth_date = sex = None
+    name = birth_date = sex = address = phone = email = None
     given: tuple[str, ...] = ()
     family = None
     identifiers: list[Identifier] = []
@@ -261,6 +274,12 @@ def _patient(lines: Sequence[_Line], order: DateOrder) -> PatientFacts:
                 birth_date = TextFact(value=parsed.isoformat(), evidence=_evidence(line, match, "value"))
         if sex is None and (match := _SEX.search(line.text)):
             sex = TextFact(value=_SEX_CODES[match.group("value").lower()], evidence=_evidence(line, match, "value"))
+        if address is None and (match := _ADDRESS.search(line.text)):
+            address = TextFact(value=match.group("value").strip(" ,"), evidence=_evidence(line, match, "value"))
+        if phone is None and (match := _PHONE.search(line.text)):
+            phone = TextFact(value=" ".join(match.group("value").split()), evidence=_evidence(line, match, "value"))
+        if email is None and (match := _EMAIL.search(line.text)):
+            email = TextFact(value=match.group("value"), evidence=_evidence(line, match, "value"))
         for match in _MRN.finditer(line.text):
             if not any(i.kind == "mrn" for i in identifiers):
                 identifiers.append(
@@ -277,9 +296,55 @@ def _patient(lines: Sequence[_Line], order: DateOrder) -> PatientFacts:
                         evidence=_evidence(line, match, "value"),
                     )
                 )
+    postal = _POSTAL_CODE.search(address.value.upper()) if address is not None else None
     return PatientFacts(
-        name=name, given=given, family=family, birth_date=birth_date, sex=sex, identifiers=tuple(identifiers)
+        name=name,
+        given=given,
+        family=family,
+        birth_date=birth_date,
+        sex=sex,
+        identifiers=tuple(identifiers),
+        address=address,
+        postal_code=" ".join(postal.group(1).split()) if postal else None,
+        phone=phone,
+        email=email,
     )
+
+
+# --- the document: its date, author and organisation ----------------------------------------
+
+_DOCUMENT_DATE = re.compile(
+    r"\b(?:Date(?:\s+of\s+(?:letter|report|discharge|clinic|visit|admission))?|Letter\s+date|Report\s+date|"
+    r"Discharge\s+date|Clinic\s+date|Date\s+seen|Reported)\s*[:\-]\s*(?P<value>" + DATE_PATTERN + r")(?!\d)",
+    re.IGNORECASE,
+)
+_AUTHOR = re.compile(
+    r"\b(?:Clinician|Author|Consultant|Signed(?:\s+by)?|Dictated\s+by|Reporting\s+clinician|Doctor)\s*[:\-]\s*"
+    r"(?P<value>(?:Dr|Prof|Mr|Mrs|Ms|Miss|Mx)\.?\s+[A-Z][A-Za-z.'\-]*(?:\s+[A-Z][A-Za-z.'\-]*){0,3})"
+)
+_ORGANISATION = re.compile(
+    r"\b(Hospital|Clinic|Centre|Center|Surgery|Practice|Infirmary|Health|Medical|Laboratory|Laboratories|Trust)\b",
+    re.IGNORECASE,
+)
+
+
+def _document_facts(
+    lines: Sequence[_Line], pages: Sequence[OcrPage], order: DateOrder
+) -> tuple[TextFact | None, TextFact | None, TextFact | None]:
+    """(date, author, facility): a labelled date, a labelled clinician, and the letterhead."""
+    date = author = facility = None
+    for line in lines:
+        if date is None and (match := _DOCUMENT_DATE.search(line.text)):
+            parsed = parse_date(match.group("value"), order)
+            if parsed is not None:
+                date = TextFact(value=parsed.isoformat(), evidence=_evidence(line, match, "value"))
+        if author is None and (match := _AUTHOR.search(line.text)):
+            author = TextFact(value=" ".join(match.group("value").split()), evidence=_evidence(line, match, "value"))
+    if pages:
+        first = pages[0].text.split("\n", 1)[0].strip()
+        if first and _ORGANISATION.search(first) and not re.search(r"\d|:", first):
+            facility = TextFact(value=first, evidence=pages[0].evidence(0, len(first)))
+    return date, author, facility
 
 
 def _evidence(line: _Line, match: re.Match[str], group: str | int = 0) -> Evidence:
@@ -906,8 +971,12 @@ class RulesExtractor:
 
     def extract(self, pages: Sequence[OcrPage]) -> Extraction:
         lines = list(_lines(pages))
+        date, author, facility = _document_facts(lines, pages, self.date_order)
         return Extraction(
             document_type=_document_type(pages),
+            document_date=date,
+            author=author,
+            facility=facility,
             patient=_patient(lines, self.date_order),
             diagnoses=tuple(_diagnoses(lines)),
             medications=tuple(_medications(lines)),
