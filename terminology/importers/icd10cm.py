@@ -106,19 +106,24 @@ def _dotted(code: str) -> str:
     return code if len(code) <= 3 else f"{code[:3]}.{code[3:]}"
 
 
+def cms_release_info(path: Path, kind: str) -> CodeSystemInfo:
+    """ICD-10-CM from one of CMS's release files; the version is the year in its name."""
+    year = re.search(r"(20\d\d)", path.name)
+    return CodeSystemInfo(
+        system=ICD10CM,
+        name="ICD-10-CM",
+        version=year.group(1) if year else path.name,
+        licence=ICD10CM_LICENCE,
+        source=f"CMS {kind} {path.name}",
+    )
+
+
 class Icd10cmOrderFileImporter:
     """CMS ``icd10cm_order_YYYY.txt``: fixed columns (order, code, billable flag, short and long title)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        year = re.search(r"(20\d\d)", path.name)
-        self.info = CodeSystemInfo(
-            system=ICD10CM,
-            name="ICD-10-CM",
-            version=year.group(1) if year else path.name,
-            licence=ICD10CM_LICENCE,
-            source=f"CMS order file {path.name}",
-        )
+        self.info = cms_release_info(path, "order file")
 
     def rows(self) -> Iterator[ConceptRow]:
         seen = False

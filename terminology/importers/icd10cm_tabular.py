@@ -18,8 +18,8 @@ from pathlib import Path
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
-from terminology.importers.icd10cm import ICD10CM_LICENCE, default_leaf, is_term
-from terminology.model import ICD10CM, CodeSystemInfo, ConceptRow, DesignationKind, TerminologyImportError
+from terminology.importers.icd10cm import cms_release_info, default_leaf, is_term
+from terminology.model import ConceptRow, DesignationKind, TerminologyImportError
 
 _CODE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
 
@@ -62,14 +62,7 @@ class Icd10cmTabularImporter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        year = re.search(r"(20\d\d)", path.name)
-        self.info = CodeSystemInfo(
-            system=ICD10CM,
-            name="ICD-10-CM",
-            version=year.group(1) if year else path.name,
-            licence=ICD10CM_LICENCE,
-            source=f"CMS tabular list {path.name}",
-        )
+        self.info = cms_release_info(path, "tabular list")
 
     def rows(self) -> Iterator[ConceptRow]:
         count = 0

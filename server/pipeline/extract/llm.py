@@ -17,13 +17,14 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Sequence
-from typing import Any, Final, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal, TypeVar
 
 import httpx
 import msgspec
 
 from fhir_profiles.extraction import (
+    Allergy,
     Assertion,
     Diagnosis,
     Evidence,
@@ -32,6 +33,7 @@ from fhir_profiles.extraction import (
     Identifier,
     LabFlag,
     LabResult,
+    Medication,
     PatientFacts,
     Procedure,
     ReviewReason,
@@ -303,14 +305,10 @@ class LlmExtractor:
                     confidence=0.8,
                 )
             )
-        medications = []
-        for medication_line in proposed.medications:
-            evidence = _locate(pages, medication_line.line)
-            parsed = parse_medication(evidence.text) if evidence is not None else None
-            if evidence is None or parsed is None:
-                dropped += 1
-                continue
-            medications.append(msgspec.structs.replace(parsed, evidence=evidence, confidence=0.8))
+        # lines the model copied are parsed by the rules extractor's own parsers, where they are
+        medications, lost = _parse_located(pages, [m.line for m in proposed.medications], parse_medication)
+        medications = [msgspec.structs.replace(m, confidence=0.8) for m in medications]
+        dropped += lost
         vitals = []
         for vital in proposed.vitals:
             evidence = _locate_number_near(pages, vital.value, None)
@@ -354,14 +352,8 @@ class LlmExtractor:
                     evidence=value,
                 )
             )
-        allergies = []
-        for allergy_line in proposed.allergies:
-            evidence = _locate(pages, allergy_line.line)
-            parsed_allergy = parse_allergy(evidence.text) if evidence is not None else None
-            if evidence is None or parsed_allergy is None:
-                dropped += 1
-                continue
-            allergies.append(msgspec.structs.replace(parsed_allergy, evidence=evidence))
+        allergies, lost = _parse_located(pages, [a.line for a in proposed.allergies], parse_allergy)
+        dropped += lost
         procedures = []
         for procedure in proposed.procedures:
             evidence = _locate(pages, procedure.text)
@@ -449,6 +441,25 @@ class LlmExtractor:
             name=name, given=given, family=family, birth_date=birth_date, sex=sex, identifiers=tuple(identifiers)
         )
         return facts, dropped
+
+
+_Parsed = TypeVar("_Parsed", Medication, Allergy)
+
+
+def _parse_located(
+    pages: Sequence[OcrPage], written: Sequence[str], parse: Callable[[str], _Parsed | None]
+) -> tuple[list[_Parsed], int]:
+    """Each line found on the page and parsed there, with its evidence; and how many were not."""
+    found: list[_Parsed] = []
+    dropped = 0
+    for text in written:
+        evidence = _locate(pages, text)
+        parsed = parse(evidence.text) if evidence is not None else None
+        if evidence is None or parsed is None:
+            dropped += 1
+            continue
+        found.append(msgspec.structs.replace(parsed, evidence=evidence))
+    return found, dropped
 
 
 def _nhs_groups(value: str) -> list[str]:
