@@ -49,6 +49,7 @@ class Scripted:
     def __init__(self) -> None:
         self.answer: Any = {}
         self.status = 200
+        self.statuses: list[int] = []  # answered first, one per request, before ``status``
         self.requests: list[dict[str, Any]] = []
         scripted = self
 
@@ -58,7 +59,7 @@ class Scripted:
                 scripted.requests.append(json.loads(self.rfile.read(length)))
                 content = scripted.answer if isinstance(scripted.answer, str) else json.dumps(scripted.answer)
                 body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-                self.send_response(scripted.status)
+                self.send_response(scripted.statuses.pop(0) if scripted.statuses else scripted.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -155,6 +156,19 @@ def test_llama_cpp_dialect_and_fallback_to_rules(scripted: Scripted) -> None:
         closed = sock.getsockname()[1]
     down = LlmExtractor(ChatClient(f"http://127.0.0.1:{closed}", model="m", timeout_seconds=2))
     assert down.extract(pages).review_reasons[-1].code == "llm-unavailable"
+
+
+def test_a_busy_server_is_retried_with_backoff(scripted: Scripted) -> None:
+    pages = pages_of(rendered("medication_list", seed=4).pdf)
+    scripted.answer = {"document_type": "medication-list"}
+    scripted.statuses = [503, 429]
+    before = len(scripted.requests)
+    client = ChatClient(scripted.url, model="scripted", backoff_seconds=0.01)
+    extraction = LlmExtractor(client).extract(pages)
+    assert len(scripted.requests) - before == 3  # two refusals, then the answer
+    assert extraction.extractor == "llm:scripted"
+    scripted.statuses = [503, 503, 503]
+    assert LlmExtractor(client).extract(pages).review_reasons[-1].code == "llm-unavailable"  # retries spent
 
 
 def _smollm2_model() -> str | None:

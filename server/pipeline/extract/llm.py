@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, TypeVar
 
@@ -146,6 +147,10 @@ SYSTEM_PROMPT: Final = (
 )
 
 
+_TRANSIENT: Final = frozenset({408, 429, 500, 502, 503, 504})
+_MAX_RETRY_AFTER: Final = 30  # seconds; a longer wait falls back to the rules extractor instead
+
+
 class LlmUnavailable(Exception):
     """The LLM server could not be reached or did not answer with the JSON asked for."""
 
@@ -163,11 +168,15 @@ class ChatClient:
         api_key: str | None = None,
         max_tokens: int = 2048,
         transport: httpx.BaseTransport | None = None,
+        retries: int = 2,
+        backoff_seconds: float = 0.5,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.dialect = dialect
         self.max_tokens = max_tokens
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(timeout=timeout_seconds, headers=headers, transport=transport)
 
@@ -184,6 +193,28 @@ class ChatClient:
         except httpx.HTTPError:
             return False
 
+    def _post(self, body: dict[str, Any]) -> httpx.Response:
+        """POST to chat/completions; a dropped connection, a timeout, 429 or a 5xx is retried with
+        exponential backoff (honouring a short Retry-After), then ``LlmUnavailable``."""
+        base = self.base_url if self.base_url.endswith("/v1") else f"{self.base_url}/v1"
+        for attempt in range(self.retries + 1):
+            delay = self.backoff_seconds * 2**attempt
+            try:
+                response = self._http.post(f"{base}/chat/completions", json=body)
+            except httpx.HTTPError:
+                problem = "the LLM server cannot be reached"
+            else:
+                if response.status_code not in _TRANSIENT:
+                    return response
+                problem = f"the LLM server answered HTTP {response.status_code}"
+                retry_after = response.headers.get("Retry-After", "")
+                if retry_after.isdigit() and int(retry_after) <= _MAX_RETRY_AFTER:
+                    delay = max(delay, float(retry_after))
+            if attempt < self.retries:
+                logger.warning("%s; retrying in %.1f s", problem, delay)
+                time.sleep(delay)
+        raise LlmUnavailable(problem)
+
     def complete_text(self, system: str, user: str) -> str:
         """Free text (e.g. a summary); ``LlmUnavailable`` when there is no usable answer."""
         body = {
@@ -192,11 +223,10 @@ class ChatClient:
             "temperature": 0,
             "max_tokens": self.max_tokens,
         }
-        base = self.base_url if self.base_url.endswith("/v1") else f"{self.base_url}/v1"
+        response = self._post(body)
         try:
-            response = self._http.post(f"{base}/chat/completions", json=body)
             content = response.json()["choices"][0]["message"]["content"] if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError):
             content = None
         if not isinstance(content, str) or not content.strip():
             raise LlmUnavailable("the LLM gave no summary")
@@ -210,15 +240,7 @@ class ChatClient:
             "max_tokens": self.max_tokens,
             "response_format": self.response_format(),
         }
-        url = (
-            f"{self.base_url}/chat/completions"
-            if self.base_url.endswith("/v1")
-            else f"{self.base_url}/v1/chat/completions"
-        )
-        try:
-            response = self._http.post(url, json=body)
-        except httpx.HTTPError:
-            raise LlmUnavailable("the LLM server cannot be reached") from None
+        response = self._post(body)
         if response.status_code != 200:
             raise LlmUnavailable(f"the LLM server answered HTTP {response.status_code}")
         try:
