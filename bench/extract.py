@@ -3,13 +3,13 @@
     .venv/bin/python bench/extract.py [--documents 24] [--no-ocr]
 
 Per field family (demographics with address and phone; the document's date, author and
-organisation; diagnoses with assertion; medications with dose, route and frequency; labs with
-value, unit and flag; vitals; allergies; procedures; follow-up actions), on born-digital PDFs
-(text layer: extraction alone) and on the same documents scanned with noise, blur and rotation
-(OCR + extraction), so OCR's share of the error is visible. Also a negation suite: generated
-sentences whose findings are present or negated, scored on the assertion alone. The peer,
-measured in the same run, is a keyword check for negation ("no", "not", "denies"... anywhere
-in the sentence).
+organisation; the encounter's dates and ward or clinic; diagnoses with assertion; medications
+with dose, route and frequency; labs with value, unit and flag; vitals; allergies; procedures;
+follow-up actions), on born-digital PDFs (text layer: extraction alone) and on the same
+documents scanned with noise, blur and rotation (OCR + extraction), so OCR's share of the error
+is visible. Also a negation suite: generated sentences whose findings are present or negated,
+scored on the assertion alone. The peer, measured in the same run, is a keyword check for
+negation ("no", "not", "denies"... anywhere in the sentence).
 Caveat: the generator and the rules share one template vocabulary, so these figures show the
 pipeline is consistent, not how it does on real clinical writing.
 """
@@ -59,6 +59,15 @@ def facts(truth: DocumentTruth) -> dict[str, set[tuple[object, ...]]]:
             ("phone", p.phone),
         },
         "document": {("date", truth.document_date), ("author", truth.author), ("facility", truth.facility)},
+        "encounter": {
+            (key, value)
+            for key, value in (
+                ("start", truth.encounter_start),
+                ("end", truth.encounter_end),
+                ("department", truth.department),
+            )
+            if value
+        },
         "diagnoses": {(d.text.lower(), d.assertion) for d in truth.diagnoses},
         "medications": {
             (
@@ -112,9 +121,16 @@ def found(extraction: Extraction) -> dict[str, set[tuple[object, ...]]]:
                 else (timing.frequency, timing.period_unit, timing.when)
             )
         medications.add((m.name.lower(), m.dose_value, m.dose_unit, m.route, frequency))
+    visit = extraction.encounter
+    encounter = (
+        {(k, v) for k, v in (("start", visit.start), ("end", visit.end), ("department", visit.department)) if v}
+        if visit is not None
+        else set()
+    )
     return {
         "demographics": demographics,
         "document": document,
+        "encounter": encounter,
         "diagnoses": {(d.text.lower(), d.assertion) for d in extraction.diagnoses},
         "medications": medications,
         "labs": {(lab.test.lower(), lab.value, lab.flag or "N") for lab in extraction.labs},
@@ -201,6 +217,7 @@ def main() -> None:
     families = [
         "demographics",
         "document",
+        "encounter",
         "diagnoses",
         "medications",
         "labs",

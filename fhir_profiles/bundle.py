@@ -20,6 +20,7 @@ import msgspec
 from fhir_profiles.extraction import (
     Allergy,
     Diagnosis,
+    Encounter,
     Evidence,
     Extraction,
     FollowUp,
@@ -271,7 +272,7 @@ def _medication_concept(medication: Medication) -> dict[str, Any]:
 
 
 def _medication_statement(medication: Medication, statement_id: str, patient_ref: str) -> Resource:
-    return {
+    statement: Resource = {
         "resourceType": "MedicationStatement",
         "id": statement_id,
         "status": medication.status,
@@ -279,6 +280,9 @@ def _medication_statement(medication: Medication, statement_id: str, patient_ref
         "subject": {"reference": patient_ref},
         "dosage": [_dosage(medication)],
     }
+    if medication.changed:  # R4 has no "changed" status: the medication stays active, and says why
+        statement["statusReason"] = [{"text": "dose or regimen changed in this document"}]
+    return statement
 
 
 # MedicationStatement.status → MedicationRequest.status (R4 value sets)
@@ -342,6 +346,34 @@ def _procedure(procedure: Procedure, procedure_id: str, patient_ref: str) -> Res
     }
     if procedure.date is not None:
         resource["performedDateTime"] = procedure.date
+    return resource
+
+
+# Encounter.class (v3 ActCode) by kind of visit
+ENCOUNTER_CLASS: Final = {
+    "inpatient": ("IMP", "inpatient encounter"),
+    "outpatient": ("AMB", "ambulatory"),
+    "emergency": ("EMER", "emergency"),
+}
+
+
+def _encounter(encounter: Encounter, encounter_id: str, patient_ref: str) -> Resource:
+    code, display = ENCOUNTER_CLASS[encounter.kind]
+    ongoing = encounter.kind == "inpatient" and encounter.end is None
+    resource: Resource = {
+        "resourceType": "Encounter",
+        "id": encounter_id,
+        "status": "in-progress" if ongoing else "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code, "display": display},
+        "subject": {"reference": patient_ref},
+    }
+    period = {k: v for k, v in (("start", encounter.start), ("end", encounter.end)) if v}
+    if period:
+        resource["period"] = period
+    if encounter.department:
+        resource["serviceType"] = {"text": encounter.department}
+    if encounter.practitioner:
+        resource["participant"] = [{"individual": {"display": encounter.practitioner}}]
     return resource
 
 
@@ -467,6 +499,8 @@ def _facts(
 ) -> Iterator[tuple[str, Resource, Evidence | None]]:
     """(kind, resource without id, evidence) for every fact that becomes a resource."""
     review = extraction.requires_review
+    if extraction.encounter is not None:
+        yield "Encounter", _encounter(extraction.encounter, "", patient_ref), extraction.encounter.evidence
     for diagnosis in extraction.diagnoses:
         if diagnosis.assertion == "hypothetical":
             continue  # "if fever develops": a plan, not a finding

@@ -118,6 +118,7 @@ class Medication(msgspec.Struct, frozen=True, kw_only=True):
     timing: Timing | None = None
     codings: tuple[Coding, ...] = ()
     status: Literal["active", "stopped", "on-hold", "unknown"] = "active"
+    changed: bool = False  # the document changes it ("increased to", "dose changed")
     evidence: Evidence | None = None
     confidence: float = 1.0
 
@@ -169,8 +170,23 @@ class FollowUp(msgspec.Struct, frozen=True, kw_only=True):
     evidence: Evidence | None = None
 
 
+EncounterClass = Literal["inpatient", "outpatient", "emergency"]
+
+
+class Encounter(msgspec.Struct, frozen=True, kw_only=True):
+    """The visit the document is about: an admission (with its dates and ward) or a clinic visit."""
+
+    kind: EncounterClass
+    start: str | None = None  # ISO 8601 date
+    end: str | None = None
+    department: str | None = None  # ward, clinic or specialty as written
+    practitioner: str | None = None
+    evidence: Evidence | None = None
+
+
 class Extraction(msgspec.Struct, frozen=True, kw_only=True):
     document_type: DocumentType = "unknown"
+    encounter: Encounter | None = None
     document_date: TextFact | None = None  # ISO 8601 date the document is about (letter, report date)
     author: TextFact | None = None  # the clinician who wrote or signed it
     facility: TextFact | None = None  # the organisation it comes from

@@ -27,7 +27,7 @@ def mark_entered_in_error(resource: dict[str, Any]) -> None:
                 }
             ]
         }
-    elif kind in ("FamilyMemberHistory", "CarePlan"):
+    elif kind in ("FamilyMemberHistory", "CarePlan", "Encounter"):
         resource["status"] = "entered-in-error"
     elif kind == "Bundle":
         for entry in resource.get("entry", []):

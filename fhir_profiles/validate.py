@@ -45,6 +45,19 @@ _REQUIRED_CODES: Final[dict[tuple[str, str], frozenset[str]]] = {
         {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
     ),
     ("CarePlan", "intent"): frozenset({"proposal", "plan", "order", "option"}),
+    ("Encounter", "status"): frozenset(
+        {
+            "planned",
+            "arrived",
+            "triaged",
+            "in-progress",
+            "onleave",
+            "finished",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        }
+    ),
     ("AllergyIntolerance", "criticality"): frozenset({"low", "high", "unable-to-assess"}),
     ("Bundle", "type"): frozenset(
         {

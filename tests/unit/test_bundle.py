@@ -368,3 +368,26 @@ def test_contact_details_document_date_and_author_reach_fhir() -> None:
     # the sender's date wins over the one printed on the page
     sent = build_bundle(dated, msgspec.structs.replace(CONTEXT, effective="2026-10-30T09:00:00Z"))
     assert {o["effectiveDateTime"] for o in by_type(sent, "Observation")} == {"2026-10-30T09:00:00Z"}
+
+
+def test_an_admission_becomes_an_encounter_and_a_changed_dose_says_so() -> None:
+    from fhir_profiles.extraction import Encounter
+
+    changed = msgspec.structs.replace(extraction().medications[0], changed=True)
+    bundle = build_bundle(
+        msgspec.structs.replace(
+            extraction(),
+            encounter=Encounter(
+                kind="inpatient", start="2025-07-01", end="2025-07-05", department="Ward 12", practitioner="Dr F"
+            ),
+            medications=(changed,),
+        ),
+        CONTEXT,
+    )
+    (encounter,) = by_type(bundle, "Encounter")
+    assert (encounter["status"], encounter["class"]["code"]) == ("finished", "IMP")
+    assert encounter["period"] == {"start": "2025-07-01", "end": "2025-07-05"}
+    assert encounter["serviceType"] == {"text": "Ward 12"}
+    assert encounter["participant"] == [{"individual": {"display": "Dr F"}}]
+    (statement,) = by_type(bundle, "MedicationStatement")
+    assert statement["status"] == "active" and statement["statusReason"][0]["text"].startswith("dose")

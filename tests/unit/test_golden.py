@@ -21,6 +21,7 @@ from fhir_profiles.extraction import (
     Box,
     Coding,
     Diagnosis,
+    Encounter,
     Evidence,
     Extraction,
     FollowUp,
@@ -57,6 +58,7 @@ def golden_bundle(medication_resource: str = "MedicationStatement") -> dict[str,
     extraction = Extraction(
         document_type="clinic-letter",
         author=TextFact(value="Dr K. Mensah"),
+        encounter=Encounter(kind="outpatient", start="2026-11-02", department="Diabetes", practitioner="Dr K. Mensah"),
         patient=PatientFacts(
             name=TextFact(value="Jane Smith"),
             given=("Jane",),

@@ -288,3 +288,33 @@ def test_contact_details_and_the_documents_date_author_and_organisation() -> Non
 def test_an_accent_misread_on_a_lab_name_still_finds_the_test() -> None:
     labs = RulesExtractor().extract([page_from_text("Results\nSodíum 139 mmol/L 135-145\n")]).labs
     assert [(lab.test, lab.value, lab.codings[0].code) for lab in labs] == [("Sodíum", 139, "2951-2")]
+
+
+def test_the_admission_of_a_discharge_summary() -> None:
+    page = page_from_text(
+        "Discharge Summary\n"
+        "Admitted: 01 Jul 2025 Discharged: 05 Jul 2025\n"
+        "Ward: Ward 12 Respiratory\n"
+        "Consultant: Dr L. Fischer\n"
+    )
+    encounter = RulesExtractor().extract([page]).encounter
+    assert encounter is not None
+    assert (encounter.kind, encounter.start, encounter.end) == ("inpatient", "2025-07-01", "2025-07-05")
+    assert (encounter.department, encounter.practitioner) == ("Ward 12 Respiratory", "Dr L. Fischer")
+    letter = RulesExtractor().extract([page_from_text("Clinic Letter\nClinic: Diabetes\n")]).encounter
+    assert letter is not None and (letter.kind, letter.department, letter.start) == ("outpatient", "Diabetes", None)
+
+
+def test_stopped_and_changed_medications() -> None:
+    page = page_from_text(
+        "Medications\n"
+        "- Ramipril 5 mg OD increased to 10 mg\n"
+        "- Amlodipine 5 mg OD\n"
+        "- Aspirin 75 mg OD stopped (bleeding)\n"
+        "Stopped medications\n"
+        "- Naproxen 500 mg BD\n"
+    )
+    found = {m.name: m for m in RulesExtractor().extract([page]).medications}
+    assert (found["Ramipril"].status, found["Ramipril"].changed) == ("active", True)
+    assert (found["Amlodipine"].status, found["Amlodipine"].changed) == ("active", False)
+    assert found["Aspirin"].status == "stopped" and found["Naproxen"].status == "stopped"

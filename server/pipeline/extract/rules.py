@@ -22,6 +22,8 @@ from fhir_profiles.extraction import (
     Coding,
     Diagnosis,
     DocumentType,
+    Encounter,
+    EncounterClass,
     Evidence,
     Extraction,
     FollowUp,
@@ -44,7 +46,16 @@ from terminology.labs import LOINC_SYSTEM
 
 DateOrder = Literal["DMY", "MDY"]
 Section = Literal[
-    "diagnoses", "medications", "allergies", "observations", "history", "results", "plan", "procedures", "other"
+    "diagnoses",
+    "medications",
+    "stopped-medications",
+    "allergies",
+    "observations",
+    "history",
+    "results",
+    "plan",
+    "procedures",
+    "other",
 ]
 
 
@@ -76,6 +87,10 @@ _SECTION_HEADINGS: Final[dict[str, Section]] = {
     "medication list": "medications",
     "drugs": "medications",
     "regular medications": "medications",
+    "stopped medications": "stopped-medications",
+    "medications stopped": "stopped-medications",
+    "discontinued medications": "stopped-medications",
+    "medications discontinued": "stopped-medications",
     "allergies": "allergies",
     "allergy": "allergies",
     "drug allergies": "allergies",
@@ -328,6 +343,53 @@ _ORGANISATION = re.compile(
 )
 
 
+_ADMITTED = re.compile(
+    r"\b(?:Admitted|Admission(?:\s+date)?|Date\s+of\s+admission)\s*(?:on)?\s*[:\-]?\s*"
+    r"(?P<value>" + DATE_PATTERN + r")(?!\d)",
+    re.IGNORECASE,
+)
+_DISCHARGED = re.compile(
+    r"\b(?:Discharged|Discharge\s+date|Date\s+of\s+discharge)\s*(?:on)?\s*[:\-]?\s*"
+    r"(?P<value>" + DATE_PATTERN + r")(?!\d)",
+    re.IGNORECASE,
+)
+_DEPARTMENT = re.compile(
+    r"\b(?:Ward|Department|Dept\.?|Specialty|Speciality|Clinic)\s*[:\-]\s*"
+    r"(?P<value>[A-Za-z0-9][A-Za-z0-9&/'\- ]{1,40}?)"
+    r"(?=\s{2,}|\s+(?:Admitted|Discharged|Consultant|Clinician|Date)\b|[.,;]|$)",
+    re.IGNORECASE,
+)
+
+
+def _encounter(
+    lines: Sequence[_Line], document_type: DocumentType, author: TextFact | None, order: DateOrder
+) -> Encounter | None:
+    """The admission a discharge summary is about, or the visit a clinic letter reports."""
+    start = end = department = None
+    evidence = None
+    for line in lines:
+        if start is None and (match := _ADMITTED.search(line.text)):
+            parsed = parse_date(match.group("value"), order)
+            start, evidence = (parsed.isoformat() if parsed else None), _evidence(line, match)
+        if end is None and (match := _DISCHARGED.search(line.text)):
+            parsed = parse_date(match.group("value"), order)
+            end = parsed.isoformat() if parsed else None
+        if department is None and (match := _DEPARTMENT.search(line.text)):
+            department = match.group("value").strip()
+            evidence = evidence or _evidence(line, match)
+    if start is None and end is None and department is None:
+        return None
+    kind: EncounterClass = "inpatient" if start or end or document_type == "discharge-summary" else "outpatient"
+    return Encounter(
+        kind=kind,
+        start=start,
+        end=end,
+        department=department,
+        practitioner=author.value if author is not None else None,
+        evidence=evidence,
+    )
+
+
 def _document_facts(
     lines: Sequence[_Line], pages: Sequence[OcrPage], order: DateOrder
 ) -> tuple[TextFact | None, TextFact | None, TextFact | None]:
@@ -567,6 +629,13 @@ def parse_medication(body: str) -> Medication | None:
     )
 
 
+_STOPPED = re.compile(r"\b(stopped|stop|discontinued|ceased|withheld|suspended)\b", re.IGNORECASE)
+_CHANGED = re.compile(
+    r"\b(increased|reduced|decreased|changed|switched|titrated|(?:dose|dosage)\s+(?:changed|adjusted))\b",
+    re.IGNORECASE,
+)
+
+
 def _medications(lines: Sequence[_Line]) -> list[Medication]:
     found: list[Medication] = []
     for line in lines:
@@ -577,8 +646,14 @@ def _medications(lines: Sequence[_Line]) -> list[Medication]:
         if medication is None:
             continue
         # outside a medication section, only a full SIG (dose, route or frequency) counts
-        if line.section != "medications" and medication.route is None and medication.timing is None:
+        in_section = line.section in ("medications", "stopped-medications")
+        if not in_section and medication.route is None and medication.timing is None:
             continue
+        sig = body[len(medication.name) :]  # what is said about the drug, not its name
+        if line.section == "stopped-medications" or _STOPPED.search(sig):
+            medication = msgspec.structs.replace(medication, status="stopped")
+        elif _CHANGED.search(sig):
+            medication = msgspec.structs.replace(medication, changed=True)
         start = line.start + line.text.find(body)
         found.append(msgspec.structs.replace(medication, evidence=line.page.evidence(start, start + len(body))))
     return found
@@ -630,7 +705,15 @@ VITAL_UNITS: Final = {
 def _vitals(lines: Sequence[_Line]) -> list[Vital]:
     found: dict[str, Vital] = {}
     for line in lines:
-        if line.section in ("medications", "results", "diagnoses", "allergies", "procedures", "plan"):
+        if line.section in (
+            "medications",
+            "stopped-medications",
+            "results",
+            "diagnoses",
+            "allergies",
+            "procedures",
+            "plan",
+        ):
             continue
         for pattern, kind in _VITALS:
             if kind in found:
@@ -767,7 +850,7 @@ def _labs(lines: Sequence[_Line], read_tables: bool = True) -> list[LabResult]:
     found: list[LabResult] = []
     tables: dict[int, dict[int, LabResult]] = {}
     for line in lines:
-        if line.section in ("medications", "diagnoses", "allergies", "procedures", "plan"):
+        if line.section in ("medications", "stopped-medications", "diagnoses", "allergies", "procedures", "plan"):
             continue
         if line.page.number not in tables:
             tables[line.page.number] = _table_labs(line.page) if read_tables else {}
@@ -972,8 +1055,10 @@ class RulesExtractor:
     def extract(self, pages: Sequence[OcrPage]) -> Extraction:
         lines = list(_lines(pages))
         date, author, facility = _document_facts(lines, pages, self.date_order)
+        document_type = _document_type(pages)
         return Extraction(
-            document_type=_document_type(pages),
+            document_type=document_type,
+            encounter=_encounter(lines, document_type, author, self.date_order),
             document_date=date,
             author=author,
             facility=facility,
