@@ -11,8 +11,9 @@ import logging
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -20,6 +21,9 @@ from server.config import Settings, load_settings
 from server.errors import ConfigurationError, PaperchartError
 from terminology import TerminologyImportError, TerminologyService
 from terminology.importers import FORMATS
+
+if TYPE_CHECKING:
+    from server.pipeline.page import OcrPage
 
 _CONTENT_TYPES = {
     ".pdf": "application/pdf",
@@ -198,9 +202,31 @@ def _extract(args: argparse.Namespace) -> int:
         return 1
     finally:
         bar.close()
-    json.dump(result.bundle, sys.stdout, indent=2 if args.pretty else None)
+    output: Any = _page_model(result.pages) if args.pages else result.bundle
+    json.dump(output, sys.stdout, indent=2 if args.pretty else None)
     sys.stdout.write("\n")
     return 0
+
+
+def _page_model(pages: Sequence[OcrPage]) -> list[dict[str, Any]]:
+    """What was read, page by page: text, confidence, tables of cells and form fields."""
+    from server.pipeline.tables import find_fields, find_tables
+
+    return [
+        {
+            "page": page.number,
+            "source": page.source,
+            "words": len(page.words),
+            "meanConfidence": round(page.mean_confidence, 4),
+            "text": page.text,
+            "tables": [
+                {"header": list(t.header), "rows": [[c.text if c else "" for c in row] for row in t.rows]}
+                for t in find_tables(page)
+            ],
+            "fields": [{"label": f.label, "value": f.value} for f in find_fields(page)],
+        }
+        for page in pages
+    ]
 
 
 def _terminology_build(args: argparse.Namespace) -> int:
@@ -358,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     extract.add_argument("file", type=Path)
     extract.add_argument("--content-type", help="override the type guessed from the file name")
     extract.add_argument("--pretty", action="store_true", help="indent the JSON")
+    extract.add_argument(
+        "--pages", action="store_true", help="print what was read (text, tables, form fields) instead of the Bundle"
+    )
     extract.set_defaults(handler=_extract)
 
     from server.auth.cli import add_commands

@@ -10,6 +10,7 @@ the page text, so a value read from a cell has evidence like any other.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import msgspec
@@ -97,3 +98,42 @@ def find_tables(page: OcrPage) -> list[Table]:
         else:
             number += 1
     return tables
+
+
+# --- form fields ----------------------------------------------------------------------------
+
+# up to four words, the first capitalised, then a colon and a space: "NHS No: ", "Date of birth: "
+_LABEL = re.compile(r"(?:(?<=\s)|^)(?P<label>[A-Z][A-Za-z.]*(?: [A-Za-z.'/()#-]+){0,3}) ?:(?: +|$)")
+_BLANK = re.compile(r"^[_.\s]*$")
+
+
+class FormField(msgspec.Struct, frozen=True, kw_only=True):
+    """A "Label: value" pair of a form; ``value`` is None when the form left it blank ("Name: ____")."""
+
+    label: str
+    value: str | None
+    start: int  # character span of the value in the page text (of the label when blank)
+    end: int
+
+
+def find_fields(page: OcrPage) -> list[FormField]:
+    """Every "Label: value" on the page, a line holding several ("DOB: 14/03/1956  Sex: F")."""
+    fields: list[FormField] = []
+    offset = 0
+    for line in page.text.split("\n"):
+        labels = list(_LABEL.finditer(line))
+        for index, match in enumerate(labels):
+            value_end = labels[index + 1].start() if index + 1 < len(labels) else len(line)
+            raw = line[match.end() : value_end]
+            value = raw.strip()
+            start = offset + match.end() + (len(raw) - len(raw.lstrip()))
+            if _BLANK.match(value):
+                fields.append(
+                    FormField(label=match.group("label").strip(), value=None, start=offset + match.start(), end=start)
+                )
+            else:
+                fields.append(
+                    FormField(label=match.group("label").strip(), value=value, start=start, end=start + len(value))
+                )
+        offset += len(line) + 1
+    return fields

@@ -60,3 +60,17 @@ def test_bad_files_fail_with_a_message_not_a_traceback(tmp_path: Path) -> None:
     unknown.write_bytes(b"hello")
     result = run("extract", str(unknown), cwd=tmp_path)
     assert result.returncode == 2 and "--content-type" in result.stderr
+
+
+def test_extract_pages_shows_what_was_read(tmp_path: Path) -> None:
+    document = rendered("lab_report", seed=4)
+    path = tmp_path / "labs.pdf"
+    path.write_bytes(document.pdf)
+    result = run("extract", "--pages", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (page,) = json.loads(result.stdout)
+    assert page["source"] == "text-layer" and document.truth.patient.name in page["text"]
+    (table,) = page["tables"]
+    assert table["header"][0] == "Test" and len(table["rows"]) == len(document.truth.labs)
+    fields = {f["label"]: f["value"] for f in page["fields"]}
+    assert fields["Patient Name"] == document.truth.patient.name and fields["MRN"] == document.truth.patient.mrn

@@ -78,3 +78,27 @@ def test_lab_columns_in_any_order_are_read_by_their_header() -> None:
     # read as a line, the range would have been taken for the result
     line_only = {lab.test: lab for lab in RulesExtractor(read_tables=False).extract([page]).labs}
     assert line_only.get("Sodium") is None or line_only["Sodium"].value != 131
+
+
+def test_form_fields_filled_and_blank() -> None:
+    from server.pipeline.tables import find_fields
+    from tests.unit.test_rules import page_from_text
+
+    page = page_from_text(
+        "Patient Name: Jane Smith\n"
+        "DOB: 14/03/1956 Sex: F\n"
+        "Address: 115 Park Avenue, Elmford ZZ8 5AP Tel: 0113 496 0724\n"
+        "Next of kin: ____________\n"
+        "Seen at 10:30 for review of her asthma.\n"
+    )
+    fields = [(f.label, f.value) for f in find_fields(page)]
+    assert fields == [
+        ("Patient Name", "Jane Smith"),
+        ("DOB", "14/03/1956"),
+        ("Sex", "F"),
+        ("Address", "115 Park Avenue, Elmford ZZ8 5AP"),
+        ("Tel", "0113 496 0724"),
+        ("Next of kin", None),  # a blank on the form, not a value
+    ]
+    address = find_fields(page)[3]
+    assert page.text[address.start : address.end] == "115 Park Avenue, Elmford ZZ8 5AP"
