@@ -361,32 +361,40 @@ _DEPARTMENT = re.compile(
 )
 
 
+def _first_text(lines: Sequence[_Line], pattern: re.Pattern[str]) -> TextFact | None:
+    """The first labelled value the pattern finds (its ``value`` group), whitespace tidied."""
+    for line in lines:
+        if match := pattern.search(line.text):
+            return TextFact(value=" ".join(match.group("value").split()), evidence=_evidence(line, match, "value"))
+    return None
+
+
+def _first_date(lines: Sequence[_Line], pattern: re.Pattern[str], order: DateOrder) -> TextFact | None:
+    """The first labelled date the pattern finds that parses, as ISO 8601."""
+    for line in lines:
+        match = pattern.search(line.text)
+        if match and (parsed := parse_date(match.group("value"), order)) is not None:
+            return TextFact(value=parsed.isoformat(), evidence=_evidence(line, match, "value"))
+    return None
+
+
 def _encounter(
     lines: Sequence[_Line], document_type: DocumentType, author: TextFact | None, order: DateOrder
 ) -> Encounter | None:
     """The admission a discharge summary is about, or the visit a clinic letter reports."""
-    start = end = department = None
-    evidence = None
-    for line in lines:
-        if start is None and (match := _ADMITTED.search(line.text)):
-            parsed = parse_date(match.group("value"), order)
-            start, evidence = (parsed.isoformat() if parsed else None), _evidence(line, match)
-        if end is None and (match := _DISCHARGED.search(line.text)):
-            parsed = parse_date(match.group("value"), order)
-            end = parsed.isoformat() if parsed else None
-        if department is None and (match := _DEPARTMENT.search(line.text)):
-            department = match.group("value").strip()
-            evidence = evidence or _evidence(line, match)
+    start = _first_date(lines, _ADMITTED, order)
+    end = _first_date(lines, _DISCHARGED, order)
+    department = _first_text(lines, _DEPARTMENT)
     if start is None and end is None and department is None:
         return None
     kind: EncounterClass = "inpatient" if start or end or document_type == "discharge-summary" else "outpatient"
     return Encounter(
         kind=kind,
-        start=start,
-        end=end,
-        department=department,
+        start=start.value if start else None,
+        end=end.value if end else None,
+        department=department.value if department else None,
         practitioner=author.value if author is not None else None,
-        evidence=evidence,
+        evidence=(start or end or department).evidence,  # type: ignore[union-attr]  # one is set (above)
     )
 
 
@@ -394,19 +402,12 @@ def _document_facts(
     lines: Sequence[_Line], pages: Sequence[OcrPage], order: DateOrder
 ) -> tuple[TextFact | None, TextFact | None, TextFact | None]:
     """(date, author, facility): a labelled date, a labelled clinician, and the letterhead."""
-    date = author = facility = None
-    for line in lines:
-        if date is None and (match := _DOCUMENT_DATE.search(line.text)):
-            parsed = parse_date(match.group("value"), order)
-            if parsed is not None:
-                date = TextFact(value=parsed.isoformat(), evidence=_evidence(line, match, "value"))
-        if author is None and (match := _AUTHOR.search(line.text)):
-            author = TextFact(value=" ".join(match.group("value").split()), evidence=_evidence(line, match, "value"))
+    facility = None
     if pages:
         first = pages[0].text.split("\n", 1)[0].strip()
         if first and _ORGANISATION.search(first) and not re.search(r"\d|:", first):
             facility = TextFact(value=first, evidence=pages[0].evidence(0, len(first)))
-    return date, author, facility
+    return _first_date(lines, _DOCUMENT_DATE, order), _first_text(lines, _AUTHOR), facility
 
 
 def _evidence(line: _Line, match: re.Match[str], group: str | int = 0) -> Evidence:
