@@ -4,7 +4,7 @@
 
 Per field family (demographics with address and phone; the document's date, author and
 organisation; the encounter's dates and ward or clinic; diagnoses with assertion; medications
-with dose, route and frequency; labs with value, unit and flag; vitals; allergies; procedures;
+with dose, route and frequency; labs with value, flag and specimen date; vitals; allergies; procedures;
 follow-up actions), on born-digital PDFs (text layer: extraction alone) and on the same
 documents scanned with noise, blur and rotation (OCR + extraction), so OCR's share of the error
 is visible. Also a negation suite: generated sentences whose findings are present or negated,
@@ -79,7 +79,7 @@ def facts(truth: DocumentTruth) -> dict[str, set[tuple[object, ...]]]:
             )
             for m in truth.medications
         },
-        "labs": {(lab.test.lower(), lab.value, lab.flag) for lab in truth.labs},
+        "labs": {(lab.test.lower(), lab.value, lab.flag, truth.specimen_date or None) for lab in truth.labs},
         "vitals": {(v.kind, v.value, v.diastolic, VITAL_UNITS[v.unit]) for v in truth.vitals},
         "allergies": {
             ("none known",) if a.none_known else (a.substance.lower(), a.reaction, a.severity, a.category)
@@ -133,7 +133,7 @@ def found(extraction: Extraction) -> dict[str, set[tuple[object, ...]]]:
         "encounter": encounter,
         "diagnoses": {(d.text.lower(), d.assertion) for d in extraction.diagnoses},
         "medications": medications,
-        "labs": {(lab.test.lower(), lab.value, lab.flag or "N") for lab in extraction.labs},
+        "labs": {(lab.test.lower(), lab.value, lab.flag or "N", lab.specimen_date) for lab in extraction.labs},
         "vitals": {(v.kind, v.value, v.diastolic, v.unit) for v in extraction.vitals},
         "allergies": {
             ("none known",) if a.none_known else (a.substance.lower(), a.reaction, a.severity, a.category)

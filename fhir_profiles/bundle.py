@@ -518,7 +518,10 @@ def _facts(
     for vital in extraction.vitals:
         yield "Observation", _effective(_vital(vital, "", patient_ref, review), context, extraction), vital.evidence
     for lab in extraction.labs:
-        yield "Observation", _effective(_lab(lab, "", patient_ref, review), context, extraction), lab.evidence
+        observation = _effective(_lab(lab, "", patient_ref, review), context, extraction)
+        if lab.specimen_date:  # when the sample was taken is when the result holds
+            observation["effectiveDateTime"] = lab.specimen_date
+        yield "Observation", observation, lab.evidence
     for allergy in extraction.allergies:
         yield "AllergyIntolerance", _allergy_intolerance(allergy, "", patient_ref), allergy.evidence
     for procedure in extraction.procedures:

@@ -140,6 +140,7 @@ class LabResult(msgspec.Struct, frozen=True, kw_only=True):
     high: float | None = None
     flag: LabFlag | None = None
     comparator: Literal["<", "<=", ">=", ">"] | None = None
+    specimen_date: str | None = None  # ISO 8601: when the sample was taken, when the report says
     codings: tuple[Coding, ...] = ()
     evidence: Evidence | None = None
 

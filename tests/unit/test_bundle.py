@@ -391,3 +391,12 @@ def test_an_admission_becomes_an_encounter_and_a_changed_dose_says_so() -> None:
     assert encounter["participant"] == [{"individual": {"display": "Dr F"}}]
     (statement,) = by_type(bundle, "MedicationStatement")
     assert statement["status"] == "active" and statement["statusReason"][0]["text"].startswith("dose")
+
+
+def test_a_lab_result_holds_at_its_specimen_date() -> None:
+    labs = (LabResult(test="Sodium", value=139, unit="mmol/L", specimen_date="2026-11-03"),)
+    bundle = build_bundle(
+        msgspec.structs.replace(extraction(), labs=labs), msgspec.structs.replace(CONTEXT, effective="2026-11-05")
+    )
+    sodium = next(o for o in by_type(bundle, "Observation") if o["code"]["text"] == "Sodium")
+    assert sodium["effectiveDateTime"] == "2026-11-03"

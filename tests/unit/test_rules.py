@@ -318,3 +318,10 @@ def test_stopped_and_changed_medications() -> None:
     assert (found["Ramipril"].status, found["Ramipril"].changed) == ("active", True)
     assert (found["Amlodipine"].status, found["Amlodipine"].changed) == ("active", False)
     assert found["Aspirin"].status == "stopped" and found["Naproxen"].status == "stopped"
+
+
+def test_a_reports_specimen_date_goes_on_each_result() -> None:
+    page = page_from_text("Laboratory Report\nDate: 05 Nov 2026\nCollected: 03 Nov 2026\nSodium 139 mmol/L 135-145\n")
+    extraction = RulesExtractor().extract([page])
+    assert [lab.specimen_date for lab in extraction.labs] == ["2026-11-03"]
+    assert extraction.document_date is not None and extraction.document_date.value == "2026-11-05"

@@ -343,6 +343,11 @@ _ORGANISATION = re.compile(
 )
 
 
+_SPECIMEN_DATE = re.compile(
+    r"\b(?:Collected|Collection\s+date|Specimen\s+(?:date|collected|taken)|Sample\s+(?:date|taken)|Date\s+collected)"
+    r"\s*(?:on)?\s*[:\-]?\s*(?P<value>" + DATE_PATTERN + r")(?!\d)",
+    re.IGNORECASE,
+)
 _ADMITTED = re.compile(
     r"\b(?:Admitted|Admission(?:\s+date)?|Date\s+of\s+admission)\s*(?:on)?\s*[:\-]?\s*"
     r"(?P<value>" + DATE_PATTERN + r")(?!\d)",
@@ -376,6 +381,14 @@ def _first_date(lines: Sequence[_Line], pattern: re.Pattern[str], order: DateOrd
         if match and (parsed := parse_date(match.group("value"), order)) is not None:
             return TextFact(value=parsed.isoformat(), evidence=_evidence(line, match, "value"))
     return None
+
+
+def _with_specimen_date(labs: list[LabResult], lines: Sequence[_Line], order: DateOrder) -> list[LabResult]:
+    """The report's specimen collection date on each of its results (one date per report)."""
+    collected = _first_date(lines, _SPECIMEN_DATE, order)
+    if collected is None:
+        return labs
+    return [msgspec.structs.replace(lab, specimen_date=collected.value) for lab in labs]
 
 
 def _encounter(
@@ -1067,7 +1080,7 @@ class RulesExtractor:
             diagnoses=tuple(_diagnoses(lines)),
             medications=tuple(_medications(lines)),
             vitals=tuple(_vitals(lines)),
-            labs=tuple(_labs(lines, self.read_tables)),
+            labs=tuple(_with_specimen_date(_labs(lines, self.read_tables), lines, self.date_order)),
             allergies=tuple(_allergies(lines)),
             procedures=tuple(_procedures(lines, self.date_order)),
             follow_ups=tuple(_follow_ups(lines)),
