@@ -66,16 +66,13 @@ MAX_DAILY_MG: Final[dict[str, float]] = {
     "sertraline": 200,
     "citalopram": 40,
     "levothyroxine": 0.3,
-    "amoxicillin": 6000,
-    "furosemide": 2000,
-    "prednisolone": 100,
-    "salbutamol": 32,  # inhaled: 8 puffs of 100 micrograms four times a day
+    "amoxicillin": 6000,  # oral severe-infection dosing; the usual maximum is half that
 }
 _MG_PER_UNIT: Final = {"mg": 1.0, "g": 1000.0, "ug": 0.001}
 _DAYS_PER_UNIT: Final = {"h": 1 / 24, "d": 1.0, "wk": 7.0}
 
-# Typical adult critical ("phone now") limits by LOINC code and unit; a laboratory's own limits
-# take precedence where a report prints them. (low, high); None where there is no limit.
+# Typical adult critical ("phone now") limits by LOINC code and unit: (low, high), None where
+# there is none. Laboratories set their own; these are the common ground, not any one lab's.
 CRITICAL_LIMITS: Final[dict[tuple[str, str], tuple[float | None, float | None]]] = {
     ("2823-3", "mmol/L"): (2.5, 6.5),  # potassium
     ("2951-2", "mmol/L"): (120, 160),  # sodium
