@@ -180,6 +180,8 @@ def test_nhs_number_check_digit() -> None:
         ("03/04/1956", "DMY", dt.date(1956, 4, 3)),
         ("03/04/1956", "MDY", dt.date(1956, 3, 4)),
         ("14 Mar 1956", "DMY", dt.date(1956, 3, 14)),
+        ("26 J ul 2025", "DMY", dt.date(2025, 7, 26)),  # OCR split the month name
+        ("14 MAR 1956", "DMY", dt.date(1956, 3, 14)),
         ("March 14, 1956", "DMY", dt.date(1956, 3, 14)),
         ("31/02/1956", "DMY", None),
     ],

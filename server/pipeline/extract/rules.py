@@ -167,17 +167,20 @@ _MONTHS: Final = {
     m: i
     for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)
 }
+# A month name may come back from OCR with a space inside it ("26 J ul 2025"); parse_date
+# closes such gaps and then checks the month is a month.
+_MONTH_WORD: Final = r"[A-Za-z](?: ?[A-Za-z]){2,8}"
 DATE_PATTERN: Final = (
     r"(?:\d{4}-\d{1,2}-\d{1,2}"
     r"|\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}"
-    r"|\d{1,2}(?:st|nd|rd|th)?[\s\-]+[A-Za-z]{3,9}\.?[\s\-,]+\d{4}"
-    r"|[A-Za-z]{3,9}\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4})"
+    r"|\d{1,2}(?:st|nd|rd|th)?[\s\-]+" + _MONTH_WORD + r"\.?[\s\-,]+\d{4}"
+    r"|" + _MONTH_WORD + r"\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4})"
 )
 
 
 def parse_date(text: str, order: DateOrder = "DMY", *, today: dt.date | None = None) -> dt.date | None:
     """Parse a written date; numeric day/month order follows ``order`` when ambiguous."""
-    text = text.strip().rstrip(".,")
+    text = re.sub(r"(?<=[A-Za-z]) (?=[a-z])", "", text.strip().rstrip(".,"))  # "J ul" -> "Jul"
     try:
         if re.fullmatch(r"\d{4}-\d{1,2}-\d{1,2}", text):
             year, month, day = (int(p) for p in text.split("-"))
