@@ -54,9 +54,11 @@ SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 
 
-def golden_bundle(medication_resource: str = "MedicationStatement") -> dict[str, Any]:
+def golden_bundle(
+    medication_resource: str = "MedicationStatement", document_type: str = "clinic-letter"
+) -> dict[str, Any]:
     extraction = Extraction(
-        document_type="clinic-letter",
+        document_type=document_type,  # type: ignore[arg-type]
         author=TextFact(value="Dr K. Mensah"),
         encounter=Encounter(kind="outpatient", start="2026-11-02", department="Diabetes", practitioner="Dr K. Mensah"),
         patient=PatientFacts(
@@ -123,8 +125,9 @@ def golden_bundle(medication_resource: str = "MedicationStatement") -> dict[str,
 
 def _examples() -> dict[str, dict[str, Any]]:
     examples: dict[str, dict[str, Any]] = {}
-    for medication_resource in ("MedicationStatement", "MedicationRequest"):
-        for entry in golden_bundle(medication_resource)["entry"]:
+    variants = (("MedicationStatement", "clinic-letter"), ("MedicationRequest", "lab-report"))
+    for medication_resource, document_type in variants:
+        for entry in golden_bundle(medication_resource, document_type)["entry"]:
             resource = entry["resource"]
             name = resource["resourceType"]
             if name == "Observation":
