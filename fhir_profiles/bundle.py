@@ -499,6 +499,7 @@ def _facts(
 ) -> Iterator[tuple[str, Resource, Evidence | None]]:
     """(kind, resource without id, evidence) for every fact that becomes a resource."""
     review = extraction.requires_review
+    author = extraction.author.value if extraction.author else None
     if extraction.encounter is not None:
         yield "Encounter", _encounter(extraction.encounter, "", patient_ref), extraction.encounter.evidence
     for diagnosis in extraction.diagnoses:
@@ -507,7 +508,6 @@ def _facts(
         if diagnosis.assertion == "family":
             yield "FamilyMemberHistory", _family_history(diagnosis, "", patient_ref), diagnosis.evidence
             continue
-        author = extraction.author.value if extraction.author else None
         condition = _condition(diagnosis, "", patient_ref, extraction.document_type, author)
         yield "Condition", condition, diagnosis.evidence
     for medication in extraction.medications:

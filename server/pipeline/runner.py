@@ -23,7 +23,7 @@ from server.pipeline.code import code_extraction
 from server.pipeline.inspect import TEXT, DocumentInfo, Limits, inspect_document
 from server.pipeline.page import OcrPage
 from server.pipeline.preprocess import prepare_for_ocr, upright
-from server.pipeline.rasterize import PageImage, iter_pages, render_pdf_page
+from server.pipeline.rasterize import PageImage, RasterPage, iter_pages, render_pdf_page
 from server.pipeline.validate import with_review
 from terminology import TerminologyService
 
@@ -83,44 +83,40 @@ class Pipeline:
                 progress("ocr", len(pages), info.pages)
         return pages
 
-    def render_page(self, content: bytes, content_type: str, number: int) -> Image.Image:
-        """One page as an image, without OCR (for viewing)."""
+    def _raster(self, content: bytes, content_type: str, number: int) -> RasterPage:
+        """Page ``number`` as rasterizing yields it: a scan's image, or a text layer's words."""
         info = self.inspect(content, content_type)
         if info.content_type == TEXT:
             raise UnprocessableDocument("a transcribed text document has no page images")
         if not 1 <= number <= info.pages:
             raise NotFound(f"the document has no page {number}")
         for raster in iter_pages(content, info.content_type, self.limits):
-            if raster.number != number:
-                continue
-            if isinstance(raster, PageImage):  # a scan: shown the way it was read (turned upright)
-                return upright(raster.image)
-            return render_pdf_page(content, number, self.limits.dpi)  # text layer: as printed
+            if raster.number == number:
+                return raster
         raise NotFound(f"the document has no page {number}")  # pragma: no cover - pages counted above
+
+    def render_page(self, content: bytes, content_type: str, number: int) -> Image.Image:
+        """One page as an image, without OCR (for viewing)."""
+        raster = self._raster(content, content_type, number)
+        if isinstance(raster, PageImage):  # a scan: shown the way it was read (turned upright)
+            return upright(raster.image)
+        return render_pdf_page(content, number, self.limits.dpi)  # text layer: as printed
 
     def page_with_words(self, content: bytes, content_type: str, number: int) -> tuple[Image.Image, OcrPage]:
         """One page as an image and its words in that image's pixel coordinates (for viewing, redaction)."""
-        info = self.inspect(content, content_type)
-        if info.content_type == TEXT:
-            raise UnprocessableDocument("a transcribed text document has no page images")
-        if not 1 <= number <= info.pages:
-            raise NotFound(f"the document has no page {number}")
-        for raster in iter_pages(content, info.content_type, self.limits):
-            if raster.number != number:
-                continue
-            if isinstance(raster, PageImage):
-                image = upright(raster.image)
-                return image, self.ocr_engine.read(prepare_for_ocr(image), number)
-            image = render_pdf_page(content, number, self.limits.dpi)
-            scale = image.width / raster.width  # text layer in points, image in pixels
-            words = [
-                msgspec.structs.replace(
-                    w, bbox=(w.bbox[0] * scale, w.bbox[1] * scale, w.bbox[2] * scale, w.bbox[3] * scale)
-                )
-                for w in raster.words
-            ]
-            return image, msgspec.structs.replace(raster, width=image.width, height=image.height, words=tuple(words))
-        raise NotFound(f"the document has no page {number}")  # pragma: no cover - pages counted above
+        raster = self._raster(content, content_type, number)
+        if isinstance(raster, PageImage):
+            image = upright(raster.image)
+            return image, self.ocr_engine.read(prepare_for_ocr(image), number)
+        image = render_pdf_page(content, number, self.limits.dpi)
+        scale = image.width / raster.width  # text layer in points, image in pixels
+        words = [
+            msgspec.structs.replace(
+                w, bbox=(w.bbox[0] * scale, w.bbox[1] * scale, w.bbox[2] * scale, w.bbox[3] * scale)
+            )
+            for w in raster.words
+        ]
+        return image, msgspec.structs.replace(raster, width=image.width, height=image.height, words=tuple(words))
 
     def run(
         self, content: bytes, content_type: str, context: BundleContext, progress: ProgressCallback | None = None

@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, get_args
 
 import httpx
 import msgspec
@@ -28,6 +28,7 @@ from fhir_profiles.extraction import (
     Allergy,
     Assertion,
     Diagnosis,
+    DocumentType,
     Evidence,
     Extraction,
     FollowUp,
@@ -40,6 +41,7 @@ from fhir_profiles.extraction import (
     ReviewReason,
     TextFact,
     Vital,
+    VitalKind,
 )
 from server.pipeline.extract.rules import (
     VITAL_UNITS,
@@ -56,7 +58,7 @@ from terminology.units import normalize_unit
 
 logger = logging.getLogger(__name__)
 Dialect = Literal["json_schema", "json_object"]
-_ASSERTIONS: Final = {"present", "negated", "hypothetical", "historical", "family", "uncertain"}
+_ASSERTIONS: Final = frozenset(get_args(Assertion))
 
 
 # --- what the model is asked to return -----------------------------------------------------------
@@ -72,7 +74,7 @@ class LlmPatient(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class LlmDiagnosis(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     text: str
-    assertion: Literal["present", "negated", "hypothetical", "historical", "family", "uncertain"] = "present"
+    assertion: Assertion = "present"
 
 
 class LlmMedication(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -80,16 +82,7 @@ class LlmMedication(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class LlmVital(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    kind: Literal[
-        "blood_pressure",
-        "heart_rate",
-        "respiratory_rate",
-        "body_temperature",
-        "oxygen_saturation",
-        "body_weight",
-        "body_height",
-        "bmi",
-    ]
+    kind: VitalKind
     value: float
     diastolic: float | None = None
 
@@ -112,9 +105,7 @@ class LlmProcedure(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class LlmDocument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    document_type: Literal[
-        "clinic-letter", "discharge-summary", "lab-report", "medication-list", "prescription", "referral", "unknown"
-    ] = "unknown"
+    document_type: DocumentType = "unknown"
     patient: LlmPatient = msgspec.field(default_factory=LlmPatient)
     diagnoses: list[LlmDiagnosis] = msgspec.field(default_factory=list)
     medications: list[LlmMedication] = msgspec.field(default_factory=list)
