@@ -37,6 +37,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_dialect: Literal["json_schema", "json_object"] = "json_schema"  # vLLM/OpenAI vs llama.cpp
     llm_timeout_seconds: float = 120.0
     llm_api_key: str | None = None
+    # who picks a mention's code among the index's candidates: "similarity" (a threshold), "llm" (the
+    # LLM server, constrained to the candidates); "auto": the LLM when it is the extractor
+    code_chooser: Literal["auto", "similarity", "llm"] = "auto"
     date_order: Literal["DMY", "MDY"] = "DMY"
     # how medications are written: R4's MedicationStatement, or US Core's MedicationRequest
     medication_resource: Literal["MedicationStatement", "MedicationRequest"] = "MedicationStatement"

@@ -12,7 +12,7 @@ from server.crypto import KeyProvider, LocalKeyProvider, decode_master_key
 from server.deid import Deidentifier
 from server.hl7 import Hl7Service, MllpServer, tls_context
 from server.jobs import JobRunner
-from server.pipeline import Pipeline, create_extractor, create_ocr_engine
+from server.pipeline import Pipeline, create_code_chooser, create_extractor, create_ocr_engine
 from server.store import SqliteStore, Store
 from server.store.audit import AuditLog
 from terminology import TerminologyService
@@ -92,7 +92,13 @@ def build_terminology(settings: Settings) -> TerminologyService | None:
 
 
 def build_pipeline(settings: Settings, terminology: TerminologyService | None = None) -> Pipeline:
-    return Pipeline(settings, create_ocr_engine(settings), create_extractor(settings), terminology)
+    return Pipeline(
+        settings,
+        create_ocr_engine(settings),
+        create_extractor(settings),
+        terminology,
+        code_chooser=create_code_chooser(settings),
+    )
 
 
 def build_store(settings: Settings, keys: KeyProvider | None = None) -> Store:

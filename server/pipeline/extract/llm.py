@@ -43,6 +43,7 @@ from fhir_profiles.extraction import (
     Vital,
     VitalKind,
 )
+from server.pipeline.code import ChooserUnavailable, CodeQuestion
 from server.pipeline.extract.rules import (
     VITAL_UNITS,
     DateOrder,
@@ -54,6 +55,7 @@ from server.pipeline.extract.rules import (
     relative_of,
 )
 from server.pipeline.page import OcrPage
+from terminology.model import ICD10CM, RXNORM, SNOMED
 from terminology.units import normalize_unit
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class LlmPatient(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class LlmDiagnosis(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     text: str
     assertion: Assertion = "present"
+    line: int | None = None  # the prompt's line number, where the model cites one
 
 
 class LlmMedication(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -93,6 +96,7 @@ class LlmLab(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     unit: str | None = None
     low: float | None = None
     high: float | None = None
+    line: int | None = None
 
 
 class LlmAllergy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -102,6 +106,7 @@ class LlmAllergy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class LlmProcedure(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     text: str
     date: str | None = None  # as written
+    line: int | None = None
 
 
 class LlmDocument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -134,7 +139,9 @@ SYSTEM_PROMPT: Final = (
     "in the document. Put a diagnosis the document denies or rules out with assertion 'negated', a relative's "
     "condition with 'family', a possible one with 'uncertain', a past one with 'historical'. Copy each "
     "allergy line (or 'NKDA') as written, past operations and procedures with their dates, and follow-up "
-    "actions from the plan. Give dates as written. Leave out anything the document does not say; never guess."
+    "actions from the plan. Give dates as written. Each line of the document starts with its number in "
+    "brackets: give the line a diagnosis, lab result or procedure is on. Leave out anything the document "
+    "does not say; never guess."
 )
 
 
@@ -142,7 +149,7 @@ _TRANSIENT: Final = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER: Final = 30  # seconds; a longer wait falls back to the rules extractor instead
 
 
-class LlmUnavailable(Exception):
+class LlmUnavailable(ChooserUnavailable):
     """The LLM server could not be reached or did not answer with the JSON asked for."""
 
 
@@ -171,10 +178,10 @@ class ChatClient:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(timeout=timeout_seconds, headers=headers, transport=transport)
 
-    def response_format(self) -> dict[str, Any]:
+    def response_format(self, schema: dict[str, Any] = SCHEMA, name: str = "extraction") -> dict[str, Any]:
         if self.dialect == "json_schema":  # OpenAI and vLLM structured outputs
-            return {"type": "json_schema", "json_schema": {"name": "extraction", "schema": SCHEMA, "strict": True}}
-        return {"type": "json_object", "schema": SCHEMA}  # llama.cpp server
+            return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+        return {"type": "json_object", "schema": schema}  # llama.cpp server
 
     def reachable(self) -> bool:
         """Whether the server answers its model list (for /health)."""
@@ -223,13 +230,14 @@ class ChatClient:
             raise LlmUnavailable("the LLM gave no summary")
         return content.strip()
 
-    def complete_json(self, system: str, user: str) -> Any:
+    def complete_json(self, system: str, user: str, schema: dict[str, Any] = SCHEMA, name: str = "extraction") -> Any:
+        """JSON constrained by ``schema``; ``LlmUnavailable`` when there is no usable answer."""
         body = {
             "model": self.model,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
             "temperature": 0,
             "max_tokens": self.max_tokens,
-            "response_format": self.response_format(),
+            "response_format": self.response_format(schema, name),
         }
         response = self._post(body)
         if response.status_code != 200:
@@ -244,12 +252,38 @@ class ChatClient:
 # --- grounding: every value must be on the page ------------------------------------------------------
 
 
-def _locate(pages: Sequence[OcrPage], needle: str) -> Evidence | None:
-    """Evidence for ``needle`` where it occurs in the pages' text (case and spacing may differ)."""
+class NumberedText:
+    """The pages' text with each line numbered, as the model sees it, and where each line is."""
+
+    def __init__(self, pages: Sequence[OcrPage]) -> None:
+        self.lines: list[tuple[OcrPage, int, int]] = []
+        blocks = []
+        for page in pages:
+            rows = [f"--- page {page.number} ---"]
+            start = 0
+            for text in page.text.split("\n"):
+                self.lines.append((page, start, start + len(text)))
+                rows.append(f"[{len(self.lines)}] {text}")
+                start += len(text) + 1
+            blocks.append("\n".join(rows))
+        self.prompt = "\n\n".join(blocks)
+
+    def line(self, number: int | None) -> tuple[OcrPage, int, int] | None:
+        return self.lines[number - 1] if number is not None and 1 <= number <= len(self.lines) else None
+
+
+def _locate(pages: Sequence[OcrPage], needle: str, cited: tuple[OcrPage, int, int] | None = None) -> Evidence | None:
+    """Evidence for ``needle`` where it occurs in the pages' text (case and spacing may differ): on the
+    line the model cited when it is there, else its first occurrence."""
     words = needle.split()
     if not words:
         return None
     pattern = re.compile(r"\s+".join(re.escape(w) for w in words), re.IGNORECASE)
+    if cited is not None:
+        page, start, end = cited
+        match = pattern.search(page.text, start, end)
+        if match:
+            return page.evidence(match.start(), match.end())
     for page in pages:
         match = pattern.search(page.text)
         if match:
@@ -283,9 +317,9 @@ class LlmExtractor:
         self.name = f"llm:{client.model}"
 
     def extract(self, pages: Sequence[OcrPage]) -> Extraction:
-        text = "\n\n".join(f"--- page {p.number} ---\n{p.text}" for p in pages)
+        numbered = NumberedText(pages)
         try:
-            answer = self.client.complete_json(SYSTEM_PROMPT, text)
+            answer = self.client.complete_json(SYSTEM_PROMPT, numbered.prompt)
             proposed = msgspec.convert(answer, LlmDocument, strict=False)
         except (LlmUnavailable, msgspec.ValidationError) as exc:
             logger.warning("LLM extraction unavailable (%s); using the rules extractor", type(exc).__name__)
@@ -295,15 +329,15 @@ class LlmExtractor:
             )
             extraction = self.fallback.extract(pages)
             return msgspec.structs.replace(extraction, review_reasons=(*extraction.review_reasons, reason))
-        return self._ground(proposed, pages)
+        return self._ground(proposed, pages, numbered)
 
-    def _ground(self, proposed: LlmDocument, pages: Sequence[OcrPage]) -> Extraction:
+    def _ground(self, proposed: LlmDocument, pages: Sequence[OcrPage], numbered: NumberedText) -> Extraction:
         dropped = 0
         patient, lost = self._patient(proposed.patient, pages)
         dropped += lost
         diagnoses = []
         for item in proposed.diagnoses:
-            evidence = _locate(pages, item.text)
+            evidence = _locate(pages, item.text, numbered.line(item.line))
             if evidence is None:
                 dropped += 1
                 continue
@@ -341,7 +375,7 @@ class LlmExtractor:
             )
         labs = []
         for lab in proposed.labs:
-            name = _locate(pages, lab.test)
+            name = _locate(pages, lab.test, numbered.line(lab.line))
             value = _locate_number_near(pages, lab.value, name) if name is not None else None
             if name is None or value is None:
                 dropped += 1
@@ -369,8 +403,9 @@ class LlmExtractor:
         dropped += lost
         procedures = []
         for procedure in proposed.procedures:
-            evidence = _locate(pages, procedure.text)
-            when = _locate(pages, procedure.date) if procedure.date else None
+            cited = numbered.line(procedure.line)
+            evidence = _locate(pages, procedure.text, cited)
+            when = _locate(pages, procedure.date, cited) if procedure.date else None
             if evidence is None or (procedure.date and when is None):
                 dropped += 1
                 continue
@@ -485,3 +520,57 @@ def _line_of(pages: Sequence[OcrPage], evidence: Evidence) -> str:
     start = page.text.rfind("\n", 0, evidence.start) + 1
     end = page.text.find("\n", evidence.end)
     return page.text[start : end if end >= 0 else len(page.text)]
+
+
+# --- coding: the model picks among the index's candidates -----------------------------------------
+
+CODING_PROMPT: Final = (
+    "You assign codes to mentions from a clinical document. For each mention you are given candidate "
+    "codes from a terminology index. Answer with JSON only: for each mention key, the candidate code whose "
+    "meaning is the mention's meaning, or 'none' when no candidate means the same thing. Prefer the most "
+    "specific candidate that the mention fully supports; never pick a code that adds facts the mention "
+    "does not state."
+)
+_SYSTEM_NAMES: Final = {ICD10CM: "ICD-10-CM", SNOMED: "SNOMED CT", RXNORM: "RxNorm"}
+
+
+def coding_schema(questions: Sequence[CodeQuestion]) -> dict[str, Any]:
+    """One key per mention, each constrained to its own candidates' codes or "none"."""
+    properties = {
+        f"m{n}": {"type": "string", "enum": [*dict.fromkeys(c.code for c in q.candidates), "none"]}
+        for n, q in enumerate(questions, 1)
+    }
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def coding_prompt(questions: Sequence[CodeQuestion]) -> str:
+    blocks = []
+    for n, question in enumerate(questions, 1):
+        system = _SYSTEM_NAMES.get(question.system, question.system)
+        lines = [f'm{n}: {question.kind} "{question.mention}" ({system} candidates)']
+        lines += [f"  {c.code}: {c.display}" for c in question.candidates]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+class LlmCodeChooser:
+    """Retrieval-augmented coding: one request per document, each mention constrained to its candidates."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+        self.name = f"llm:{client.model}"
+
+    def choose(self, questions: Sequence[CodeQuestion]) -> list[str | None]:
+        if not questions:
+            return []
+        answer = self.client.complete_json(
+            CODING_PROMPT, coding_prompt(questions), schema=coding_schema(questions), name="coding"
+        )
+        if not isinstance(answer, dict):
+            raise LlmUnavailable("the LLM's coding answer is not the JSON object asked for")
+        chosen: list[str | None] = []
+        for n, question in enumerate(questions, 1):
+            code = answer.get(f"m{n}")
+            offered = {c.code for c in question.candidates}
+            chosen.append(code if isinstance(code, str) and code in offered else None)
+        return chosen
