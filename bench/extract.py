@@ -1,6 +1,6 @@
 """Field-level precision, recall and F1 of the rules extractor against generated ground truth.
 
-    .venv/bin/python bench/extract.py [--documents 24] [--no-ocr]
+    .venv/bin/python bench/extract.py [--documents 24] [--no-ocr] [--llm-url URL --llm-model M]
 
 Per field family (demographics with address and phone; the document's date, author and
 organisation; the encounter's dates and ward or clinic; diagnoses with assertion; medications
@@ -9,7 +9,9 @@ follow-up actions), on born-digital PDFs (text layer: extraction alone) and on t
 documents scanned with noise, blur and rotation (OCR + extraction), so OCR's share of the error
 is visible. Also a negation suite: generated sentences whose findings are present or negated,
 scored on the assertion alone. The peer, measured in the same run, is a keyword check for
-negation ("no", "not", "denies"... anywhere in the sentence).
+negation ("no", "not", "denies"... anywhere in the sentence). With ``--llm-url`` (any
+OpenAI-compatible server: vLLM, or llama.cpp's with ``--llm-dialect json_object``) the LLM
+extractor is scored on the born-digital corpus too, beside the rules.
 Caveat: the generator and the rules share one template vocabulary, so these figures show the
 pipeline is consistent, not how it does on real clinical writing.
 """
@@ -27,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fhir_profiles.extraction import Extraction
 from server.config import load_settings
+from server.pipeline.base import Extractor
+from server.pipeline.extract.llm import ChatClient, LlmExtractor
 from server.pipeline.extract.rules import RulesExtractor, assertion_of
 from server.pipeline.inspect import Limits
 from server.pipeline.ocr import create_ocr_engine
@@ -210,6 +214,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=24)
     parser.add_argument("--no-ocr", action="store_true", help="skip the scanned corpus")
+    parser.add_argument("--llm-url", help="also score the LLM extractor on this OpenAI-compatible server")
+    parser.add_argument("--llm-model", default="default")
+    parser.add_argument("--llm-dialect", choices=("json_schema", "json_object"), default="json_schema")
     args = parser.parse_args()
     documents = [render_document(KINDS[i % len(KINDS)], 500 + i, SCAN) for i in range(args.documents)]
     extractor = RulesExtractor()
@@ -228,15 +235,18 @@ def main() -> None:
     ]
     results: dict[str, Counter[str]] = {}
     seconds: dict[str, float] = {}
-    corpora = [("born-digital (extraction only)", False)] + (
-        [] if args.no_ocr else [("scanned (OCR + extraction)", True)]
-    )
-    for name, scanned in corpora:
+    corpora: list[tuple[str, bool, Extractor]] = [("born-digital (extraction only)", False, extractor)]
+    if not args.no_ocr:
+        corpora.append(("scanned (OCR + extraction)", True, extractor))
+    if args.llm_url:
+        client = ChatClient(args.llm_url, model=args.llm_model, dialect=args.llm_dialect, timeout_seconds=300)
+        corpora.append((f"born-digital, llm:{args.llm_model}"[:32], False, LlmExtractor(client)))
+    for name, scanned, reader in corpora:
         counts: Counter[str] = Counter()
         started = time.perf_counter()
         for document in documents:
             pages = read(document.scanned_pdf if scanned else document.pdf, ocr)
-            got, want = found(extractor.extract(pages)), facts(document.truth)
+            got, want = found(reader.extract(pages)), facts(document.truth)
             for family in families:
                 counts[f"{family}:tp"] += len(got[family] & want[family])
                 counts[f"{family}:fp"] += len(got[family] - want[family])

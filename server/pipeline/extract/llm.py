@@ -29,6 +29,7 @@ from fhir_profiles.extraction import (
     Assertion,
     Diagnosis,
     DocumentType,
+    Encounter,
     Evidence,
     Extraction,
     FollowUp,
@@ -52,6 +53,7 @@ from server.pipeline.extract.rules import (
     parse_allergy,
     parse_date,
     parse_medication,
+    postal_code_of,
     relative_of,
 )
 from server.pipeline.page import OcrPage
@@ -72,6 +74,9 @@ class LlmPatient(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sex: Literal["male", "female", "other", "unknown"] | None = None
     mrn: str | None = None
     nhs_number: str | None = None
+    address: str | None = None  # one line, as written
+    phone: str | None = None
+    email: str | None = None
 
 
 class LlmDiagnosis(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -109,8 +114,19 @@ class LlmProcedure(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     line: int | None = None
 
 
+class LlmEncounter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    admitted: str | None = None  # dates as written
+    discharged: str | None = None
+    department: str | None = None  # ward, clinic or specialty as written
+
+
 class LlmDocument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     document_type: DocumentType = "unknown"
+    document_date: str | None = None  # as written
+    author: str | None = None  # the clinician who wrote or signed it
+    facility: str | None = None  # the letterhead's organisation
+    encounter: LlmEncounter | None = None
+    specimen_date: str | None = None  # a lab report's collection date, as written
     patient: LlmPatient = msgspec.field(default_factory=LlmPatient)
     diagnoses: list[LlmDiagnosis] = msgspec.field(default_factory=list)
     medications: list[LlmMedication] = msgspec.field(default_factory=list)
@@ -135,13 +151,14 @@ def _root_schema() -> dict[str, Any]:
 SCHEMA: Final = _root_schema()
 SYSTEM_PROMPT: Final = (
     "You extract facts from one clinical document for a FHIR record. Answer with JSON only, following the "
-    "schema. Copy names, identifiers, diagnoses, medication lines and test names exactly as they are written "
-    "in the document. Put a diagnosis the document denies or rules out with assertion 'negated', a relative's "
-    "condition with 'family', a possible one with 'uncertain', a past one with 'historical'. Copy each "
-    "allergy line (or 'NKDA') as written, past operations and procedures with their dates, and follow-up "
-    "actions from the plan. Give dates as written. Each line of the document starts with its number in "
-    "brackets: give the line a diagnosis, lab result or procedure is on. Leave out anything the document "
-    "does not say; never guess."
+    "schema. Copy names, identifiers, addresses, diagnoses, medication lines and test names exactly as they "
+    "are written in the document: the document's date, author and letterhead organisation; the admission or "
+    "clinic visit; a lab report's specimen collection date. Put a diagnosis the document denies or rules "
+    "out with assertion 'negated', a relative's condition with 'family', a possible one with 'uncertain', a "
+    "past one with 'historical'. Copy each allergy line (or 'NKDA') as written, past operations and "
+    "procedures with their dates, and follow-up actions from the plan. Give dates as written. Each line of "
+    "the document starts with its number in brackets: give the line a diagnosis, lab result or procedure is "
+    "on. Leave out anything the document does not say; never guess."
 )
 
 
@@ -307,6 +324,53 @@ def _locate_number_near(pages: Sequence[OcrPage], value: float, near: Evidence |
     return None
 
 
+class _Grounding:
+    """Finds what the model wrote on the pages, and counts what it could not find (one document's worth)."""
+
+    def __init__(self, pages: Sequence[OcrPage], order: DateOrder) -> None:
+        self.pages = pages
+        self.order = order
+        self.dropped = 0
+
+    def text(self, written: str | None) -> TextFact | None:
+        if not written or not written.strip():
+            return None
+        evidence = _locate(self.pages, written.strip().rstrip(".,;"))
+        if evidence is None:
+            self.dropped += 1
+            return None
+        return TextFact(value=" ".join(evidence.text.split()), evidence=evidence)
+
+    def date(self, written: str | None) -> TextFact | None:
+        """A date found on the page and readable, as ISO 8601."""
+        fact = self.text(written)
+        parsed = parse_date(fact.value, self.order) if fact is not None else None
+        if fact is None or parsed is None:
+            self.dropped += fact is not None  # on the page, but not a date
+            return None
+        return TextFact(value=parsed.isoformat(), evidence=fact.evidence)
+
+    def encounter(
+        self, proposed: LlmEncounter | None, document_type: DocumentType, author: TextFact | None
+    ) -> Encounter | None:
+        if proposed is None:
+            return None
+        start, end = self.date(proposed.admitted), self.date(proposed.discharged)
+        department = self.text(proposed.department)
+        first = start or end or department
+        if first is None:
+            return None
+        inpatient = start or end or document_type == "discharge-summary"
+        return Encounter(
+            kind="inpatient" if inpatient else "outpatient",
+            start=start.value if start else None,
+            end=end.value if end else None,
+            department=department.value if department else None,
+            practitioner=author.value if author else None,
+            evidence=first.evidence,
+        )
+
+
 class LlmExtractor:
     """Facts proposed by an LLM, kept only where the page says them. Thread-safe (httpx.Client is)."""
 
@@ -332,9 +396,17 @@ class LlmExtractor:
         return self._ground(proposed, pages, numbered)
 
     def _ground(self, proposed: LlmDocument, pages: Sequence[OcrPage], numbered: NumberedText) -> Extraction:
-        dropped = 0
+        grounding = _Grounding(pages, self.date_order)
+        author = grounding.text(proposed.author)
         patient, lost = self._patient(proposed.patient, pages)
-        dropped += lost
+        patient = msgspec.structs.replace(
+            patient,
+            address=(address := grounding.text(proposed.patient.address)),
+            postal_code=postal_code_of(address.value) if address else None,
+            phone=grounding.text(proposed.patient.phone),
+            email=grounding.text(proposed.patient.email),
+        )
+        dropped = lost
         diagnoses = []
         for item in proposed.diagnoses:
             evidence = _locate(pages, item.text, numbered.line(item.line))
@@ -422,6 +494,13 @@ class LlmExtractor:
                 dropped += 1
                 continue
             follow_ups.append(FollowUp(text=evidence.text, evidence=evidence))
+        specimen_date = grounding.date(proposed.specimen_date)
+        if specimen_date is not None:
+            labs = [msgspec.structs.replace(lab, specimen_date=specimen_date.value) for lab in labs]
+        document_date = grounding.date(proposed.document_date)
+        facility = grounding.text(proposed.facility)
+        encounter = grounding.encounter(proposed.encounter, proposed.document_type, author)
+        dropped += grounding.dropped
         reasons: tuple[ReviewReason, ...] = ()
         if dropped:
             reasons = (
@@ -432,6 +511,10 @@ class LlmExtractor:
             )
         return Extraction(
             document_type=proposed.document_type,
+            encounter=encounter,
+            document_date=document_date,
+            author=author,
+            facility=facility,
             patient=patient,
             diagnoses=tuple(diagnoses),
             medications=tuple(medications),

@@ -265,6 +265,12 @@ def nhs_number_is_valid(digits: str) -> bool:
     return check != 10 and check == int(digits[9])
 
 
+def postal_code_of(address: str) -> str | None:
+    """The UK postcode or US ZIP code that ends a one-line address."""
+    postal = _POSTAL_CODE.search(address.upper())
+    return " ".join(postal.group(1).split()) if postal else None
+
+
 def _split_name(name: str) -> tuple[tuple[str, ...], str | None]:
     if "," in name:  # "SMITH, John"
         family, _, given = name.partition(",")
@@ -314,7 +320,6 @@ def _patient(lines: Sequence[_Line], order: DateOrder) -> PatientFacts:
                         evidence=_evidence(line, match, "value"),
                     )
                 )
-    postal = _POSTAL_CODE.search(address.value.upper()) if address is not None else None
     return PatientFacts(
         name=name,
         given=given,
@@ -323,7 +328,7 @@ def _patient(lines: Sequence[_Line], order: DateOrder) -> PatientFacts:
         sex=sex,
         identifiers=tuple(identifiers),
         address=address,
-        postal_code=" ".join(postal.group(1).split()) if postal else None,
+        postal_code=postal_code_of(address.value) if address is not None else None,
         phone=phone,
         email=email,
     )
@@ -538,6 +543,8 @@ def _diagnoses(lines: Sequence[_Line]) -> list[Diagnosis]:
             text = line.text[start:].strip().rstrip(".;,")
             if len(text) < 3 or not re.search(r"[A-Za-z]{3}", text):
                 continue
+            if _PROCEDURE_LINE.match(_PROCEDURE_DATE.sub("", text).strip()):
+                continue  # an operation in a past-history list: a procedure (see _procedures)
             # drop assertion cues from the condition's name; they decide its assertion
             name = _ASSERTION_CUES_BEFORE.sub("", text)
             name = _ASSERTION_CUES_AFTER.sub("", name)
@@ -1002,35 +1009,83 @@ def _allergies(lines: Sequence[_Line]) -> list[Allergy]:
 _PROCEDURE_DATE = re.compile(
     rf"(?:\s*[,\-\u2013]\s*|\s+(?:in|on)\s+|\s*\(\s*|\s+)(?P<date>{DATE_PATTERN}|(?:19|20)\d\d)\s*\)?\s*$"
 )
+# what names an operation or procedure: its head word ("...ectomy", "replacement", "CABG")
+_PROCEDURE_HEAD = (
+    r"(?:[A-Za-z\-]*(?:ectomy|ectomies|ostomy|otomy|plasty|pexy|rrhaphy|scopy)|replacement|"
+    r"bypass(?:\s+graft(?:ing)?)?|graft(?:ing)?|transplant(?:ation)?|repair|extraction|(?:caesarean|cesarean)\s+"
+    r"section|stent(?:ing)?|ablation|fusion|amputation|biopsy|excision|resection|CABG|PCI|TURP|ERCP|TAVI)"
+)
+# up to three modifiers before it ("laparoscopic", "total knee", "coronary artery"), none a connective
+_PROCEDURE_PHRASE = (
+    r"(?:(?!(?:and|or|with|for|of|in|on|at|to|the|a|an|was|is|her|his|their|no|not)\b)[A-Za-z\-]+\s+){0,3}?"
+    + _PROCEDURE_HEAD
+)
+_PROCEDURE_LINE = re.compile(rf"^{_PROCEDURE_PHRASE}$", re.IGNORECASE)
+# "She underwent a laparoscopic cholecystectomy in 2019", "s/p CABG (2018)", "had a TKR on 3/4/2015"
+_PROCEDURE_NARRATIVE = re.compile(
+    r"\b(?:underwent|had|has\s+had|s/p|status\s+post|post|following|after)\s+(?:an?\s+|the\s+)?"
+    rf"(?P<text>{_PROCEDURE_PHRASE})\b"
+    rf"(?:\s*,?\s*(?:(?:in|on)\s+|\(\s*)(?P<date>{DATE_PATTERN}|(?:19|20)\d\d)\b\)?)?",
+    re.IGNORECASE,
+)
+_PROSE_SECTIONS: Final = (None, "history", "observations", "other")
+
+
+def _procedure_date(written: str | None, order: DateOrder) -> str | None:
+    """A year as written, or a full date as ISO 8601; None when unreadable."""
+    if written is None:
+        return None
+    if re.fullmatch(r"(?:19|20)\d\d", written):
+        return written
+    parsed = parse_date(written, order)
+    return parsed.isoformat() if parsed else None
+
+
+def _listed_procedure(line: _Line, order: DateOrder) -> Procedure | None:
+    """A list item of a surgical-history section (anything), or of a past-history list (an operation)."""
+    bullet = _BULLET.match(line.text)
+    start = bullet.end() if bullet else len(line.text) - len(line.text.lstrip())
+    body = line.text[start:].rstrip().rstrip(".;,")
+    if not re.search(r"[A-Za-z]{3}", body):
+        return None
+    dated = _PROCEDURE_DATE.search(body)
+    date = _procedure_date(dated.group("date"), order) if dated else None
+    text = body[: dated.start()].strip() if dated and date is not None else body
+    if len(text) < 3 or (line.section == "diagnoses" and not _PROCEDURE_LINE.match(text)):
+        return None
+    begin = line.start + start
+    return Procedure(text=text, date=date, evidence=line.page.evidence(begin, begin + len(body)))
+
+
+def _narrated_procedures(line: _Line, order: DateOrder) -> Iterator[Procedure]:
+    """Past operations told in prose; a denied or hypothetical one ("never had a colonoscopy") is not."""
+    for match in _PROCEDURE_NARRATIVE.finditer(line.text):
+        text = match.group("text")
+        clause = line.text[: match.end()]
+        if re.search(r"\bnever\b", clause[max(0, match.start() - 20) : match.start()], re.I) or assertion_of(
+            text, clause
+        ) in ("negated", "hypothetical"):
+            continue
+        end = match.end() if match.group("date") else match.end("text")
+        yield Procedure(
+            text=text,
+            date=_procedure_date(match.group("date"), order),
+            evidence=line.page.evidence(line.start + match.start("text"), line.start + end),
+        )
 
 
 def _procedures(lines: Sequence[_Line], order: DateOrder) -> list[Procedure]:
     found: list[Procedure] = []
     for line in lines:
-        if line.section != "procedures":
-            continue
-        bullet = _BULLET.match(line.text)
-        start = bullet.end() if bullet else len(line.text) - len(line.text.lstrip())
-        body = line.text[start:].rstrip().rstrip(".;,")
-        if not re.search(r"[A-Za-z]{3}", body):
-            continue
-        date: str | None = None
-        dated = _PROCEDURE_DATE.search(body)
-        text = body
-        if dated:
-            written = dated.group("date")
-            if re.fullmatch(r"(?:19|20)\d\d", written):
-                date = written
-            else:
-                parsed = parse_date(written, order)
-                date = parsed.isoformat() if parsed else None
-            if date is not None:
-                text = body[: dated.start()].strip()
-        if len(text) < 3:
-            continue
-        begin = line.start + start
-        found.append(Procedure(text=text, date=date, evidence=line.page.evidence(begin, begin + len(body))))
-    return found
+        if line.section in ("procedures", "diagnoses"):
+            listed = _listed_procedure(line, order)
+            found.extend([listed] if listed else [])
+        elif line.section in _PROSE_SECTIONS:
+            found.extend(_narrated_procedures(line, order))
+    unique: dict[str, Procedure] = {}
+    for procedure in found:
+        unique.setdefault(procedure.text.lower(), procedure)
+    return list(unique.values())
 
 
 # --- follow-up actions --------------------------------------------------------------------
