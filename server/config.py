@@ -37,6 +37,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     llm_dialect: Literal["json_schema", "json_object"] = "json_schema"  # vLLM/OpenAI vs llama.cpp
     llm_timeout_seconds: float = 120.0
     llm_api_key: str | None = None
+    llm_max_prompt_chars: int = 24_000  # a longer document goes to the model in parts, cut between pages
+    llm_concurrency: int = 4  # parts of one document in flight at once
     # who picks a mention's code among the index's candidates: "similarity" (a threshold), "llm" (the
     # LLM server, constrained to the candidates); "auto": the LLM when it is the extractor
     code_chooser: Literal["auto", "similarity", "llm"] = "auto"

@@ -258,6 +258,21 @@ def test_a_lab_reports_specimen_date_goes_on_its_results(scripted: Scripted) -> 
     assert [(lab.test, lab.value, lab.flag, lab.specimen_date) for lab in labs] == [("Sodium", 140, "N", "2025-07-26")]
 
 
+def test_a_long_document_goes_in_parts_and_the_answers_are_merged(scripted: Scripted) -> None:
+    pages = [page_from_text("Diagnoses\n- Asthma\n- Hypertension"), page_from_text("Plan\n- Refer to dietitian", 2)]
+    scripted.answer = {"diagnoses": [{"text": "Asthma"}, {"text": "Asthma"}], "follow_ups": ["Refer to dietitian"]}
+    before = len(scripted.requests)
+    extractor = LlmExtractor(ChatClient(scripted.url, model="scripted"), max_prompt_chars=40, concurrency=2)
+    extraction = extractor.extract(pages)
+    prompts = sorted(r["messages"][1]["content"] for r in scripted.requests[before:])
+    assert prompts == [
+        "--- page 1 ---\n[1] Diagnoses\n[2] - Asthma\n[3] - Hypertension",
+        "--- page 2 ---\n[4] Plan\n[5] - Refer to dietitian",
+    ]
+    assert [d.text for d in extraction.diagnoses] == ["Asthma"]  # once, though both parts said it
+    assert [f.text for f in extraction.follow_ups] == ["Refer to dietitian"]
+
+
 def test_the_prompt_numbers_lines_and_a_cited_line_picks_the_occurrence(scripted: Scripted) -> None:
     page = page_from_text("History\nNo asthma as a child.\nDiagnoses\n- Asthma\n- Hypertension")
     scripted.answer = {"diagnoses": [{"text": "Asthma", "assertion": "present", "line": 4}]}

@@ -36,7 +36,12 @@ def create_extractor(settings: Settings) -> Extractor:
     if settings.extractor == "llm":
         from server.pipeline.extract.llm import LlmExtractor
 
-        return LlmExtractor(_chat_client(settings, "PAPERCHART_EXTRACTOR=llm"), date_order=settings.date_order)
+        return LlmExtractor(
+            _chat_client(settings, "PAPERCHART_EXTRACTOR=llm"),
+            date_order=settings.date_order,
+            max_prompt_chars=settings.llm_max_prompt_chars,
+            concurrency=settings.llm_concurrency,
+        )
     raise ConfigurationError(f"unknown extractor {settings.extractor!r}")
 
 

@@ -19,6 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, Literal, TypeVar, get_args
 
 import httpx
@@ -274,7 +275,8 @@ class NumberedText:
 
     def __init__(self, pages: Sequence[OcrPage]) -> None:
         self.lines: list[tuple[OcrPage, int, int]] = []
-        blocks = []
+        self.blocks: list[str] = []  # one per page
+        blocks = self.blocks
         for page in pages:
             rows = [f"--- page {page.number} ---"]
             start = 0
@@ -284,6 +286,18 @@ class NumberedText:
                 start += len(text) + 1
             blocks.append("\n".join(rows))
         self.prompt = "\n\n".join(blocks)
+
+    def chunks(self, max_chars: int) -> list[str]:
+        """The prompt cut between pages into parts of at most ``max_chars`` (a longer page is a part alone)."""
+        parts: list[list[str]] = []
+        size = 0
+        for block in self.blocks:
+            if not parts or size + len(block) > max_chars:
+                parts.append([])
+                size = 0
+            parts[-1].append(block)
+            size += len(block) + 2
+        return ["\n\n".join(part) for part in parts]
 
     def line(self, number: int | None) -> tuple[OcrPage, int, int] | None:
         return self.lines[number - 1] if number is not None and 1 <= number <= len(self.lines) else None
@@ -322,6 +336,28 @@ def _locate_number_near(pages: Sequence[OcrPage], value: float, near: Evidence |
                 if near is None or abs(match.start() - near.end) < 120:
                     return page.evidence(match.start(), match.end())
     return None
+
+
+def merge_answers(answers: Sequence[LlmDocument]) -> LlmDocument:
+    """The answers for a document's parts as one: the first value of each single fact, every list item once."""
+    merged = LlmDocument()
+    for answer in answers:
+        if merged.document_type == "unknown":
+            merged.document_type = answer.document_type
+        for field in ("document_date", "author", "facility", "encounter", "specimen_date"):
+            if getattr(merged, field) is None:
+                setattr(merged, field, getattr(answer, field))
+        for field in LlmPatient.__struct_fields__:
+            if getattr(merged.patient, field) is None:
+                setattr(merged.patient, field, getattr(answer.patient, field))
+        for field in ("diagnoses", "medications", "vitals", "labs", "allergies", "procedures", "follow_ups"):
+            items = getattr(merged, field)
+            seen = {msgspec.json.encode(item) for item in items}
+            for item in getattr(answer, field):
+                if (key := msgspec.json.encode(item)) not in seen:
+                    seen.add(key)
+                    items.append(item)
+    return merged
 
 
 class _Grounding:
@@ -374,17 +410,33 @@ class _Grounding:
 class LlmExtractor:
     """Facts proposed by an LLM, kept only where the page says them. Thread-safe (httpx.Client is)."""
 
-    def __init__(self, client: ChatClient, *, date_order: DateOrder = "DMY") -> None:
+    def __init__(
+        self,
+        client: ChatClient,
+        *,
+        date_order: DateOrder = "DMY",
+        max_prompt_chars: int = 24_000,
+        concurrency: int = 4,
+    ) -> None:
         self.client = client
         self.date_order = date_order
+        self.max_prompt_chars = max_prompt_chars  # a longer document is sent in parts, cut between pages
+        self.concurrency = concurrency  # parts of one document in flight at once
         self.fallback = RulesExtractor(date_order=date_order)
         self.name = f"llm:{client.model}"
 
+    def _ask(self, prompt: str) -> LlmDocument:
+        return msgspec.convert(self.client.complete_json(SYSTEM_PROMPT, prompt), LlmDocument, strict=False)
+
     def extract(self, pages: Sequence[OcrPage]) -> Extraction:
         numbered = NumberedText(pages)
+        parts = numbered.chunks(self.max_prompt_chars)
         try:
-            answer = self.client.complete_json(SYSTEM_PROMPT, numbered.prompt)
-            proposed = msgspec.convert(answer, LlmDocument, strict=False)
+            if len(parts) == 1:
+                proposed = self._ask(parts[0])
+            else:
+                with ThreadPoolExecutor(max_workers=min(self.concurrency, len(parts))) as pool:
+                    proposed = merge_answers(list(pool.map(self._ask, parts)))
         except (LlmUnavailable, msgspec.ValidationError) as exc:
             logger.warning("LLM extraction unavailable (%s); using the rules extractor", type(exc).__name__)
             reason = ReviewReason(
