@@ -3,10 +3,12 @@
 #   poppler-utils  pdftoppm, used by pdf2image to rasterize scanned PDF pages
 #   tesseract-ocr  the peer OCR engine that bench/ocr.py measures us against
 #   fonts-dejavu-core  the fonts the synthetic document generator renders with
+#   fonts-dkg-handwriting fonts-breip fonts-humor-sans  handwriting-like fonts for the generated
+#                      intake forms filled in by hand (tests/fixtures/generate.py)
 # Set PAPERCHART_WITH_BROWSER=1 to add Chromium for the review-page browser tests.
 set -euo pipefail
 
-packages=(poppler-utils tesseract-ocr fonts-dejavu-core)
+packages=(poppler-utils tesseract-ocr fonts-dejavu-core fonts-dkg-handwriting fonts-breip fonts-humor-sans)
 if [[ "${PAPERCHART_WITH_BROWSER:-0}" == "1" ]]; then
     packages+=(chromium)
 fi

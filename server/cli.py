@@ -209,7 +209,7 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _page_model(pages: Sequence[OcrPage]) -> list[dict[str, Any]]:
-    """What was read, page by page: text, confidence, tables of cells and form fields."""
+    """What was read, page by page: text, confidence, tables of cells, form fields and checkboxes."""
     from server.pipeline.tables import find_fields, find_tables
 
     return [
@@ -224,6 +224,9 @@ def _page_model(pages: Sequence[OcrPage]) -> list[dict[str, Any]]:
                 for t in find_tables(page)
             ],
             "fields": [{"label": f.label, "value": f.value} for f in find_fields(page)],
+            "checkboxes": [
+                {"label": c.label, "checked": c.checked, "confidence": c.confidence} for c in page.checkboxes
+            ],
         }
         for page in pages
     ]
@@ -385,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     extract.add_argument("--content-type", help="override the type guessed from the file name")
     extract.add_argument("--pretty", action="store_true", help="indent the JSON")
     extract.add_argument(
-        "--pages", action="store_true", help="print what was read (text, tables, form fields) instead of the Bundle"
+        "--pages",
+        action="store_true",
+        help="print what was read (text, tables, form fields, checkboxes) instead of the Bundle",
     )
     extract.set_defaults(handler=_extract)
 

@@ -27,6 +27,18 @@ class Word(msgspec.Struct, frozen=True, kw_only=True):
     slope: float = 0.0
 
 
+class Checkbox(msgspec.Struct, frozen=True, kw_only=True):
+    """A box on a form (see server/pipeline/checkboxes.py)."""
+
+    bbox: tuple[float, float, float, float]  # page units, like word boxes
+    checked: bool
+    ink: float  # fraction of the box's inside covered by ink
+    label: str | None = None  # the words to its right
+    start: int | None = None  # the label's character span in the page text
+    end: int | None = None
+    confidence: float = 1.0  # low when the mark is faint or a speck
+
+
 class OcrPage(msgspec.Struct, frozen=True, kw_only=True):
     number: int  # 1-based
     width: float
@@ -36,6 +48,7 @@ class OcrPage(msgspec.Struct, frozen=True, kw_only=True):
     lines: tuple[tuple[int, ...], ...]  # word indices per line, in reading order
     text: str  # lines joined by "\n", words by " " (two spaces across a wide gap)
     spans: tuple[tuple[int, int], ...]  # character span of each word in ``text``
+    checkboxes: tuple[Checkbox, ...] = ()  # found in the image of a scanned page
 
     @property
     def mean_confidence(self) -> float:

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -44,6 +44,9 @@ _ORIENTATION_STRIPS: Final = 12
 _ORIENTATION_MARGIN: Final = 0.03  # |asymmetry| below this: do not turn the page
 _SIDEWAYS_RATIO: Final = 1.05  # upright pages of the generated corpus score at least 1.19x sideways
 _SKEW_ANGLES: Final = (-3.0, -1.5, 0.0, 1.5, 3.0)
+# |asymmetry| below this: upright or upside down is checked by reading (server/pipeline/scan.py). Typed
+# pages score well above it; a filled-in form (answer lines, block capitals, boxes) may not.
+_SURE_MARGIN: Final = 0.25
 
 
 def _line_spikiness(ink: np.ndarray) -> float:
@@ -84,17 +87,27 @@ def _ascender_asymmetry(ink: np.ndarray) -> float:
     return (above - below) / (above + below + 1e-9)
 
 
-def page_orientation(image: Image.Image) -> int:
-    """Degrees (counter-clockwise, 0/90/180/270) to rotate the page by to make its text upright."""
+class Orientation(NamedTuple):
+    angle: int  # degrees counter-clockwise (0/90/180/270) to turn the page by to make its text upright
+    sure: bool  # False: the ascender balance was close, and upright versus upside down is a guess
+
+
+def detect_orientation(image: Image.Image) -> Orientation:
     grey = image.convert("L")
     grey.thumbnail((_ORIENTATION_SIDE, _ORIENTATION_SIDE))
     ink = np.asarray(grey) < _DARK
     if not ink.any():
-        return 0
+        return Orientation(0, True)
     if _line_spikiness(np.rot90(ink, 1)) > _line_spikiness(ink) * _SIDEWAYS_RATIO:  # lines run top to bottom
-        turned = np.rot90(ink, 1)
-        return 90 if _ascender_asymmetry(turned) >= 0 else 270
-    return 180 if _ascender_asymmetry(ink) < -_ORIENTATION_MARGIN else 0
+        asymmetry = _ascender_asymmetry(np.rot90(ink, 1))
+        return Orientation(90 if asymmetry >= 0 else 270, abs(asymmetry) >= _SURE_MARGIN)
+    asymmetry = _ascender_asymmetry(ink)
+    return Orientation(180 if asymmetry < -_ORIENTATION_MARGIN else 0, abs(asymmetry) >= _SURE_MARGIN)
+
+
+def page_orientation(image: Image.Image) -> int:
+    """Degrees (counter-clockwise, 0/90/180/270) to rotate the page by to make its text upright."""
+    return detect_orientation(image).angle
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -103,9 +116,13 @@ def upright(image: Image.Image) -> Image.Image:
     return image.rotate(angle, expand=True, fillcolor="white") if angle else image
 
 
-def prepare_for_ocr(image: Image.Image) -> Image.Image:
-    image = upright(image)
+def denoise(image: Image.Image) -> Image.Image:
+    """A median filter, only on a page with impulse noise."""
     grey = image.convert("L")
     if impulse_noise_fraction(grey) > IMPULSE_NOISE_THRESHOLD:
         return grey.filter(ImageFilter.MedianFilter(3)).convert("RGB")
     return image
+
+
+def prepare_for_ocr(image: Image.Image) -> Image.Image:
+    return denoise(upright(image))

@@ -22,8 +22,9 @@ from server.pipeline.base import Extractor, OcrEngine
 from server.pipeline.code import CodeChooser, code_extraction
 from server.pipeline.inspect import TEXT, DocumentInfo, Limits, inspect_document
 from server.pipeline.page import OcrPage
-from server.pipeline.preprocess import prepare_for_ocr, upright
+from server.pipeline.preprocess import upright
 from server.pipeline.rasterize import PageImage, RasterPage, iter_pages, render_pdf_page
+from server.pipeline.scan import read_scanned_page
 from server.pipeline.validate import with_review
 from terminology import TerminologyService
 
@@ -76,7 +77,7 @@ class Pipeline:
             rasterized = time.perf_counter()
             seconds["rasterize"] += rasterized - started
             if isinstance(raster, PageImage):
-                page = self.ocr_engine.read(prepare_for_ocr(raster.image), raster.number)
+                _, page = read_scanned_page(self.ocr_engine, raster.image, raster.number)
             else:
                 page = raster
             started = time.perf_counter()
@@ -109,8 +110,7 @@ class Pipeline:
         """One page as an image and its words in that image's pixel coordinates (for viewing, redaction)."""
         raster = self._raster(content, content_type, number)
         if isinstance(raster, PageImage):
-            image = upright(raster.image)
-            return image, self.ocr_engine.read(prepare_for_ocr(image), number)
+            return read_scanned_page(self.ocr_engine, raster.image, number)
         image = render_pdf_page(content, number, self.limits.dpi)
         scale = image.width / raster.width  # text layer in points, image in pixels
         words = [

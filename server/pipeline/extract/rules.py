@@ -19,6 +19,7 @@ from fhir_profiles.extraction import (
     Allergy,
     AllergyCategory,
     Assertion,
+    Box,
     Coding,
     Diagnosis,
     DocumentType,
@@ -120,7 +121,7 @@ _SECTION_HEADINGS: Final[dict[str, Section]] = {
     "actions": "plan",
     "assessment and plan": "plan",
 }
-_HEADING_CLEAN = re.compile(r"[:\s]+$")
+_HEADING_CLEAN = re.compile(r"(?:\s*\([^)]*\))?[:\s]*$")  # "Current medications (name, dose, how often):"
 
 
 def _heading(text: str) -> Section | None:
@@ -534,7 +535,7 @@ _ASSERTION_CUES_AFTER = re.compile(r"\s+(?:(?:was\s+)?ruled\s+out|excluded|\?)$"
 _BULLET = re.compile(r"^\s*(?:[-•*·▪◦]|\d{1,2}[.)]|[a-z][.)])\s*")
 
 
-def _diagnoses(lines: Sequence[_Line]) -> list[Diagnosis]:
+def _diagnoses(lines: Sequence[_Line], pages: Sequence[OcrPage]) -> list[Diagnosis]:
     found: list[Diagnosis] = []
     for line in lines:
         if line.section == "diagnoses":
@@ -560,10 +561,49 @@ def _diagnoses(lines: Sequence[_Line]) -> list[Diagnosis]:
             )
         elif line.section in (None, "history", "observations", "other", "plan"):
             found.extend(_negated_findings(line))
+    found.extend(_ticked_conditions(pages))
     unique: dict[tuple[str, str], Diagnosis] = {}
     for diagnosis in found:
         unique.setdefault((diagnosis.text.lower(), diagnosis.assertion), diagnosis)
     return list(unique.values())
+
+
+# Conditions ticked on a form: "Have you ever been told you have any of these conditions?" [x] Asthma
+_CONDITION_QUESTION = re.compile(
+    r"\b(conditions?|diagnosed|medical\s+history|illness(?:es)?|health\s+problems?|do\s+you\s+have)\b", re.I
+)
+
+
+def _ticked_conditions(pages: Sequence[OcrPage]) -> Iterator[Diagnosis]:
+    """Ticked boxes under a question about conditions; an empty box says nothing (not asked is not denied)."""
+    for page in pages:
+        for box in page.checkboxes:
+            if not box.checked or box.label is None or box.start is None or box.end is None:
+                continue
+            line_start = page.text.rfind("\n", 0, box.start) + 1
+            above = page.text[max(0, line_start - 600) : line_start].split("\n")
+            labels = {c.label for c in page.checkboxes if c.label}
+            # the nearest line above that is not itself a row of boxes
+            question = next((ln for ln in reversed(above) if ln.strip() and not any(lb in ln for lb in labels)), "")
+            if not _CONDITION_QUESTION.search(question):
+                continue
+            evidence = page.evidence(box.start, box.end)
+            x0, y0, x1, y1 = box.bbox
+            mark = Box(
+                x0=round(x0 / page.width, 4),
+                y0=round(y0 / page.height, 4),
+                x1=round(x1 / page.width, 4),
+                y1=round(y1 / page.height, 4),
+            )
+            yield Diagnosis(
+                text=box.label,
+                evidence=msgspec.structs.replace(
+                    evidence,
+                    boxes=(mark, *evidence.boxes),
+                    ocr_confidence=round(min(evidence.ocr_confidence, box.confidence), 4),
+                ),
+                confidence=box.confidence,
+            )
 
 
 # --- medications --------------------------------------------------------------------------
@@ -1135,7 +1175,7 @@ class RulesExtractor:
             author=author,
             facility=facility,
             patient=_patient(lines, self.date_order),
-            diagnoses=tuple(_diagnoses(lines)),
+            diagnoses=tuple(_diagnoses(lines, pages)),
             medications=tuple(_medications(lines)),
             vitals=tuple(_vitals(lines)),
             labs=tuple(_with_specimen_date(_labs(lines, self.read_tables), lines, self.date_order)),

@@ -1,0 +1,37 @@
+"""A scanned page read: turned upright, cleaned, OCR'd, its checkboxes found.
+
+Orientation comes from the ink (server/pipeline/preprocess.py). Where that measure is close —
+a filled-in form's answer lines and block capitals can even it out — the reading settles it: a
+page read upside down gets a far lower mean word confidence (on generated pages, upright
+0.98 against 0.65 to 0.77 turned over), so a page read with less than ``CONFIDENT_PAGE`` is read
+turned 180° too, and the better reading is kept. Typed pages are almost always sure and are read
+once.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from PIL import Image
+
+from server.pipeline.base import OcrEngine
+from server.pipeline.checkboxes import with_checkboxes
+from server.pipeline.page import OcrPage
+from server.pipeline.preprocess import denoise, detect_orientation
+
+CONFIDENT_PAGE: Final = 0.9  # mean word confidence of a page that was surely read the right way up
+
+
+def read_scanned_page(engine: OcrEngine, image: Image.Image, number: int) -> tuple[Image.Image, OcrPage]:
+    """The page image as read (upright, cleaned) and what was read on it, word boxes in its pixels."""
+    orientation = detect_orientation(image)
+    if orientation.angle:
+        image = image.rotate(orientation.angle, expand=True, fillcolor="white")
+    image = denoise(image)
+    page = engine.read(image, number)
+    if not orientation.sure and page.mean_confidence < CONFIDENT_PAGE:
+        turned = image.rotate(180)
+        other = engine.read(turned, number)
+        if other.mean_confidence > page.mean_confidence:
+            image, page = turned, other
+    return image, with_checkboxes(image, page)
