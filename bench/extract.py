@@ -35,8 +35,8 @@ from server.pipeline.extract.rules import RulesExtractor, assertion_of
 from server.pipeline.inspect import Limits
 from server.pipeline.ocr import create_ocr_engine
 from server.pipeline.page import OcrPage
-from server.pipeline.preprocess import prepare_for_ocr
 from server.pipeline.rasterize import PageImage, iter_pages
+from server.pipeline.scan import read_scanned_page
 from tests.fixtures.generate import KINDS, NEGATABLE, DocumentTruth, ScanEffects, render_document
 
 SCAN = ScanEffects(dpi=200, noise=0.004, blur=0.5, rotation=1.0)
@@ -161,8 +161,8 @@ def read(content: bytes, ocr: object) -> list[OcrPage]:
     pages = []
     for raster in iter_pages(content, "application/pdf", limits):
         pages.append(
-            ocr.read(prepare_for_ocr(raster.image), raster.number)
-            if isinstance(raster, PageImage)  # type: ignore[attr-defined]
+            read_scanned_page(ocr, raster.image, raster.number)[1]  # type: ignore[arg-type]
+            if isinstance(raster, PageImage)
             else raster
         )
     return pages

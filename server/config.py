@@ -27,7 +27,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_page_pixels: int = 40_000_000  # a 300 dpi A3 page is ~17.4 M pixels
 
     rasterize_dpi: int = 200
-    ocr_engine: Literal["rapidocr"] = "rapidocr"
+    ocr_engine: Literal["rapidocr", "paddleocr"] = "rapidocr"  # paddleocr: PaddleOCR on a GPU ('.[gpu]')
+    paddle_device: str = "gpu:0"
+    paddle_det_model_dir: Path | None = None  # exported inference models, for a machine without internet
+    paddle_rec_model_dir: Path | None = None
     ocr_confidence_threshold: float = 0.75
     ocr_threads: int = 0  # 0: let ONNX Runtime use every core
     extractor: Literal["rules", "llm"] = "rules"

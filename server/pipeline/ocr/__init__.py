@@ -13,4 +13,12 @@ __all__ = ["RapidOcrEngine", "create_ocr_engine"]
 def create_ocr_engine(settings: Settings) -> OcrEngine:
     if settings.ocr_engine == "rapidocr":
         return RapidOcrEngine(threads=settings.ocr_threads)
+    if settings.ocr_engine == "paddleocr":
+        from server.pipeline.ocr.paddle import PaddleOcrEngine  # imports paddle only when chosen
+
+        return PaddleOcrEngine(
+            device=settings.paddle_device,
+            det_model_dir=settings.paddle_det_model_dir,
+            rec_model_dir=settings.paddle_rec_model_dir,
+        )
     raise ConfigurationError(f"unknown OCR engine {settings.ocr_engine!r}")
