@@ -18,13 +18,17 @@ from server.errors import ProcessingFailed
 from server.pipeline.page import OcrPage, Word, compose_page
 
 logger = logging.getLogger(__name__)
+# Text detection at 1280 px on the longest side (a 200 dpi A4 page is 2339): on generated scans the
+# detector took 0.5 s a page instead of 1.6 s, with the same character error rate (bench/ocr.py).
+DET_MAX_SIDE = 1280
 
 
 class RapidOcrEngine:
     name = "rapidocr-ppocr"
 
-    def __init__(self, *, threads: int = 0) -> None:
+    def __init__(self, *, threads: int = 0, det_max_side: int = DET_MAX_SIDE) -> None:
         self._threads = threads if threads > 0 else -1
+        self._det_max_side = det_max_side
         self._engine: Any = None
         self._lock = threading.Lock()
 
@@ -40,6 +44,13 @@ class RapidOcrEngine:
                     # on generated scans, with no change in character error rate)
                     "Global.use_cls": False,
                     "EngineConfig.onnxruntime.intra_op_num_threads": self._threads,
+                    # text is found on the page shrunk to this longest side (0: RapidOCR's default, the
+                    # page at full size); words are still read from the full-size page
+                    **(
+                        {"Det.limit_type": "max", "Det.limit_side_len": self._det_max_side}
+                        if self._det_max_side
+                        else {}
+                    ),
                 }
             )
         return self._engine
