@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     paddle_rec_model_dir: Path | None = None
     ocr_confidence_threshold: float = 0.75
     ocr_threads: int = 0  # 0: let ONNX Runtime use every core
+    ocr_page_timeout_seconds: float = 120.0  # a page taking longer is left unread (and flagged)
     ocr_det_max_side: int = 1280  # pixels: the page size text is detected at (0: full size)
     extractor: Literal["rules", "llm"] = "rules"
     # the LLM extractor: any OpenAI-compatible server (vLLM in production, llama.cpp's server locally)

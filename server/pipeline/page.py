@@ -49,6 +49,7 @@ class OcrPage(msgspec.Struct, frozen=True, kw_only=True):
     text: str  # lines joined by "\n", words by " " (two spaces across a wide gap)
     spans: tuple[tuple[int, int], ...]  # character span of each word in ``text``
     checkboxes: tuple[Checkbox, ...] = ()  # found in the image of a scanned page
+    unread: str | None = None  # why nothing was read from this page (OCR failed or timed out)
 
     @property
     def mean_confidence(self) -> float:
@@ -78,6 +79,21 @@ class OcrPage(msgspec.Struct, frozen=True, kw_only=True):
             boxes=tuple(boxes),
             ocr_confidence=round(confidence, 4),
         )
+
+
+def unread_page(number: int, width: float, height: float, reason: str) -> OcrPage:
+    """A page OCR could not read: no words, and why."""
+    return OcrPage(
+        number=number,
+        width=width,
+        height=height,
+        source="ocr",
+        words=(),
+        lines=(),
+        text="",
+        spans=(),
+        unread=reason,
+    )
 
 
 def _skew(words: Sequence[Word]) -> float:

@@ -6,27 +6,33 @@ Synchronous and CPU-bound by design: callers on the event loop run it with
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import msgspec
 from PIL import Image
 
 from fhir_profiles import BundleContext, FhirValidationError, build_bundle
-from fhir_profiles.extraction import Extraction
+from fhir_profiles.extraction import Extraction, ReviewReason
 from server import __version__
 from server.config import Settings
-from server.errors import InvalidFhirOutput, NotFound, UnprocessableDocument
+from server.errors import InvalidFhirOutput, NotFound, ProcessingFailed, UnprocessableDocument
 from server.pipeline.base import Extractor, OcrEngine
 from server.pipeline.code import CodeChooser, code_extraction
 from server.pipeline.inspect import TEXT, DocumentInfo, Limits, inspect_document
-from server.pipeline.page import OcrPage
+from server.pipeline.ocr import create_ocr_engine
+from server.pipeline.page import OcrPage, unread_page
 from server.pipeline.preprocess import upright
 from server.pipeline.rasterize import PageImage, RasterPage, iter_pages, render_pdf_page
 from server.pipeline.scan import read_scanned_page
 from server.pipeline.validate import with_review
 from terminology import TerminologyService
+
+logger = logging.getLogger(__name__)
 
 # progress(stage, done, total): called after each page and each stage
 ProgressCallback = Callable[[str, int, int], None]
@@ -76,16 +82,31 @@ class Pipeline:
         for raster in iter_pages(content, info.content_type, self.limits):
             rasterized = time.perf_counter()
             seconds["rasterize"] += rasterized - started
-            if isinstance(raster, PageImage):
-                _, page = read_scanned_page(self.ocr_engine, raster.image, raster.number)
-            else:
-                page = raster
+            page = self._read_scan(raster) if isinstance(raster, PageImage) else raster
             started = time.perf_counter()
             seconds["ocr"] += started - rasterized
             pages.append(page)
             if progress:
                 progress("ocr", len(pages), info.pages)
         return pages
+
+    def _read_scan(self, raster: PageImage) -> OcrPage:
+        """One scanned page read within the page time limit; a page that fails or runs over is
+        reported as unread and the document's other pages are still read."""
+        limit = self.settings.ocr_page_timeout_seconds
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ocr-page-{raster.number}")
+        future = worker.submit(read_scanned_page, self.ocr_engine, raster.image, raster.number)
+        worker.shutdown(wait=False)  # a page that runs over is left to finish on its own
+        width, height = float(raster.image.width), float(raster.image.height)
+        try:
+            return future.result(timeout=limit)[1]
+        except FutureTimeout:
+            logger.error("OCR of page %d ran over %.0f s; the page is left unread", raster.number, limit)
+            # the engine is still busy with that page: the next page gets a fresh one
+            self.ocr_engine = create_ocr_engine(self.settings)
+            return unread_page(raster.number, width, height, "timeout")
+        except ProcessingFailed:
+            return unread_page(raster.number, width, height, "ocr-failed")
 
     def _raster(self, content: bytes, content_type: str, number: int) -> RasterPage:
         """Page ``number`` as rasterizing yields it: a scan's image, or a text layer's words."""
@@ -130,6 +151,14 @@ class Pipeline:
         started = time.perf_counter()
         extraction = self.extractor.extract(pages)
         extraction = with_review(extraction, confidence_threshold=self.settings.ocr_confidence_threshold)
+        unread = [page.number for page in pages if page.unread]
+        if unread:
+            reason = ReviewReason(
+                code="page-unread",
+                message=f"Page(s) {', '.join(map(str, unread))} could not be read (OCR failed or ran over its time "
+                "limit); nothing was extracted from them.",
+            )
+            extraction = msgspec.structs.replace(extraction, review_reasons=(*extraction.review_reasons, reason))
         seconds["extract"] = time.perf_counter() - started
         if progress:
             progress("extract", 1, 1)
