@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from server.pipeline.page import Word, compose_page
 
 
@@ -33,3 +35,12 @@ def test_evidence_maps_a_text_span_to_normalized_boxes() -> None:
     box = evidence.boxes[0]
     assert (box.x0, box.y0, box.x1, box.y1) == (0.15, 0.1, 0.25, 0.11)
     assert evidence.ocr_confidence == 0.6
+
+
+def test_a_words_confidence_comes_from_its_own_characters() -> None:
+    from server.pipeline.ocr.rapid import word_confidences
+
+    line = "Omeprazole WOmy daily"
+    chars = [0.99] * 10 + [1.0] + [0.4, 0.9, 0.5, 0.6] + [1.0] + [0.98] * 5
+    assert word_confidences(line, ["Omeprazole", "WOmy", "daily"], chars) == pytest.approx([0.99, 0.6, 0.98])
+    assert word_confidences(line, ["Omeprazole", "WOmy", "daily"], chars, "min")[1] == pytest.approx(0.4)

@@ -12,7 +12,9 @@ __all__ = ["RapidOcrEngine", "create_ocr_engine"]
 
 def create_ocr_engine(settings: Settings) -> OcrEngine:
     if settings.ocr_engine == "rapidocr":
-        return RapidOcrEngine(threads=settings.ocr_threads, det_max_side=settings.ocr_det_max_side)
+        return RapidOcrEngine(
+            threads=settings.ocr_threads, det_max_side=settings.ocr_det_max_side, word_score=settings.ocr_word_score
+        )
     if settings.ocr_engine == "paddleocr":
         from server.pipeline.ocr.paddle import PaddleOcrEngine  # imports paddle only when chosen
 
