@@ -44,3 +44,17 @@ def test_a_words_confidence_comes_from_its_own_characters() -> None:
     chars = [0.99] * 10 + [1.0] + [0.4, 0.9, 0.5, 0.6] + [1.0] + [0.98] * 5
     assert word_confidences(line, ["Omeprazole", "WOmy", "daily"], chars) == pytest.approx([0.99, 0.6, 0.98])
     assert word_confidences(line, ["Omeprazole", "WOmy", "daily"], chars, "min")[1] == pytest.approx(0.4)
+
+
+def test_a_few_stray_slopes_do_not_tilt_a_level_page() -> None:
+    # a level lab table where OCR measured a slope on one short line only: with the level lines
+    # left out of the estimate, "Urea" was put on the row of the next test's value
+    rows = [("Creatinine", "98", "60-110"), ("Urea", "4.4", "2.5-7.8"), ("Haemoglobin", "149", "130-180")]
+    words = []
+    for index, (test, value, reference) in enumerate(rows):
+        y = 664 + 45 * index
+        words.append(Word(text=test, bbox=(158, y, 280, y + 40), slope=0.0324 if test == "Urea" else 0.0))
+        words.append(Word(text=value, bbox=(803, y, 844, y + 40)))
+        words.append(Word(text=reference, bbox=(1300, y, 1420, y + 40)))
+    page = compose_page(1, 1654, 2339, "ocr", words)
+    assert page.text.split("\n") == ["Creatinine  98  60-110", "Urea  4.4  2.5-7.8", "Haemoglobin  149  130-180"]
