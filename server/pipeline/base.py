@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
@@ -31,3 +33,14 @@ class Extractor(Protocol):
     name: str
 
     def extract(self, pages: Sequence[OcrPage]) -> Extraction: ...
+
+
+def models_load(load: Callable[[], object], lock: threading.Lock, engine: str) -> bool:
+    """Whether an engine's models load (for ``ready``); the failure is logged, never raised."""
+    try:
+        with lock:
+            load()
+    except Exception:
+        logging.getLogger(__name__).exception("%s failed to load its models", engine)
+        return False
+    return True

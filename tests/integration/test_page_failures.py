@@ -12,7 +12,6 @@ import time
 import msgspec
 from PIL import Image
 
-from fhir_profiles import BundleContext
 from server.config import Settings
 from server.errors import ProcessingFailed
 from server.pipeline import Pipeline
@@ -21,15 +20,7 @@ from server.pipeline.ocr.rapid import RapidOcrEngine
 from server.pipeline.page import OcrPage
 from tests.conftest import rendered
 from tests.fixtures.generate import ScanEffects
-
-CONTEXT = BundleContext(
-    bundle_id="b",
-    id_seed="s",
-    document_reference_id="d",
-    fhir_base_url="http://x/fhir",
-    recorded="2026-11-23T00:00:00Z",
-    software="paperchart test",
-)
+from tests.integration.test_llm_extractor import CONTEXT
 
 
 class OnePageGoesWrong:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from server.errors import ConfigurationError, ProcessingFailed
+from server.pipeline.base import models_load
 from server.pipeline.page import OcrPage, Word, compose_page
 
 logger = logging.getLogger(__name__)
@@ -69,13 +70,7 @@ class PaddleOcrEngine:
         return self._engine
 
     def ready(self) -> bool:
-        try:
-            with self._lock:
-                self._load()
-        except Exception:
-            logger.exception("PaddleOCR failed to load its models")
-            return False
-        return True
+        return models_load(self._load, self._lock, "PaddleOCR")
 
     def read(self, image: Image.Image, page_number: int) -> OcrPage:
         pixels = np.asarray(image.convert("RGB"))[:, :, ::-1]  # PaddleOCR takes BGR arrays, as OpenCV reads them

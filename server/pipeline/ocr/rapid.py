@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from server.errors import ProcessingFailed
+from server.pipeline.base import models_load
 from server.pipeline.page import OcrPage, Word, compose_page
 
 logger = logging.getLogger(__name__)
@@ -60,13 +61,7 @@ class RapidOcrEngine:
         return self._engine
 
     def ready(self) -> bool:
-        try:
-            with self._lock:
-                self._load()
-        except Exception:
-            logger.exception("RapidOCR failed to load its models")
-            return False
-        return True
+        return models_load(self._load, self._lock, "RapidOCR")
 
     def read(self, image: Image.Image, page_number: int) -> OcrPage:
         pixels = np.asarray(image.convert("RGB"))
