@@ -150,7 +150,8 @@ def find_checkboxes(image: Image.Image, page: OcrPage) -> tuple[Checkbox, ...]:
                 confidence=0.5 if unsure else 0.95,
             )
         )
-    checkboxes.sort(key=lambda c: (round(c.bbox[1] / word_height), c.bbox[0]))
+    # reading order: as their labels come in the page text (a box without a label by its position)
+    checkboxes.sort(key=lambda c: (c.start if c.start is not None else len(page.text), c.bbox[1], c.bbox[0]))
     return tuple(checkboxes)
 
 
