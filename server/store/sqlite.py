@@ -148,6 +148,10 @@ def _now_seconds() -> float:
     return dt.datetime.now(dt.UTC).timestamp()
 
 
+def _without_meta(resource: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in resource.items() if key != "meta"}
+
+
 def _resource_place(resource_type: str, resource_id: str, version: int) -> str:
     """Associated data for a sealed resource version: the ciphertext opens only in its own row."""
     return f"resources/{resource_type}/{resource_id}/{version}"
@@ -540,10 +544,14 @@ class SqliteStore(Database):
             )
 
     def put_resource(self, resource: dict[str, Any]) -> StoredResource:
-        """Create or version a FHIR resource outside a job (e.g. a Patient from an HL7 PID)."""
+        """Create or version a FHIR resource outside a job (e.g. a Patient from an HL7 PID). A resource
+        the same as its current version (every message about a patient repeats its PID) is left as it is."""
         with self._transaction() as db:
-            self._put_resource(db, resource, None, now_instant(), self._owner_of(resource))
-        stored = self.read_resource(resource["resourceType"], resource["id"])
+            current = self.read_resource(resource["resourceType"], resource["id"])
+            if current is None or _without_meta(current.resource) != _without_meta(resource):
+                self._put_resource(db, resource, None, now_instant(), self._owner_of(resource))
+                current = None
+        stored = current or self.read_resource(resource["resourceType"], resource["id"])
         if stored is None:  # pragma: no cover - written in the transaction above
             raise KeyError(resource["id"])
         return stored
@@ -715,7 +723,12 @@ class SqliteStore(Database):
         ).fetchone()
         version = (row[0] or 0) + 1
         stored = {**resource, "meta": {**resource.get("meta", {}), "versionId": str(version), "lastUpdated": updated}}
-        db.execute("UPDATE resources SET current = 0 WHERE resource_type = ? AND id = ?", (resource_type, resource_id))
+        # only the current version is demoted: the older ones already are (rewriting them all made every
+        # write of a patient's resource slower with each version it had)
+        db.execute(
+            "UPDATE resources SET current = 0 WHERE resource_type = ? AND id = ? AND current = 1",
+            (resource_type, resource_id),
+        )
         db.execute(
             "INSERT INTO resources (resource_type, id, version_id, last_updated, patient_id, job_id, key_owner,"
             " current, resource) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",

@@ -108,3 +108,16 @@ def test_search_by_patient(store: SqliteStore) -> None:
     assert store.search_resources("Observation", patient="p9")[1] == 1
     assert store.search_resources("Observation", patient="other")[1] == 0
     assert store.read_resource("Patient", "p9") is not None
+
+
+def test_a_repeated_resource_is_not_versioned_again_and_only_one_version_is_current(store: SqliteStore) -> None:
+    patient = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Smith"}]}
+    assert store.put_resource(patient).version_id == 1
+    assert store.put_resource(dict(patient)).version_id == 1  # the PID of every message about her
+    changed = {**patient, "name": [{"family": "Smith-Jones"}]}
+    assert store.put_resource(changed).version_id == 2
+    assert store.put_resource(patient).version_id == 3
+    current = store._query("SELECT version_id FROM resources WHERE id = 'p1' AND current = 1")
+    assert [row[0] for row in current] == [3]
+    stored = store.read_resource("Patient", "p1")
+    assert stored is not None and stored.resource["name"] == [{"family": "Smith"}]
