@@ -19,13 +19,15 @@ SIDE = 30  # pixels: an 11 pt box at 200 dpi
 WORD_HEIGHT = 30
 
 
-def drawn(marks: list[tuple[str, str]]) -> tuple[Image.Image, OcrPage]:
+def drawn(
+    marks: list[tuple[str, str]], question: tuple[str, ...] = ("Do", "you", "have", "any", "conditions?")
+) -> tuple[Image.Image, OcrPage]:
     """A page with a question, then one box per row marked as asked, and the words OCR would give."""
     image = Image.new("L", (1000, 120 + 60 * len(marks)), 255)
     draw = ImageDraw.Draw(image)
     words = [
         Word(text=t, bbox=(40 + 120 * i, 40, 140 + 120 * i, 40 + WORD_HEIGHT))
-        for i, t in enumerate(("Do", "you", "have", "any", "conditions?"))
+        for i, t in enumerate(question)
     ]
     for row, (mark, label) in enumerate(marks):
         x, y = 60, 100 + 60 * row
@@ -85,6 +87,11 @@ def test_ticked_conditions_on_a_form_become_diagnoses_with_the_box_as_evidence()
     evidence = extraction.diagnoses[0].evidence
     assert evidence is not None and len(evidence.boxes) == 2  # the box and the label
     # an empty box says nothing: "Asthma" is neither present nor negated
+
+
+def test_boxes_under_another_question_are_not_conditions() -> None:
+    image, page = drawn([("cross", "Penicillin")], question=("Do", "you", "have", "any", "drug", "allergies?"))
+    assert RulesExtractor().extract([with_checkboxes(image, page)]).diagnoses == ()
 
 
 @pytest.mark.slow

@@ -570,22 +570,23 @@ def _diagnoses(lines: Sequence[_Line], pages: Sequence[OcrPage]) -> list[Diagnos
 
 # Conditions ticked on a form: "Have you ever been told you have any of these conditions?" [x] Asthma
 _CONDITION_QUESTION = re.compile(
-    r"\b(conditions?|diagnosed|medical\s+history|illness(?:es)?|health\s+problems?|do\s+you\s+have)\b", re.I
+    r"\b(conditions?|diagnosed|medical\s+history|illness(?:es)?|health\s+problems?|diseases?)\b", re.I
 )
+_NOT_CONDITION_QUESTION = re.compile(r"allerg|medic|drug|tablet|smok|alcohol", re.I)
 
 
 def _ticked_conditions(pages: Sequence[OcrPage]) -> Iterator[Diagnosis]:
     """Ticked boxes under a question about conditions; an empty box says nothing (not asked is not denied)."""
     for page in pages:
+        labels = {c.label for c in page.checkboxes if c.label}
         for box in page.checkboxes:
             if not box.checked or box.label is None or box.start is None or box.end is None:
                 continue
             line_start = page.text.rfind("\n", 0, box.start) + 1
             above = page.text[max(0, line_start - 600) : line_start].split("\n")
-            labels = {c.label for c in page.checkboxes if c.label}
             # the nearest line above that is not itself a row of boxes
             question = next((ln for ln in reversed(above) if ln.strip() and not any(lb in ln for lb in labels)), "")
-            if not _CONDITION_QUESTION.search(question):
+            if not _CONDITION_QUESTION.search(question) or _NOT_CONDITION_QUESTION.search(question):
                 continue
             evidence = page.evidence(box.start, box.end)
             x0, y0, x1, y1 = box.bbox
