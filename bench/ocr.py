@@ -5,7 +5,9 @@
 Each generated document (tests/fixtures/generate.py) is a born-digital PDF, whose text layer is
 the ground truth of every page, and scanned copies of it at 200 dpi in three conditions:
 ``clean``; ``scan`` (speckle noise, blur, 1.5° skew); ``fax sideways`` (the scan fed turned 90°,
-with more noise). Our engine (PP-OCR on ONNX Runtime, after our orientation and noise
+with more noise); ``phone photo`` (light falling off from a corner and a hand's soft shadow,
+blur, 2° skew). On the phone photos the pages are also read without the lighting flattening, to
+show what that step is worth. Our engine (PP-OCR on ONNX Runtime, after our orientation and noise
 pre-processing, as the pipeline runs it) and Tesseract 5 (``tesseract page.png stdout``, its
 own defaults, which include page-orientation handling only with ``--psm 0/1``; we give it the
 default ``--psm 3``) read the same PNG pages. Tesseract's error rates are on its own reading
@@ -34,6 +36,8 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,6 +62,7 @@ CONDITIONS = {
     "clean": (ScanEffects(dpi=200), 0),
     "scan": (ScanEffects(dpi=200, noise=0.006, blur=0.6, rotation=1.5), 0),
     "fax sideways": (ScanEffects(dpi=200, noise=0.01, blur=0.5, rotation=-1.0), 90),
+    "phone photo": (ScanEffects(dpi=200, noise=0.002, blur=0.8, rotation=2.0, shadow=0.6), 0),
 }
 
 
@@ -124,6 +129,18 @@ def cells_right(reference: list[list[str]], read: list[list[str]]) -> tuple[int,
         if index < len(read) and column < len(read[index]) and read[index][column] == cell
     )
     return right, sum(len(row) for row in reference)
+
+
+@contextmanager
+def _lighting_left_alone() -> Iterator[None]:
+    from server.pipeline import scan
+
+    flatten = scan.flatten_lighting
+    scan.flatten_lighting = lambda image: image
+    try:
+        yield
+    finally:
+        scan.flatten_lighting = flatten
 
 
 def boxes_right(truth: list[CheckboxTruth], page: OcrPage) -> int:
@@ -205,6 +222,11 @@ def main() -> None:
                     for name in classes:
                         texts[("paperchart", name)][0].append(reference)
                         texts[("paperchart", name)][1].append(normalized(page.text))
+                    if condition == "phone photo":  # the ablation: the same page, lighting left as it is
+                        with _lighting_left_alone():
+                            _, unflattened = read_scanned_page(engine, image, number)
+                        texts[("paperchart", "unflattened")][0].append(reference)
+                        texts[("paperchart", "unflattened")][1].append(normalized(unflattened.text))
                     if have_tesseract:
                         started = time.perf_counter()
                         native, theirs, rss = tesseract(path, float(image.width), float(image.height))
@@ -224,6 +246,7 @@ def main() -> None:
                             texts[("tesseract", name)][0].append(reference)
                             texts[("tesseract", name)][1].append(native)
 
+    ablation = texts.pop(("paperchart", "unflattened"), None)
     classes = sorted({name for _, name in texts}, key=lambda n: (n == "all", n in CONDITIONS, n))
     print(f"{pages_read['paperchart']} pages ({args.documents} documents x {len(CONDITIONS)} conditions)")
     print(f"{'class':<20} {'CER ours':>9} {'CER tess':>9} {'ratio':>6} {'WER ours':>9} {'WER tess':>9} {'ratio':>6}")
@@ -239,6 +262,12 @@ def main() -> None:
             )
         else:
             print(f"{name:<20} {cer:>9.2%} {'-':>9} {'-':>6} {wer:>9.2%} {'-':>9} {'-':>6}")
+    if ablation is not None:
+        flattened = texts[("paperchart", "phone photo")]
+        print(
+            f"phone photos, CER with lighting flattened {jiwer.cer(*flattened):.2%}, "
+            f"left as photographed {jiwer.cer(*ablation):.2%}"
+        )
     ours_cells = cells["paperchart"][0] / max(cells["paperchart"][1], 1)
     line = f"\nlab table cells read right: paperchart {ours_cells:.1%} of {cells['paperchart'][1]}"
     if have_tesseract:

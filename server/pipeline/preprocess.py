@@ -18,10 +18,14 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFilter
 
 IMPULSE_NOISE_THRESHOLD: Final = 0.0005  # fraction of pixels that are isolated dark specks
+UNEVEN_LIGHTING: Final = 0.2  # paper brightness varying more than this over the page: flatten it
+_BACKGROUND_SIDE: Final = 400  # pixels: the reduced page the paper's brightness is estimated on
+_TEXT_GAP: Final = 9  # pixels on that reduced page: wider than a text stroke there
 _DARK: Final = 128
 
 
@@ -116,6 +120,36 @@ def upright(image: Image.Image) -> Image.Image:
     return image.rotate(angle, expand=True, fillcolor="white") if angle else image
 
 
+def illumination(grey: np.ndarray) -> np.ndarray:
+    """The paper's brightness under the page: text taken out by a max filter on a reduced page, then
+    smoothed, and brought back to full size."""
+    height, width = grey.shape
+    scale = _BACKGROUND_SIDE / max(height, width)
+    small = cv2.resize(
+        grey, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+    )
+    paper = cv2.dilate(small, np.ones((_TEXT_GAP, _TEXT_GAP), np.uint8))  # the brightest nearby: paper, not ink
+    paper = cv2.GaussianBlur(paper, (0, 0), _TEXT_GAP)
+    return cv2.resize(paper, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+
+
+def uneven_lighting(grey: np.ndarray, paper: np.ndarray) -> float:
+    """How much the paper's brightness varies over the page: (bright - dark) / bright, 5th/95th percentile."""
+    bright = float(np.percentile(paper, 95))
+    return (bright - float(np.percentile(paper, 5))) / max(bright, 1.0)
+
+
+def flatten_lighting(image: Image.Image) -> Image.Image:
+    """A phone photo's shading and shadows divided out, leaving white paper; only on a page whose
+    paper is unevenly lit (more than ``UNEVEN_LIGHTING``), since it slightly softens a clean scan."""
+    grey = np.asarray(image.convert("L"))
+    paper = illumination(grey)
+    if uneven_lighting(grey, paper) <= UNEVEN_LIGHTING:
+        return image
+    flat = np.clip(grey.astype(np.float32) / np.maximum(paper, 1.0) * 255.0, 0, 255).astype(np.uint8)
+    return Image.fromarray(flat).convert("RGB")
+
+
 def denoise(image: Image.Image) -> Image.Image:
     """A median filter, only on a page with impulse noise."""
     grey = image.convert("L")
@@ -125,4 +159,4 @@ def denoise(image: Image.Image) -> Image.Image:
 
 
 def prepare_for_ocr(image: Image.Image) -> Image.Image:
-    return denoise(upright(image))
+    return denoise(upright(flatten_lighting(image)))

@@ -17,13 +17,14 @@ from PIL import Image
 from server.pipeline.base import OcrEngine
 from server.pipeline.checkboxes import with_checkboxes
 from server.pipeline.page import OcrPage
-from server.pipeline.preprocess import denoise, detect_orientation
+from server.pipeline.preprocess import denoise, detect_orientation, flatten_lighting
 
 CONFIDENT_PAGE: Final = 0.9  # mean word confidence of a page that was surely read the right way up
 
 
 def read_scanned_page(engine: OcrEngine, image: Image.Image, number: int) -> tuple[Image.Image, OcrPage]:
     """The page image as read (upright, cleaned) and what was read on it, word boxes in its pixels."""
+    image = flatten_lighting(image)  # first: a shadow's dark paper would count as ink for orientation
     orientation = detect_orientation(image)
     if orientation.angle:
         image = image.rotate(orientation.angle, expand=True, fillcolor="white")

@@ -45,3 +45,27 @@ def test_a_sideways_fax_is_read_correctly(ocr_engine: object) -> None:
     lines = text.splitlines()
     assert "Clinic Letter" in lines[:3]  # read top to bottom
     assert document.truth.patient.name.replace(" ", "") in text.replace(" ", "")  # OCR may split a word
+
+
+@pytest.mark.parametrize("turned", [0, 90, 180])
+def test_a_phone_photo_in_shadow_is_evened_out_then_turned_upright(turned: int) -> None:
+    import numpy as np
+
+    from server.pipeline.preprocess import UNEVEN_LIGHTING, flatten_lighting, illumination, uneven_lighting
+
+    effects = ScanEffects(dpi=150, noise=0.002, blur=0.6, rotation=1.5, shadow=0.6)
+    photo = Image.open(io.BytesIO(rendered("clinic_note", seed=21, effects=effects).png_pages[0])).convert("RGB")
+    photo = photo.rotate(turned, expand=True, fillcolor="white")
+    grey = np.asarray(photo.convert("L"))
+    assert uneven_lighting(grey, illumination(grey)) > UNEVEN_LIGHTING
+    flat = flatten_lighting(photo)
+    flat_grey = np.asarray(flat.convert("L"))
+    assert uneven_lighting(flat_grey, illumination(flat_grey)) < 0.1  # the paper is evenly white again
+    assert page_orientation(flat) == (360 - turned) % 360
+
+
+def test_an_evenly_lit_scan_is_not_flattened() -> None:
+    from server.pipeline.preprocess import flatten_lighting
+
+    scan = Image.open(io.BytesIO(rendered("lab_report", seed=3).png_pages[0])).convert("RGB")
+    assert flatten_lighting(scan) is scan
