@@ -38,8 +38,8 @@ SIDE_COVERAGE: Final = 0.75
 CHECKED_INK: Final = 0.08
 UNSURE_LOW: Final = 0.03
 UNSURE_HIGH: Final = 0.14
-_INSET: Final = 0.2
-_Box = tuple[float, float, float, float]  # of the side: the inside measured for ink stays clear of the frame
+_INSET: Final = 0.2  # of the side: the inside measured for ink stays clear of the frame
+_Box = tuple[float, float, float, float]
 
 
 def _median_word_height(page: OcrPage) -> float | None:
@@ -73,6 +73,20 @@ def _frame(frame: np.ndarray, x: int, y: int, w: int, h: int) -> tuple[int, int,
         square[:, -band - 1 :].any(axis=1),
     )
     return x + left, y + top, x + right + 1, y + bottom + 1, min(float(side.mean()) for side in sides)
+
+
+def _holds_a_word(page: OcrPage, box: _Box) -> bool:
+    """Whether a word of two or more characters lies mostly inside the square (one letter may be the
+    pen mark, read as "X" or "V")."""
+    x0, y0, x1, y1 = box
+    for word in page.words:
+        if len(word.text) < 2:
+            continue
+        wx0, wy0, wx1, wy1 = word.bbox
+        overlap = max(0.0, min(x1, wx1) - max(x0, wx0)) * max(0.0, min(y1, wy1) - max(y0, wy0))
+        if overlap > 0.6 * (wx1 - wx0) * (wy1 - wy0):
+            return True
+    return False
 
 
 def _label(page: OcrPage, box: _Box, boxes: Sequence[_Box]) -> tuple[int, int]:
@@ -131,6 +145,8 @@ def find_checkboxes(image: Image.Image, page: OcrPage) -> tuple[Checkbox, ...]:
             continue
         if not 0.5 * word_height <= min(side_w, side_h) <= 2.5 * word_height:
             continue
+        if _holds_a_word(page, (x0, y0, x1, y1)):
+            continue  # a ruled table's cell with text in it, not a box to tick
         inset = round(min(side_w, side_h) * _INSET)
         inside = ink[y0 + inset : y1 - inset, x0 + inset : x1 - inset]
         found.append((float(x0), float(y0), float(x1), float(y1), float(inside.mean()) if inside.size else 0.0))

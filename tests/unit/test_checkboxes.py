@@ -25,10 +25,7 @@ def drawn(
     """A page with a question, then one box per row marked as asked, and the words OCR would give."""
     image = Image.new("L", (1000, 120 + 60 * len(marks)), 255)
     draw = ImageDraw.Draw(image)
-    words = [
-        Word(text=t, bbox=(40 + 120 * i, 40, 140 + 120 * i, 40 + WORD_HEIGHT))
-        for i, t in enumerate(question)
-    ]
+    words = [Word(text=t, bbox=(40 + 120 * i, 40, 140 + 120 * i, 40 + WORD_HEIGHT)) for i, t in enumerate(question)]
     for row, (mark, label) in enumerate(marks):
         x, y = 60, 100 + 60 * row
         draw.rectangle((x, y, x + SIDE, y + SIDE), outline=0, width=3)
@@ -68,6 +65,14 @@ def test_letters_and_rules_are_not_boxes() -> None:
     draw.line((625, 20, 625, 50), fill=0, width=3)
     draw.line((600, 35, 625, 35), fill=0, width=3)
     assert find_checkboxes(image, page) == ()
+
+
+def test_a_ruled_cell_with_text_in_it_is_not_a_box() -> None:
+    image, page = drawn([("none", "Asthma")])
+    ImageDraw.Draw(image).rectangle((600, 95, 640, 135), outline=0, width=3)  # a table cell holding "12"
+    words = [*page.words, Word(text="12", bbox=(606, 102, 634, 128))]
+    page = compose_page(1, float(image.width), float(image.height), "ocr", words)
+    assert [b.label for b in find_checkboxes(image, page)] == ["Asthma"]
 
 
 def test_a_speck_in_a_box_is_unsure_and_goes_to_review() -> None:
