@@ -26,7 +26,7 @@ from server.pipeline.code import CodeChooser, code_extraction
 from server.pipeline.inspect import TEXT, DocumentInfo, Limits, inspect_document
 from server.pipeline.ocr import create_ocr_engine
 from server.pipeline.page import OcrPage, unread_page
-from server.pipeline.preprocess import upright
+from server.pipeline.preprocess import detect_orientation, flatten_lighting
 from server.pipeline.rasterize import PageImage, RasterPage, iter_pages, render_pdf_page
 from server.pipeline.scan import read_scanned_page
 from server.pipeline.validate import with_review
@@ -121,10 +121,15 @@ class Pipeline:
         raise NotFound(f"the document has no page {number}")  # pragma: no cover - pages counted above
 
     def render_page(self, content: bytes, content_type: str, number: int) -> Image.Image:
-        """One page as an image, without OCR (for viewing)."""
+        """One page as an image (for viewing): a scan shown the way it was read, turned upright; without
+        OCR unless the ink leaves upright or upside down in doubt (then it was settled by reading)."""
         raster = self._raster(content, content_type, number)
-        if isinstance(raster, PageImage):  # a scan: shown the way it was read (turned upright)
-            return upright(raster.image)
+        if isinstance(raster, PageImage):
+            image = flatten_lighting(raster.image)
+            orientation = detect_orientation(image)
+            if not orientation.sure:
+                return read_scanned_page(self.ocr_engine, raster.image, number)[0]
+            return image.rotate(orientation.angle, expand=True, fillcolor="white") if orientation.angle else image
         return render_pdf_page(content, number, self.limits.dpi)  # text layer: as printed
 
     def page_with_words(self, content: bytes, content_type: str, number: int) -> tuple[Image.Image, OcrPage]:

@@ -118,3 +118,21 @@ def test_a_filled_in_form_read_from_a_scan(ocr_engine: object, seed: int, effect
     assert found == {"".join(c.label.split()).lower(): c.checked for c in document.truth.checkboxes}
     diagnoses = {d.text.replace(" ", "").lower() for d in RulesExtractor().extract([page]).diagnoses}
     assert diagnoses == {d.text.replace(" ", "").lower() for d in document.truth.diagnoses}
+
+
+@pytest.mark.slow
+def test_a_form_is_shown_the_way_up_it_was_read(ocr_engine: object, settings: object) -> None:
+    from server.pipeline import Pipeline
+
+    effects = ScanEffects(dpi=200, noise=0.006, blur=0.6, rotation=1.5)  # block capitals: the ink is unsure
+    document = rendered("intake_form", seed=7, effects=effects)
+    turned = Image.open(io.BytesIO(document.png_pages[0])).convert("RGB").rotate(180)
+    png = io.BytesIO()
+    turned.save(png, format="PNG")
+    pipeline = Pipeline(settings, ocr_engine, RulesExtractor())  # type: ignore[arg-type]
+    shown = pipeline.render_page(png.getvalue(), "image/png", 1)
+    read, page = pipeline.page_with_words(png.getvalue(), "image/png", 1)
+    assert page.text.startswith(document.truth.facility)
+    assert shown.size == read.size
+    top = ocr_engine.read(shown.crop((0, 0, shown.width, shown.height // 6)), 1).text  # type: ignore[attr-defined]
+    assert document.truth.facility in top  # upright, as the words were read
