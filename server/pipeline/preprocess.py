@@ -114,12 +114,6 @@ def page_orientation(image: Image.Image) -> int:
     return detect_orientation(image).angle
 
 
-def upright(image: Image.Image) -> Image.Image:
-    """The page turned so its text reads left to right, top to bottom (unchanged when unsure)."""
-    angle = page_orientation(image)
-    return image.rotate(angle, expand=True, fillcolor="white") if angle else image
-
-
 def illumination(grey: np.ndarray) -> np.ndarray:
     """The paper's brightness under the page: text taken out by a max filter on a reduced page, then
     smoothed, and brought back to full size."""
@@ -156,7 +150,3 @@ def denoise(image: Image.Image) -> Image.Image:
     if impulse_noise_fraction(grey) > IMPULSE_NOISE_THRESHOLD:
         return grey.filter(ImageFilter.MedianFilter(3)).convert("RGB")
     return image
-
-
-def prepare_for_ocr(image: Image.Image) -> Image.Image:
-    return denoise(upright(flatten_lighting(image)))

@@ -26,9 +26,8 @@ from server.pipeline.code import CodeChooser, code_extraction
 from server.pipeline.inspect import TEXT, DocumentInfo, Limits, inspect_document
 from server.pipeline.ocr import create_ocr_engine
 from server.pipeline.page import OcrPage, unread_page
-from server.pipeline.preprocess import detect_orientation, flatten_lighting
 from server.pipeline.rasterize import PageImage, RasterPage, iter_pages, render_pdf_page
-from server.pipeline.scan import read_scanned_page
+from server.pipeline.scan import read_scanned_page, read_upright_page, upright_scan
 from server.pipeline.validate import with_review
 from terminology import TerminologyService
 
@@ -125,11 +124,8 @@ class Pipeline:
         OCR unless the ink leaves upright or upside down in doubt (then it was settled by reading)."""
         raster = self._raster(content, content_type, number)
         if isinstance(raster, PageImage):
-            image = flatten_lighting(raster.image)
-            orientation = detect_orientation(image)
-            if not orientation.sure:
-                return read_scanned_page(self.ocr_engine, raster.image, number)[0]
-            return image.rotate(orientation.angle, expand=True, fillcolor="white") if orientation.angle else image
+            image, sure = upright_scan(raster.image)
+            return image if sure else read_upright_page(self.ocr_engine, image, number, sure=False)[0]
         return render_pdf_page(content, number, self.limits.dpi)  # text layer: as printed
 
     def page_with_words(self, content: bytes, content_type: str, number: int) -> tuple[Image.Image, OcrPage]:

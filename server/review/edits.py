@@ -182,6 +182,11 @@ def _set_performed(procedure: dict[str, Any], value: str) -> None:
     procedure["performedDateTime"] = value
 
 
+def _code_text(label: str) -> tuple[str, Getter, Setter]:
+    """The field that edits a resource's ``code.text`` (what a condition, allergy or procedure is called)."""
+    return label, lambda r: _text(_dig(r, "code", "text")), lambda r, v: r.setdefault("code", {}).__setitem__("text", v)
+
+
 _MEDICATION_FIELDS: Final[dict[str, tuple[str, Getter, Setter]]] = {
     "name": (
         "Medication",
@@ -218,11 +223,7 @@ FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
         ),
     },
     "Condition": {
-        "text": (
-            "Condition",
-            lambda r: _text(_dig(r, "code", "text")),
-            lambda r, v: r.setdefault("code", {}).__setitem__("text", v),
-        ),
+        "text": _code_text("Condition"),
         "code": (
             "Code",
             lambda r: "|".join(_text(_dig(r, "code", "coding", 0, k)) for k in ("system", "code", "display")).strip(
@@ -261,11 +262,7 @@ FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
         ),
     },
     "AllergyIntolerance": {
-        "substance": (
-            "Substance",
-            lambda r: _text(_dig(r, "code", "text")),
-            lambda r, v: r.setdefault("code", {}).__setitem__("text", v),
-        ),
+        "substance": _code_text("Substance"),
         "reaction": (
             "Reaction",
             lambda r: _text(_dig(r, "reaction", 0, "manifestation", 0, "text")),
@@ -274,11 +271,7 @@ FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
         "severity": ("Severity", lambda r: _text(_dig(r, "reaction", 0, "severity")), _set_severity),
     },
     "Procedure": {
-        "text": (
-            "Procedure",
-            lambda r: _text(_dig(r, "code", "text")),
-            lambda r, v: r.setdefault("code", {}).__setitem__("text", v),
-        ),
+        "text": _code_text("Procedure"),
         "date": ("Date", lambda r: _text(r.get("performedDateTime")), _set_performed),
     },
     "CarePlan": {

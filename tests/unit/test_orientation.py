@@ -7,7 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from server.pipeline.preprocess import page_orientation, upright
+from server.pipeline.preprocess import page_orientation
+from server.pipeline.scan import read_scanned_page, upright_scan
 from tests.conftest import rendered
 from tests.fixtures.generate import ScanEffects
 
@@ -28,7 +29,7 @@ def test_every_orientation_is_put_right(kind: str, seed: int, effects: ScanEffec
     page = Image.open(io.BytesIO(rendered(kind, seed=seed, effects=effects).png_pages[0])).convert("RGB")
     scanned = page.rotate(turned, expand=True, fillcolor="white")
     assert page_orientation(scanned) == (360 - turned) % 360
-    assert upright(scanned).size == page.size
+    assert upright_scan(scanned)[0].size == page.size
 
 
 def test_a_blank_page_is_left_alone() -> None:
@@ -37,11 +38,9 @@ def test_a_blank_page_is_left_alone() -> None:
 
 @pytest.mark.slow
 def test_a_sideways_fax_is_read_correctly(ocr_engine: object) -> None:
-    from server.pipeline.preprocess import prepare_for_ocr
-
     document = rendered("clinic_note", seed=12, effects=ScanEffects(noise=0.004, blur=0.5, rotation=1.0))
     page = Image.open(io.BytesIO(document.png_pages[0])).convert("RGB").rotate(90, expand=True, fillcolor="white")
-    text = ocr_engine.read(prepare_for_ocr(page), 1).text  # type: ignore[attr-defined]
+    text = read_scanned_page(ocr_engine, page, 1)[1].text  # type: ignore[arg-type]
     lines = text.splitlines()
     assert "Clinic Letter" in lines[:3]  # read top to bottom
     assert document.truth.patient.name.replace(" ", "") in text.replace(" ", "")  # OCR may split a word

@@ -50,6 +50,7 @@ from server.pipeline.extract.rules import (
     VITAL_UNITS,
     DateOrder,
     RulesExtractor,
+    encounter_of,
     nhs_number_is_valid,
     parse_allergy,
     parse_date,
@@ -392,19 +393,7 @@ class _Grounding:
         if proposed is None:
             return None
         start, end = self.date(proposed.admitted), self.date(proposed.discharged)
-        department = self.text(proposed.department)
-        first = start or end or department
-        if first is None:
-            return None
-        inpatient = start or end or document_type == "discharge-summary"
-        return Encounter(
-            kind="inpatient" if inpatient else "outpatient",
-            start=start.value if start else None,
-            end=end.value if end else None,
-            department=department.value if department else None,
-            practitioner=author.value if author else None,
-            evidence=first.evidence,
-        )
+        return encounter_of(start, end, self.text(proposed.department), document_type, author)
 
 
 class LlmExtractor:
@@ -450,15 +439,8 @@ class LlmExtractor:
     def _ground(self, proposed: LlmDocument, pages: Sequence[OcrPage], numbered: NumberedText) -> Extraction:
         grounding = _Grounding(pages, self.date_order)
         author = grounding.text(proposed.author)
-        patient, lost = self._patient(proposed.patient, pages)
-        patient = msgspec.structs.replace(
-            patient,
-            address=(address := grounding.text(proposed.patient.address)),
-            postal_code=postal_code_of(address.value) if address else None,
-            phone=grounding.text(proposed.patient.phone),
-            email=grounding.text(proposed.patient.email),
-        )
-        dropped = lost
+        patient = self._patient(proposed.patient, grounding)
+        dropped = 0
         diagnoses = []
         for item in proposed.diagnoses:
             evidence = _locate(pages, item.text, numbered.line(item.line))
@@ -579,15 +561,16 @@ class LlmExtractor:
             review_reasons=reasons,
         )
 
-    def _patient(self, proposed: LlmPatient, pages: Sequence[OcrPage]) -> tuple[PatientFacts, int]:
-        dropped = 0
+    def _patient(self, proposed: LlmPatient, grounding: _Grounding) -> PatientFacts:
+        """The patient's facts found on the pages; what is not there counts in ``grounding.dropped``."""
+        pages = grounding.pages
         name = None
         given: tuple[str, ...] = ()
         family = None
         if proposed.name:
             evidence = _locate(pages, proposed.name)
             if evidence is None:
-                dropped += 1
+                grounding.dropped += 1
             else:
                 name = TextFact(value=evidence.text, evidence=evidence)
                 parts = evidence.text.replace(",", " ").split()
@@ -599,7 +582,7 @@ class LlmExtractor:
             evidence = _locate(pages, proposed.birth_date)
             parsed = parse_date(evidence.text, self.date_order) if evidence is not None else None
             if evidence is None or parsed is None or parsed > dt.date.today():
-                dropped += 1
+                grounding.dropped += 1
             else:
                 birth_date = TextFact(value=parsed.isoformat(), evidence=evidence)
         identifiers = []
@@ -608,7 +591,7 @@ class LlmExtractor:
                 continue
             evidence = _locate(pages, value) or _locate(pages, " ".join(_nhs_groups(value)) if kind == "nhs" else value)
             if evidence is None:
-                dropped += 1
+                grounding.dropped += 1
                 continue
             digits = re.sub(r"\D", "", evidence.text)
             identifiers.append(
@@ -620,10 +603,19 @@ class LlmExtractor:
                 )
             )
         sex = TextFact(value=proposed.sex) if proposed.sex and _locate(pages, proposed.sex[:1]) is not None else None
-        facts = PatientFacts(
-            name=name, given=given, family=family, birth_date=birth_date, sex=sex, identifiers=tuple(identifiers)
+        address = grounding.text(proposed.address)
+        return PatientFacts(
+            name=name,
+            given=given,
+            family=family,
+            birth_date=birth_date,
+            sex=sex,
+            identifiers=tuple(identifiers),
+            address=address,
+            postal_code=postal_code_of(address.value) if address else None,
+            phone=grounding.text(proposed.phone),
+            email=grounding.text(proposed.email),
         )
-        return facts, dropped
 
 
 _Parsed = TypeVar("_Parsed", Medication, Allergy)

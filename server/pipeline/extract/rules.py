@@ -406,8 +406,20 @@ def _encounter(
     """The admission a discharge summary is about, or the visit a clinic letter reports."""
     start = _first_date(lines, _ADMITTED, order)
     end = _first_date(lines, _DISCHARGED, order)
-    department = _first_text(lines, _DEPARTMENT)
-    if start is None and end is None and department is None:
+    return encounter_of(start, end, _first_text(lines, _DEPARTMENT), document_type, author)
+
+
+def encounter_of(
+    start: TextFact | None,
+    end: TextFact | None,
+    department: TextFact | None,
+    document_type: DocumentType,
+    author: TextFact | None,
+) -> Encounter | None:
+    """The encounter those facts describe (an admission when it has dates or the document is a
+    discharge summary, else a visit), or None when there are none."""
+    first = start or end or department
+    if first is None:
         return None
     kind: EncounterClass = "inpatient" if start or end or document_type == "discharge-summary" else "outpatient"
     return Encounter(
@@ -416,7 +428,7 @@ def _encounter(
         end=end.value if end else None,
         department=department.value if department else None,
         practitioner=author.value if author is not None else None,
-        evidence=(start or end or department).evidence,  # type: ignore[union-attr]  # one is set (above)
+        evidence=first.evidence,
     )
 
 
