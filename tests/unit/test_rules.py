@@ -348,3 +348,10 @@ def test_a_reports_specimen_date_goes_on_each_result() -> None:
     extraction = RulesExtractor().extract([page])
     assert [lab.specimen_date for lab in extraction.labs] == ["2026-11-03"]
     assert extraction.document_date is not None and extraction.document_date.value == "2026-11-05"
+
+
+def test_an_operation_with_an_unreadable_date_in_past_history_is_kept_as_a_procedure() -> None:
+    note = "Past Medical History\n- Appendicectomy 31/02/2019\n- Asthma\n"
+    extraction = RulesExtractor().extract([page_from_text(note)])
+    assert [(p.text, p.date) for p in extraction.procedures] == [("Appendicectomy 31/02/2019", None)]
+    assert [d.text for d in extraction.diagnoses] == ["Asthma"]  # neither lost nor a condition

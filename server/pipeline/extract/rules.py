@@ -556,7 +556,7 @@ def _diagnoses(lines: Sequence[_Line], pages: Sequence[OcrPage]) -> list[Diagnos
             text = line.text[start:].strip().rstrip(".;,")
             if len(text) < 3 or not re.search(r"[A-Za-z]{3}", text):
                 continue
-            if _PROCEDURE_LINE.match(_PROCEDURE_DATE.sub("", text).strip()):
+            if _names_an_operation(text):
                 continue  # an operation in a past-history list: a procedure (see _procedures)
             # drop assertion cues from the condition's name; they decide its assertion
             name = _ASSERTION_CUES_BEFORE.sub("", text)
@@ -1084,6 +1084,12 @@ _PROCEDURE_NARRATIVE = re.compile(
 _PROSE_SECTIONS: Final = (None, "history", "observations", "other")
 
 
+def _names_an_operation(item: str) -> bool:
+    """Whether a list item, its date aside, names an operation ("Appendicectomy 2015"): in a past-history
+    list it is then a procedure, not a condition (one test, so such an item is always one or the other)."""
+    return bool(_PROCEDURE_LINE.match(_PROCEDURE_DATE.sub("", item).strip()))
+
+
 def _procedure_date(written: str | None, order: DateOrder) -> str | None:
     """A year as written, or a full date as ISO 8601; None when unreadable."""
     if written is None:
@@ -1104,7 +1110,7 @@ def _listed_procedure(line: _Line, order: DateOrder) -> Procedure | None:
     dated = _PROCEDURE_DATE.search(body)
     date = _procedure_date(dated.group("date"), order) if dated else None
     text = body[: dated.start()].strip() if dated and date is not None else body
-    if len(text) < 3 or (line.section == "diagnoses" and not _PROCEDURE_LINE.match(text)):
+    if len(text) < 3 or (line.section == "diagnoses" and not _names_an_operation(body)):
         return None
     begin = line.start + start
     return Procedure(text=text, date=date, evidence=line.page.evidence(begin, begin + len(body)))
