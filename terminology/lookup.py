@@ -5,14 +5,18 @@ exact designation matches, lexical FTS5/BM25 matches, and semantic KNN matches (
 cosine over all-MiniLM-L6-v2 embeddings stored in the index's vec0 table, searched in memory).
 Clinical abbreviations are expanded first.
 
-The fused top candidates are then re-ranked by how close the mention is to each candidate's
-closest designation: cosine similarity of the embeddings plus character-trigram overlap. Fusion
-finds the right concept; the re-rank puts it first among near-identical siblings ("…, left
-knee" vs "…, right knee") and forgives misspellings that defeat word-level FTS.
+The fused top candidates are then re-ranked by a weighted sum of features (``FEATURES``): how
+close the mention is to each candidate's closest designation in meaning (cosine) and in spelling
+(character trigrams), how many of its words the designation has and the reverse, qualifiers that
+clash ("left knee" vs "right knee", "stage 2" vs "stage 1") and the closeness to the mean of all
+the candidate's designations. Fusion finds the right concept; the re-rank puts it first among
+near-identical siblings and forgives misspellings that defeat word-level FTS.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 import threading
 from collections.abc import Sequence
@@ -34,11 +38,20 @@ RRF_K: Final = 10
 WEIGHTS: Final = {"exact": 2.0, "lexical": 0.3, "semantic": 1.0}
 POOL: Final = 50  # candidates taken from each list before fusion
 LEXICAL_POOL: Final = 2000  # FTS hits ranked before filtering by system and semantic type
-# Re-rank of the fused top RERANK_POOL: cosine + TRIGRAM_WEIGHT * trigram Dice. Tuned on seed 11
-# (bench/terminology.py reports on seed 7): misspelled titles go from 82% to 99% top-1.
-RERANK_POOL: Final = 30
-TRIGRAM_WEIGHT: Final = 0.5
-EXACT_BONUS: Final = 2.0  # above the largest possible re-rank score (1 + TRIGRAM_WEIGHT)
+RERANK_POOL: Final = 30  # fused candidates the re-rank orders (the right one is among them for 88%)
+TRIGRAM_WEIGHT: Final = 0.5  # for choosing the designation shown as matched
+# The re-rank score is RERANK_WEIGHTS · features, in FEATURES order. Fitted by
+# bench/terminology_tune.py on held-out queries of seed 11 (bench/terminology.py reports seed 7).
+FEATURES: Final = (
+    "cosine",  # best cosine of mention and designation embeddings
+    "trigram",  # best character-trigram Dice (forgives misspellings)
+    "coverage",  # share of the mention's words, by rarity, in the designation
+    "excess",  # minus the share of the designation's words the mention lacks
+    "conflict",  # minus the qualifier groups that clash ("left" vs "right", "stage 2" vs "stage 1")
+    "centroid",  # cosine of the mention and the mean of the code's designation embeddings
+)
+RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 0.5, 0.25, 1.0, 0.25])
+EXACT_BONUS: Final = 1000.0  # above any re-rank score: a designation equal to the mention wins
 Mode = Literal["hybrid", "lexical", "semantic"]
 _RESIDUAL_SUFFIXES: Final = (", unspecified", " NOS", ", unspecified organism", ", not elsewhere classified")
 # Words too common in clinical titles to help ranking ("of", "with"); dropping them keeps the OR
@@ -91,6 +104,20 @@ class _Hit(msgspec.Struct):
     similarity: float | None = None
 
 
+class _Retrieved(msgspec.Struct):
+    exact: list[_Hit] = msgspec.field(default_factory=list)
+    lexical: list[_Hit] = msgspec.field(default_factory=list)
+    semantic: list[_Hit] = msgspec.field(default_factory=list)
+    vector: np.ndarray | None = None
+    fused: dict[int, float] = msgspec.field(default_factory=dict)  # concept id → RRF score
+    matched: dict[int, tuple[int, str]] = msgspec.field(default_factory=dict)  # best rank, designation
+    similarity: dict[int, float] = msgspec.field(default_factory=dict)  # best cosine
+
+    def pool(self) -> list[int]:
+        """The fused top concepts that the re-rank orders."""
+        return sorted(self.fused, key=lambda c: -self.fused[c])[:RERANK_POOL]
+
+
 class TerminologyService:
     """Read-only lookups on one index file. Thread-safe."""
 
@@ -100,6 +127,7 @@ class TerminologyService:
         self._lock = threading.Lock()
         self._db: Any = open_index(path, readonly=True)
         self._matrix: _Vectors | None = None
+        self._idf: dict[str, float] | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -123,42 +151,15 @@ class TerminologyService:
         query = expand_abbreviations(" ".join(text.split()))
         if not query:
             return []
-        lists: list[tuple[float, list[_Hit]]] = []
-        lexical: list[_Hit] = []
-        semantic: list[_Hit] = []
-        exact: list[_Hit] = []
-        vector: np.ndarray | None = None
-        if mode in ("hybrid", "lexical"):
-            exact = self._exact(query, systems, semantic_types)
-            lists.append((WEIGHTS["exact"], exact))
-            lexical = self._lexical(query, systems, semantic_types)
-            lists.append((WEIGHTS["lexical"], lexical))
-        if mode in ("hybrid", "semantic") and self.embedder is not None:
-            vector = self.embedder.embed([query])[0].astype(np.float32)
-            semantic = self._semantic(vector, systems, semantic_types)
-            lists.append((WEIGHTS["semantic"], semantic))
-        scores: dict[int, float] = {}
-        matched: dict[int, tuple[int, str]] = {}
-        for weight, hits in lists:
-            seen: set[int] = set()
-            for rank, hit in enumerate(hits, start=1):
-                if hit.concept_id in seen:
-                    continue
-                seen.add(hit.concept_id)
-                scores[hit.concept_id] = scores.get(hit.concept_id, 0.0) + weight / (RRF_K + rank)
-                if hit.concept_id not in matched or rank < matched[hit.concept_id][0]:
-                    matched[hit.concept_id] = (rank, hit.term)
-        similarity: dict[int, float] = {}
-        for hit in semantic:
-            if hit.similarity is not None:
-                similarity[hit.concept_id] = max(similarity.get(hit.concept_id, -1.0), hit.similarity)
+        found = self.retrieve(query, systems, semantic_types, mode)
+        scores, matched, similarity = found.fused, found.matched, found.similarity
         if mode == "hybrid":
-            pool = sorted(scores, key=lambda c: -scores[c])[:RERANK_POOL]
-            scores, best_terms, similarity = self._rerank(query, vector, pool)
+            scores, best_terms, similarity = self._rerank(query, found.vector, found.pool())
             matched = {c: (0, term) for c, term in best_terms.items()}
-            for hit in exact:  # a designation equal to the mention outranks any near miss
+            for hit in found.exact:  # a designation equal to the mention outranks any near miss
                 if hit.concept_id in scores:
                     scores[hit.concept_id] += EXACT_BONUS
+        lexical, semantic, exact = found.lexical, found.semantic, found.exact
         top = sorted(scores, key=lambda c: -scores[c])[:limit]
         if not top:
             return []
@@ -188,38 +189,107 @@ class TerminologyService:
             for c in top
         ]
 
+    def retrieve(self, query: str, systems: Sequence[str], semantic_types: Sequence[str], mode: Mode) -> _Retrieved:
+        """The exact, lexical and semantic hit lists for an (expanded) query, fused by weighted RRF."""
+        found = _Retrieved()
+        lists: list[tuple[float, list[_Hit]]] = []
+        if mode in ("hybrid", "lexical"):
+            found.exact = self._exact(query, systems, semantic_types)
+            lists.append((WEIGHTS["exact"], found.exact))
+            found.lexical = self._lexical(query, systems, semantic_types)
+            lists.append((WEIGHTS["lexical"], found.lexical))
+        if mode in ("hybrid", "semantic") and self.embedder is not None:
+            found.vector = self.embedder.embed([query])[0].astype(np.float32)
+            found.semantic = self._semantic(found.vector, systems, semantic_types)
+            lists.append((WEIGHTS["semantic"], found.semantic))
+        for weight, hits in lists:
+            seen: set[int] = set()
+            for rank, hit in enumerate(hits, start=1):
+                if hit.concept_id in seen:
+                    continue
+                seen.add(hit.concept_id)
+                found.fused[hit.concept_id] = found.fused.get(hit.concept_id, 0.0) + weight / (RRF_K + rank)
+                if hit.concept_id not in found.matched or rank < found.matched[hit.concept_id][0]:
+                    found.matched[hit.concept_id] = (rank, hit.term)
+        for hit in found.semantic:
+            if hit.similarity is not None:
+                found.similarity[hit.concept_id] = max(found.similarity.get(hit.concept_id, -1.0), hit.similarity)
+        return found
+
     def _rerank(
         self, query: str, vector: np.ndarray | None, pool: list[int]
     ) -> tuple[dict[int, float], dict[int, str], dict[int, float]]:
-        """Score each pooled concept by its closest designation: (scores, best designation, cosine)."""
+        """Score each pooled concept by its features: (scores, best designation, cosine)."""
+        features, best_terms = self.rerank_features(query, vector, pool)
+        scores = {c: float(RERANK_WEIGHTS @ f) for c, f in features.items()}
+        return scores, best_terms, {c: float(f[0]) for c, f in features.items() if f[0] > -1.0}
+
+    def rerank_features(
+        self, query: str, vector: np.ndarray | None, pool: list[int]
+    ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+        """The re-rank features of each pooled concept (see ``FEATURES``) and its closest designation.
+
+        Each feature is taken at the concept's best designation for it: a concept whose title is
+        closest in meaning and whose synonym is closest in spelling has earned both.
+        """
         if not pool:
-            return {}, {}, {}
+            return {}, {}
         marks = ",".join("?" * len(pool))
         designations = self._rows(f"SELECT id, concept_id, term FROM designation WHERE concept_id IN ({marks})", pool)
         cosines: dict[int, float] = {}
+        centroid: dict[int, float] = {}
         if vector is not None:
             vectors = self._vectors()
             rows = [(d[0], vectors.row_of[d[0]]) for d in designations if d[0] in vectors.row_of]
             if rows:
                 products = vectors.matrix[[row for _, row in rows]] @ vector
                 cosines = {designation_id: float(p) for (designation_id, _), p in zip(rows, products, strict=True)}
+                concept_of = {d[0]: d[1] for d in designations}
+                sums: dict[int, np.ndarray] = {}
+                for designation_id, row in rows:
+                    c = concept_of[designation_id]
+                    sums[c] = sums[c] + vectors.matrix[row] if c in sums else vectors.matrix[row].copy()
+                centroid = {c: float(v @ vector / (np.linalg.norm(v) or 1.0)) for c, v in sums.items()}
+        weights = self._word_weights()
         query_grams = _trigrams(query)
-        best_cosine: dict[int, float] = {}
-        best_trigram: dict[int, float] = {}
+        query_words = _words(query)
+        query_qualifiers = _qualifiers(query)
+        features: dict[int, np.ndarray] = {}
         best_term: dict[int, tuple[float, str]] = {}
         for designation_id, concept_id, term in designations:
-            cosine = cosines.get(designation_id)
+            cosine = cosines.get(designation_id, -1.0)
             trigram = _dice(query_grams, _trigrams(_without_residual(term)))
-            if cosine is not None:
-                best_cosine[concept_id] = max(best_cosine.get(concept_id, -1.0), cosine)
-            best_trigram[concept_id] = max(best_trigram.get(concept_id, 0.0), trigram)
-            combined = (cosine or 0.0) + TRIGRAM_WEIGHT * trigram
+            coverage = _coverage(query_words, _words(_without_residual(term)), weights)
+            values = np.array(
+                [
+                    cosine,
+                    trigram,
+                    coverage,
+                    # what the term denies ("without cataplexy", "not having achieved remission") is
+                    # the default a mention that names neither gets: not an excess
+                    _coverage(_words(_without_denials(_without_residual(term))), query_words, weights) - 1.0,
+                    -_conflicts(query_qualifiers, _qualifiers(term)),
+                ]
+            )
+            features[concept_id] = np.maximum(features[concept_id], values) if concept_id in features else values
+            combined = max(cosine, 0.0) + TRIGRAM_WEIGHT * trigram
             if concept_id not in best_term or combined > best_term[concept_id][0]:
                 best_term[concept_id] = (combined, term)
-        # each feature at its best designation: a concept whose title is closest in meaning and
-        # whose synonym is closest in spelling has earned both
-        scores = {c: best_cosine.get(c, 0.0) + TRIGRAM_WEIGHT * best_trigram[c] for c in best_term}
-        return scores, {c: term for c, (_, term) in best_term.items()}, best_cosine
+        result = {c: np.append(f, centroid.get(c, 0.0)) for c, f in features.items()}
+        return result, {c: term for c, (_, term) in best_term.items()}
+
+    def _word_weights(self) -> dict[str, float]:
+        """Inverse document frequency of each word stem over all designations (read once)."""
+        with self._lock:
+            if self._idf is None:
+                counts: dict[str, int] = {}
+                total = 0
+                for (term,) in self._db.execute("SELECT term FROM designation"):
+                    total += 1
+                    for word in _words(term):
+                        counts[word] = counts.get(word, 0) + 1
+                self._idf = {w: math.log(1 + total / n) for w, n in counts.items()}
+            return self._idf
 
     @staticmethod
     def _filters(systems: Sequence[str], semantic_types: Sequence[str]) -> tuple[str, list[str]]:
@@ -407,3 +477,64 @@ def _first_ranks(hits: list[_Hit]) -> dict[int, int]:
     for rank, hit in enumerate(hits, start=1):
         ranks.setdefault(hit.concept_id, rank)
     return ranks
+
+
+def _stem(word: str) -> str:
+    """A crude stem that joins inflections ("bronchus", "bronchi"; "ulcers", "ulcer")."""
+    return word[:6] if len(word) > 6 else word.removesuffix("s")
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(_stem(t) for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS and len(t) > 1)
+
+
+def _coverage(words: frozenset[str], other: frozenset[str], weights: dict[str, float]) -> float:
+    """The share of ``words``, weighted by rarity, that ``other`` also has."""
+    total = sum(weights.get(w, _UNSEEN_WEIGHT) for w in words)
+    return sum(weights.get(w, _UNSEEN_WEIGHT) for w in words & other) / total if total else 0.0
+
+
+_UNSEEN_WEIGHT: Final = 12.0  # a word no designation has: rarer than any that one has
+# Qualifiers of which a mention and a code cannot hold different ones: "left" against "right",
+# "stage 2" against "stage 1". Each group is compared as a set ("acute on chronic" is {acute,
+# chronic}, not "acute").
+_QUALIFIER_GROUPS: Final = (
+    frozenset({"left", "right", "bilateral"}),
+    frozenset({"upper", "lower"}),
+    frozenset({"acute", "subacute", "chronic"}),
+    frozenset({"initial", "subsequent", "sequela"}),
+    frozenset({"complete", "incomplete", "partial"}),
+    frozenset({"primary", "secondary"}),
+    frozenset({"benign", "malignant"}),
+    frozenset({"anterior", "posterior"}),
+    frozenset({"mild", "moderate", "severe"}),
+    frozenset({"single", "recurrent"}),
+    frozenset({"first", "second", "third", "fourth"}),
+)
+_ROMAN: Final = {"i": "1", "ii": "2", "iii": "3", "iv": "4", "v": "5", "vi": "6"}
+_NUMBER_WITH_UNIT: Final = re.compile(r"^(\d+(?:\.\d+)?)[a-z]{2,}$")
+_NUMBERED: Final = frozenset({"type", "stage", "grade", "class", "degree", "phase", "level"})
+
+
+def _qualifiers(text: str) -> tuple[frozenset[str], ...]:
+    """Per qualifier group, the members ``text`` names; last, its numbers ("stage II" → "2")."""
+    tokens = _TOKEN.findall(text.lower())
+    # "500mg" is the number 500; "3a", "c5" and "11q23" are names
+    numbers = {m.group(1) if (m := _NUMBER_WITH_UNIT.match(t)) else t for t in tokens if any(c.isdigit() for c in t)}
+    numbers |= {_ROMAN[t] for before, t in itertools.pairwise(tokens) if before in _NUMBERED and t in _ROMAN}
+    present = frozenset(tokens)
+    return (*(group & present for group in _QUALIFIER_GROUPS), frozenset(numbers))
+
+
+def _conflicts(mention: tuple[frozenset[str], ...], term: tuple[frozenset[str], ...]) -> float:
+    """How many qualifier groups the mention and the term both fill, differently."""
+    count = sum(1 for a, b in zip(mention[:-1], term[:-1], strict=True) if a and b and a != b)
+    numbers, other = mention[-1], term[-1]
+    return float(count + (1 if numbers - other and other - numbers else 0))
+
+
+_DENIAL: Final = re.compile(r"\b(?:without|not|no)\b[^,;()]*?(?=,|;|\(|\bwith\b|$)", re.I)
+
+
+def _without_denials(term: str) -> str:
+    return _DENIAL.sub("", term)

@@ -46,6 +46,11 @@ def test_builtin_systems_are_recorded_with_source_and_licence(service: Terminolo
         ("Heart failure", "I50.9"),  # residual "unspecified" title
         ("Osteoarthritis of knee", "M17.9"),
         ("Esophageal reflux NOS", "K21.9"),  # an inclusion term
+        # qualifiers that siblings differ by must agree: side, stage, acute vs acute-on-chronic
+        ("Primary osteoarthritis of the left knee", "M17.12"),
+        ("Chronic kidney disease stage II", "N18.2"),
+        ("CKD stage 4", "N18.4"),
+        ("Acute on chronic right ventricular failure", "I50.813"),
     ],
 )
 def test_icd10cm_lookup(service: TerminologyService, mention: str, expected: str) -> None:
