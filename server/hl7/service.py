@@ -1,8 +1,10 @@
 """Receiving one HL7 v2 message: parse, map, store durably, then acknowledge.
 
 ``AA`` is returned only after the message's document (and patient, and the extraction job) are
-committed to the store in one transaction. A message whose MSH-10 was already committed gets
-its original ACK again and changes nothing: interface engines resend on timeout.
+committed to the store in one transaction, shared with the messages that arrive at the same
+time (group commit: one disk flush for all, each message's writes in its own savepoint). A
+message whose MSH-10 was already committed gets its original ACK again and changes nothing:
+interface engines resend on timeout.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class Hl7Service:
                 if plan.attachment is not None
                 else None
             )
-            code, ack, queued = "AA", *self._commit(message, sender, plan, info)
+            code, ack, queued = "AA", *self.store.batched(lambda: self._store(message, sender, plan, info))
         except Er7Error as exc:
             code = "AR" if exc.code in _REJECT_CODES else "AE"
             ack = build_ack(message, code, error_code=exc.code, error_text=exc.message, location=exc.location)
@@ -100,52 +102,52 @@ class Hl7Service:
         live = [r for r in records if r.resource.get("status") == "current"] or records
         return max(live, key=lambda r: r.created_at).id if live else None
 
-    def _commit(
+    def _store(
         self, message: Er7Message, sender: str, plan: DocumentPlan, info: DocumentInfo | None
     ) -> tuple[str, bool]:
+        """The message's writes, all or nothing; committed with concurrent messages' (group commit)."""
         ack = build_ack(message, "AA")
         document_id: str | None = None
         queued = False
-        with self.store.atomic():
-            self.store.put_resource(plan.patient)
-            if plan.encounter is not None:
-                self.store.put_resource(plan.encounter)
-            existing = self._find(plan.document_number)
-            action = plan.action
-            if action == "notify":
-                action = "create" if plan.attachment is not None and existing is None else "notify"
-            if action == "create":
-                if existing is not None:
-                    raise Er7Error(
-                        "a document with this TXA-12 unique document number already exists",
-                        code="205",
-                        location="TXA^1^12",
-                    )
-                document_id = self._create(plan, info, [])
-                queued = True
-            elif action in ("append", "replace", "edit"):
-                parent = self._find(plan.parent_number) or (existing if action == "edit" else None)
-                if parent is None:
-                    raise Er7Error("the parent document (TXA-13) is not known", code="204", location="TXA^1^13")
-                relation = "appends" if action == "append" else "replaces"
-                document_id = self._create(
-                    plan, info, [{"code": relation, "target": {"reference": f"DocumentReference/{parent}"}}]
+        self.store.put_resource(plan.patient)
+        if plan.encounter is not None:
+            self.store.put_resource(plan.encounter)
+        existing = self._find(plan.document_number)
+        action = plan.action
+        if action == "notify":
+            action = "create" if plan.attachment is not None and existing is None else "notify"
+        if action == "create":
+            if existing is not None:
+                raise Er7Error(
+                    "a document with this TXA-12 unique document number already exists",
+                    code="205",
+                    location="TXA^1^12",
                 )
-                if relation == "replaces":
-                    self._set_status(parent, status="superseded")
-                queued = True
-            elif action == "status":
-                if existing is None:
-                    raise Er7Error("the document (TXA-12) is not known", code="204", location="TXA^1^12")
-                self._set_status(existing, status=plan.document["status"], doc_status=plan.document.get("docStatus"))
-                document_id = existing
-            elif action == "cancel":
-                if existing is None:
-                    raise Er7Error("the document to cancel (TXA-12) is not known", code="204", location="TXA^1^12")
-                self._set_status(existing, status="entered-in-error")
-                self.store.retract_document_results(existing)
-                document_id = existing
-            self.store.record_hl7(sender, message.control_id, ack, document_id)
+            document_id = self._create(plan, info, [])
+            queued = True
+        elif action in ("append", "replace", "edit"):
+            parent = self._find(plan.parent_number) or (existing if action == "edit" else None)
+            if parent is None:
+                raise Er7Error("the parent document (TXA-13) is not known", code="204", location="TXA^1^13")
+            relation = "appends" if action == "append" else "replaces"
+            document_id = self._create(
+                plan, info, [{"code": relation, "target": {"reference": f"DocumentReference/{parent}"}}]
+            )
+            if relation == "replaces":
+                self._set_status(parent, status="superseded")
+            queued = True
+        elif action == "status":
+            if existing is None:
+                raise Er7Error("the document (TXA-12) is not known", code="204", location="TXA^1^12")
+            self._set_status(existing, status=plan.document["status"], doc_status=plan.document.get("docStatus"))
+            document_id = existing
+        elif action == "cancel":
+            if existing is None:
+                raise Er7Error("the document to cancel (TXA-12) is not known", code="204", location="TXA^1^12")
+            self._set_status(existing, status="entered-in-error")
+            self.store.retract_document_results(existing)
+            document_id = existing
+        self.store.record_hl7(sender, message.control_id, ack, document_id)
         return ack, queued
 
     def _create(self, plan: DocumentPlan, info: DocumentInfo | None, relates_to: list[dict[str, Any]]) -> str:

@@ -87,7 +87,11 @@ class AuditLog(Database):
         super().__init__(path, _SCHEMA)
 
     def append(self, record: AuditRecord) -> int:
+        """Add a record to the chain; returns its sequence number once it is durable."""
         text = _encoder.encode(record).decode()
+        return self.batched(lambda: self._append(text))
+
+    def _append(self, text: str) -> int:
         with self._transaction() as db:
             row = db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
             previous = row[1] if row else GENESIS

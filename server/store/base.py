@@ -7,13 +7,14 @@ status change commit together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
+T = TypeVar("T")
 
 
 class DocumentRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -131,6 +132,11 @@ class Store(Protocol):
 
     def atomic(self) -> AbstractContextManager[None]:
         """Group several calls into one durable transaction."""
+        ...
+
+    def batched(self, work: Callable[[], T]) -> T:
+        """Run ``work`` as one all-or-nothing unit, committed together with concurrent callers'
+        (group commit: one disk flush for many); returns once its commit is durable."""
         ...
 
     # HL7 v2 receipts

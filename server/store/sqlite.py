@@ -175,6 +175,10 @@ class SqliteStore(Database):
                     "the master key does not open this database (wrong PAPERCHART_MASTER_KEY or key file)"
                 ) from None
 
+    def _after_rollback(self) -> None:
+        # a data key created by the work rolled back is not in the database: never seal with it
+        self._data_keys.clear()
+
     def _before_schema(self, db: Any) -> None:
         exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
         if exists.fetchone() is None:
