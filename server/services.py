@@ -109,12 +109,11 @@ def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner, audit: Audi
     """The MLLP listener, handing each message to the HL7 service off the event loop."""
     import anyio.to_thread
 
+    from server.hl7.service import Receipt
     from server.store.audit import AuditRecord, now_instant
 
-    async def handle(payload: bytes) -> bytes | None:
-        receipt = await anyio.to_thread.run_sync(hl7.receive, payload)
-        if receipt.queued:
-            jobs.submit()
+    def receive(payload: bytes) -> Receipt:
+        receipt = hl7.receive(payload)
         record = AuditRecord(
             recorded=now_instant(),
             channel="mllp",
@@ -122,7 +121,13 @@ def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner, audit: Audi
             interaction="hl7v2:receive",
             outcome={"AA": 0, "AE": 4}.get(receipt.code, 8),
         )
-        await anyio.to_thread.run_sync(audit.append, record)
+        audit.append(record)  # before the ACK leaves
+        return receipt
+
+    async def handle(payload: bytes) -> bytes | None:
+        receipt = await anyio.to_thread.run_sync(receive, payload)  # one thread hop a message
+        if receipt.queued:
+            jobs.submit()
         return receipt.ack.encode("utf-8") if receipt.ack is not None else None
 
     context = None
