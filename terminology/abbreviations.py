@@ -1,7 +1,9 @@
 """Clinical abbreviations expanded before lookup ("HTN" → "hypertension").
 
 Matched as whole words. Upper-case abbreviations match case-sensitively (so the word "pe" in a
-sentence is not a pulmonary embolism); lower-case SIG-style ones match in any case.
+sentence is not a pulmonary embolism); lower-case SIG-style ones match in any case. Abbreviations
+with more than one common meaning ("MS": multiple sclerosis, mitral stenosis, morphine sulfate;
+"ASD"; "ALL"; "GAD", also an antibody) are left out: a wrong expansion codes a wrong disease.
 """
 
 from __future__ import annotations
@@ -48,6 +50,41 @@ ABBREVIATIONS: Final[dict[str, str]] = {
     "LBP": "low back pain",
     "ESRD": "end stage renal disease",
     "PVD": "peripheral vascular disease",
+    "PAD": "peripheral arterial disease",
+    "AAA": "abdominal aortic aneurysm",
+    "NSTEMI": "non-ST elevation myocardial infarction",
+    "STEMI": "ST elevation myocardial infarction",
+    "SVT": "supraventricular tachycardia",
+    "VSD": "ventricular septal defect",
+    "PDA": "patent ductus arteriosus",
+    "LVH": "left ventricular hypertrophy",
+    "HFrEF": "systolic heart failure",  # heart failure with reduced ejection fraction
+    "HFpEF": "diastolic heart failure",  # heart failure with preserved ejection fraction
+    "SAH": "subarachnoid hemorrhage",
+    "ICH": "intracerebral hemorrhage",
+    "ARDS": "acute respiratory distress syndrome",
+    "RSV": "respiratory syncytial virus",
+    "URI": "upper respiratory infection",
+    "TB": "tuberculosis",
+    "HCV": "hepatitis C",
+    "HBV": "hepatitis B",
+    "DKA": "diabetic ketoacidosis",
+    "GDM": "gestational diabetes mellitus",
+    "IDA": "iron deficiency anemia",
+    "SLE": "systemic lupus erythematosus",
+    "PUD": "peptic ulcer disease",
+    "IBD": "inflammatory bowel disease",
+    "NASH": "nonalcoholic steatohepatitis",
+    "NAFLD": "nonalcoholic fatty liver disease",
+    "GI": "gastrointestinal",
+    "PCOS": "polycystic ovary syndrome",
+    "BPPV": "benign paroxysmal positional vertigo",
+    "CLL": "chronic lymphocytic leukemia",
+    "CML": "chronic myeloid leukemia",
+    "ADHD": "attention-deficit hyperactivity disorder",
+    "OCD": "obsessive-compulsive disorder",
+    "PTSD": "post-traumatic stress disorder",
+    "MDD": "major depressive disorder",
     "qhs": "at bedtime",
     "bid": "twice daily",
     "tid": "three times daily",

@@ -96,6 +96,10 @@ def test_abbreviations() -> None:
     )
     assert expand_abbreviations("pe and dm in lower case stay") == "pe and dm in lower case stay"
     assert expand_abbreviations("Metformin 500 mg BID") == "Metformin 500 mg twice daily"
+    assert expand_abbreviations("RSV bronchiolitis; HFrEF") == (
+        "respiratory syncytial virus bronchiolitis; systolic heart failure"
+    )
+    assert expand_abbreviations("MS relapse") == "MS relapse"  # ambiguous: not expanded
 
 
 # --- importers of the user's own release files --------------------------------------------
