@@ -116,3 +116,15 @@ def test_header_check_is_remembered_per_header_shape_but_still_checks_time_and_i
     with pytest.raises(Er7Error) as error:
         check_structure(parse_er7(bad_time))
     assert (error.value.code, error.value.location) == ("102", "MSH^1^7")
+
+
+def test_base64_wrapped_by_the_sender_still_decodes() -> None:
+    content = b"%PDF-1.4\n" + bytes(range(256)) * 4
+    text = mdm("T02", control_id="W1", content=content)
+    data = text.split("^Base64^")[1].split("|")[0]
+    wrapped = " ".join(data[i : i + 76] for i in range(0, len(data), 76))  # MIME-style line length, spaces
+    attachment = plan_message(parse_er7(text.replace(data, wrapped))).attachment
+    assert attachment is not None and attachment.content == content
+    with pytest.raises(Er7Error) as error:
+        plan_message(parse_er7(text.replace(data, data[:40] + "!" + data[41:])))
+    assert error.value.code == "102" and error.value.location == "OBX^1^5^5"
