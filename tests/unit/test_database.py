@@ -49,10 +49,11 @@ class Counting(Database):
 def run_together(db: Counting, works: list[Callable[[], int]]) -> list[int | BaseException]:
     """Call ``batched`` from one thread per work; the first work waits until the others are queued."""
     results: list[int | BaseException] = [0] * len(works)
-    queued = threading.Event()
+    started, queued = threading.Event(), threading.Event()
     first = works[0]
 
     def held() -> int:
+        started.set()  # its group is taken: whoever comes now waits for the next one
         queued.wait(10)
         return first()
 
@@ -64,8 +65,7 @@ def run_together(db: Counting, works: list[Callable[[], int]]) -> list[int | Bas
 
     threads = [threading.Thread(target=call, args=(0, held))]
     threads[0].start()
-    while not db._leading:
-        time.sleep(0.001)
+    assert started.wait(10)
     threads += [threading.Thread(target=call, args=(i, w)) for i, w in enumerate(works[1:], start=1)]
     for thread in threads[1:]:
         thread.start()
