@@ -1,14 +1,14 @@
 """HL7 v2 over MLLP: messages acknowledged per second with a durable commit, and ACK latency.
 
-    .venv/bin/python bench/mllp.py [--messages 2000] [--connections 8]
+    .venv/bin/python bench/mllp.py [--messages 2000] [--connections 8] [--patients 400]
 
-Starts paperchart's MLLP listener in this process (real SQLite with synchronous=FULL, the
-real HL7 service; extraction workers off so only receipt is measured), sends MDM^T02
-messages with a small text note over N concurrent loopback connections from a separate sender
-process, and reports AA/s and p50/p99 ACK latency, for small messages and for 1 MB embedded
-PDFs. The peer, measured in the same run, is the `hl7` package's own MLLP server answering each
-message with an ACK and storing nothing: the cost of framing and parsing alone, so the ratio
-shows what durability costs.
+Starts paperchart's MLLP listener in this process (real SQLite with synchronous=FULL, the real
+HL7 service; extraction workers off so only receipt is measured), sends MDM^T02 messages with a
+small text note (about 400 patients in turn, each with its own visit) over N concurrent loopback
+connections from a separate sender process, and reports AA/s and p50/p99 ACK latency, for small
+messages and for 1 MB embedded PDFs. The peer, measured in the same run, is the `hl7` package's
+own MLLP server answering each message with an ACK and storing nothing: the cost of framing and
+parsing alone, so the ratio shows what durability costs.
 """
 
 from __future__ import annotations
@@ -107,6 +107,15 @@ async def peer_run(messages: list[bytes], connections: int) -> tuple[int, float,
         server.close()
 
 
+def with_patient(message: str, number: int) -> str:
+    """The message about patient ``number``: own MRN, name and visit, as a stream from a clinic would be."""
+    return (
+        message.replace("MRN7001^^^RIVERSIDE^MR~9434765919^^^NHS^NH", f"MRN{70000 + number}^^^RIVERSIDE^MR")
+        .replace("Okafor^Grace^A", f"Okafor{number}^Grace^A")
+        .replace("|V998877", f"|V{900000 + number}")
+    )
+
+
 def row(name: str, result: tuple[int, float, list[float]]) -> tuple[str, float, float, float]:
     accepted, seconds, latencies = result
     ordered = sorted(latencies)
@@ -118,10 +127,15 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--large", type=int, default=40, help="number of 1 MB PDF messages")
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--patients", type=int, default=400, help="patients the small messages are about, in turn (each its own visit)"
+    )
     args = parser.parse_args()
 
     small = [
-        mdm("T02", control_id=f"S{i}", document_number=f"D{i}", text_lines=NOTE_LINES).encode()
+        with_patient(
+            mdm("T02", control_id=f"S{i}", document_number=f"D{i}", text_lines=NOTE_LINES), i % args.patients
+        ).encode()
         for i in range(args.messages)
     ]
     pdf = render_document("clinic_note", 1).pdf
