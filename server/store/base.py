@@ -8,7 +8,6 @@ status change commit together or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
@@ -129,10 +128,6 @@ class Store(Protocol):
     ) -> tuple[list[DocumentRecord], int]: ...
 
     def find_by_identifier(self, resource_type: str, system: str | None, value: str) -> list[str]: ...
-
-    def atomic(self) -> AbstractContextManager[None]:
-        """Group several calls into one durable transaction."""
-        ...
 
     def batched(self, work: Callable[[], T]) -> T:
         """Run ``work`` as one all-or-nothing unit, committed together with concurrent callers'

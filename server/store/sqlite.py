@@ -20,8 +20,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -389,12 +388,6 @@ class SqliteStore(Database):
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return True
-
-    @contextmanager
-    def atomic(self) -> Iterator[None]:
-        """Group several store calls into one durable transaction (all or nothing)."""
-        with self._transaction():
-            yield
 
     def health(self) -> bool:
         try:
