@@ -545,13 +545,9 @@ class SqliteStore(Database):
         the same as its current version (every message about a patient repeats its PID) is left as it is."""
         with self._transaction() as db:
             current = self.read_resource(resource["resourceType"], resource["id"])
-            if current is None or _without_meta(current.resource) != _without_meta(resource):
-                self._put_resource(db, resource, None, now_instant(), self._owner_of(resource))
-                current = None
-        stored = current or self.read_resource(resource["resourceType"], resource["id"])
-        if stored is None:  # pragma: no cover - written in the transaction above
-            raise KeyError(resource["id"])
-        return stored
+            if current is not None and _without_meta(current.resource) == _without_meta(resource):
+                return current
+            return self._put_resource(db, resource, None, now_instant(), self._owner_of(resource))
 
     def retract_document_results(self, document_id: str) -> int:
         """Mark every resource extracted from the document entered-in-error (new versions)."""
@@ -713,7 +709,9 @@ class SqliteStore(Database):
         patient = patient_of(resource)
         return f"patient:{patient}" if patient else "shared"
 
-    def _put_resource(self, db: Any, resource: dict[str, Any], job_id: str | None, updated: str, owner: str) -> None:
+    def _put_resource(
+        self, db: Any, resource: dict[str, Any], job_id: str | None, updated: str, owner: str
+    ) -> StoredResource:
         resource_type, resource_id = resource["resourceType"], resource["id"]
         row = db.execute(
             "SELECT MAX(version_id) FROM resources WHERE resource_type = ? AND id = ?", (resource_type, resource_id)
@@ -741,6 +739,9 @@ class SqliteStore(Database):
             ),
         )
         self._index_identifiers(db, stored)
+        return StoredResource(
+            resource_type=resource_type, id=resource_id, version_id=version, last_updated=updated, resource=stored
+        )
 
     def fail_job(self, job_id: str, owner: str, error: JobError, *, retry: bool, max_attempts: int) -> JobRecord | None:
         """Record a failure: back to the queue when ``retry`` and attempts remain, else failed."""

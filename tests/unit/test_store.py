@@ -115,7 +115,8 @@ def test_a_repeated_resource_is_not_versioned_again_and_only_one_version_is_curr
     assert store.put_resource(patient).version_id == 1
     assert store.put_resource(dict(patient)).version_id == 1  # the PID of every message about her
     changed = {**patient, "name": [{"family": "Smith-Jones"}]}
-    assert store.put_resource(changed).version_id == 2
+    written = store.put_resource(changed)
+    assert written.version_id == 2 and written == store.read_resource("Patient", "p1")  # what was stored
     assert store.put_resource(patient).version_id == 3
     current = store._query("SELECT version_id FROM resources WHERE id = 'p1' AND current = 1")
     assert [row[0] for row in current] == [3]
