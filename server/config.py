@@ -34,9 +34,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ocr_confidence_threshold: float = 0.75
     ocr_threads: int = 0  # 0: let ONNX Runtime use every core
     ocr_page_timeout_seconds: float = 120.0  # a page taking longer is left unread (and flagged)
-    ocr_det_max_side: int = 1280
+    ocr_det_max_side: int = 1280  # pixels: the page size text is detected at (0: full size)
     # a word's confidence from its characters': "mean", or "min" (flags more misread handwriting)
-    ocr_word_score: Literal["mean", "min"] = "mean"  # pixels: the page size text is detected at (0: full size)
+    ocr_word_score: Literal["mean", "min"] = "mean"
     extractor: Literal["rules", "llm"] = "rules"
     # the LLM extractor: any OpenAI-compatible server (vLLM in production, llama.cpp's server locally)
     llm_base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1

@@ -240,15 +240,13 @@ class TerminologyService:
         centroid: dict[int, float] = {}
         if vector is not None:
             vectors = self._vectors()
-            rows = [(d[0], vectors.row_of[d[0]]) for d in designations if d[0] in vectors.row_of]
+            rows = [(d[0], d[1], vectors.row_of[d[0]]) for d in designations if d[0] in vectors.row_of]
             if rows:
-                products = vectors.matrix[[row for _, row in rows]] @ vector
-                cosines = {designation_id: float(p) for (designation_id, _), p in zip(rows, products, strict=True)}
-                concept_of = {d[0]: d[1] for d in designations}
+                products = vectors.matrix[[row for *_, row in rows]] @ vector
+                cosines = {designation_id: float(p) for (designation_id, *_), p in zip(rows, products, strict=True)}
                 sums: dict[int, np.ndarray] = {}
-                for designation_id, row in rows:
-                    c = concept_of[designation_id]
-                    sums[c] = sums[c] + vectors.matrix[row] if c in sums else vectors.matrix[row].copy()
+                for _, concept_id, row in rows:
+                    sums[concept_id] = sums.get(concept_id, 0.0) + vectors.matrix[row]
                 centroid = {c: float(v @ vector / (np.linalg.norm(v) or 1.0)) for c, v in sums.items()}
         weights = self._word_weights()
         query_grams = _trigrams(query)

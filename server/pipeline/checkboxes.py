@@ -131,7 +131,7 @@ def find_checkboxes(image: Image.Image, page: OcrPage) -> tuple[Checkbox, ...]:
     vertical = cv2.morphologyEx(ink, cv2.MORPH_OPEN, np.ones((stroke, 1), np.uint8))
     frame = cv2.bitwise_or(horizontal, vertical)
     count, _, stats, _ = cv2.connectedComponentsWithStats(frame, connectivity=8)
-    found: list[tuple[float, float, float, float, float]] = []
+    found: list[tuple[_Box, float]] = []  # each box and the ink inside it
     for label in range(1, count):
         x, y, w, h, _ = (int(v) for v in stats[label])
         if min(w, h) < 0.4 * word_height or max(w, h) > 3 * word_height:
@@ -149,10 +149,10 @@ def find_checkboxes(image: Image.Image, page: OcrPage) -> tuple[Checkbox, ...]:
             continue  # a ruled table's cell with text in it, not a box to tick
         inset = round(min(side_w, side_h) * _INSET)
         inside = ink[y0 + inset : y1 - inset, x0 + inset : x1 - inset]
-        found.append((float(x0), float(y0), float(x1), float(y1), float(inside.mean()) if inside.size else 0.0))
-    boxes = [(b[0], b[1], b[2], b[3]) for b in found]
+        found.append(((float(x0), float(y0), float(x1), float(y1)), float(inside.mean()) if inside.size else 0.0))
+    boxes = [box for box, _ in found]
     checkboxes = []
-    for box, (*_, ink_fraction) in zip(boxes, found, strict=True):
+    for box, ink_fraction in found:
         start, end = _label(page, box, boxes)
         unsure = UNSURE_LOW <= ink_fraction <= UNSURE_HIGH
         checkboxes.append(

@@ -55,21 +55,23 @@ class OcrPage(msgspec.Struct, frozen=True, kw_only=True):
     def mean_confidence(self) -> float:
         return statistics.fmean(w.confidence for w in self.words) if self.words else 1.0
 
+    def box(self, bbox: tuple[float, float, float, float]) -> Box:
+        """A rectangle in page units, normalized to 0..1 of the page's width and height."""
+        x0, y0, x1, y1 = bbox
+        return Box(
+            x0=round(x0 / self.width, 4),
+            y0=round(y0 / self.height, 4),
+            x1=round(x1 / self.width, 4),
+            y1=round(y1 / self.height, 4),
+        )
+
     def evidence(self, start: int, end: int) -> Evidence:
         """Evidence for ``text[start:end]``: the boxes (normalized) of the words it overlaps."""
         boxes = []
         confidence = 1.0
         for word, (word_start, word_end) in zip(self.words, self.spans, strict=True):
             if word_start < end and word_end > start:
-                x0, y0, x1, y1 = word.bbox
-                boxes.append(
-                    Box(
-                        x0=round(x0 / self.width, 4),
-                        y0=round(y0 / self.height, 4),
-                        x1=round(x1 / self.width, 4),
-                        y1=round(y1 / self.height, 4),
-                    )
-                )
+                boxes.append(self.box(word.bbox))
                 confidence = min(confidence, word.confidence)
         return Evidence(
             page=self.number,

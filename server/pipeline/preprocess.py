@@ -109,11 +109,6 @@ def detect_orientation(image: Image.Image) -> Orientation:
     return Orientation(180 if asymmetry < -_ORIENTATION_MARGIN else 0, abs(asymmetry) >= _SURE_MARGIN)
 
 
-def page_orientation(image: Image.Image) -> int:
-    """Degrees (counter-clockwise, 0/90/180/270) to rotate the page by to make its text upright."""
-    return detect_orientation(image).angle
-
-
 def illumination(grey: np.ndarray) -> np.ndarray:
     """The paper's brightness under the page: text taken out by a max filter on a reduced page, then
     smoothed, and brought back to full size."""
@@ -127,7 +122,7 @@ def illumination(grey: np.ndarray) -> np.ndarray:
     return cv2.resize(paper, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
 
 
-def uneven_lighting(grey: np.ndarray, paper: np.ndarray) -> float:
+def uneven_lighting(paper: np.ndarray) -> float:
     """How much the paper's brightness varies over the page: (bright - dark) / bright, 5th/95th percentile."""
     bright = float(np.percentile(paper, 95))
     return (bright - float(np.percentile(paper, 5))) / max(bright, 1.0)
@@ -138,7 +133,7 @@ def flatten_lighting(image: Image.Image) -> Image.Image:
     paper is unevenly lit (more than ``UNEVEN_LIGHTING``), since it slightly softens a clean scan."""
     grey = np.asarray(image.convert("L"))
     paper = illumination(grey)
-    if uneven_lighting(grey, paper) <= UNEVEN_LIGHTING:
+    if uneven_lighting(paper) <= UNEVEN_LIGHTING:
         return image
     flat = np.clip(grey.astype(np.float32) / np.maximum(paper, 1.0) * 255.0, 0, 255).astype(np.uint8)
     return Image.fromarray(flat).convert("RGB")

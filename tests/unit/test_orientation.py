@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from server.pipeline.preprocess import page_orientation
+from server.pipeline.preprocess import detect_orientation
 from server.pipeline.scan import read_scanned_page, upright_scan
 from tests.conftest import rendered
 from tests.fixtures.generate import ScanEffects
@@ -28,12 +28,12 @@ PAGES = [
 def test_every_orientation_is_put_right(kind: str, seed: int, effects: ScanEffects | None, turned: int) -> None:
     page = Image.open(io.BytesIO(rendered(kind, seed=seed, effects=effects).png_pages[0])).convert("RGB")
     scanned = page.rotate(turned, expand=True, fillcolor="white")
-    assert page_orientation(scanned) == (360 - turned) % 360
+    assert detect_orientation(scanned).angle == (360 - turned) % 360
     assert upright_scan(scanned)[0].size == page.size
 
 
 def test_a_blank_page_is_left_alone() -> None:
-    assert page_orientation(Image.new("RGB", (800, 1100), "white")) == 0
+    assert detect_orientation(Image.new("RGB", (800, 1100), "white")).angle == 0
 
 
 @pytest.mark.slow
@@ -56,11 +56,11 @@ def test_a_phone_photo_in_shadow_is_evened_out_then_turned_upright(turned: int) 
     photo = Image.open(io.BytesIO(rendered("clinic_note", seed=21, effects=effects).png_pages[0])).convert("RGB")
     photo = photo.rotate(turned, expand=True, fillcolor="white")
     grey = np.asarray(photo.convert("L"))
-    assert uneven_lighting(grey, illumination(grey)) > UNEVEN_LIGHTING
+    assert uneven_lighting(illumination(grey)) > UNEVEN_LIGHTING
     flat = flatten_lighting(photo)
     flat_grey = np.asarray(flat.convert("L"))
-    assert uneven_lighting(flat_grey, illumination(flat_grey)) < 0.1  # the paper is evenly white again
-    assert page_orientation(flat) == (360 - turned) % 360
+    assert uneven_lighting(illumination(flat_grey)) < 0.1  # the paper is evenly white again
+    assert detect_orientation(flat).angle == (360 - turned) % 360
 
 
 def test_an_evenly_lit_scan_is_not_flattened() -> None:

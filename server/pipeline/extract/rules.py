@@ -19,7 +19,6 @@ from fhir_profiles.extraction import (
     Allergy,
     AllergyCategory,
     Assertion,
-    Box,
     Coding,
     Diagnosis,
     DocumentType,
@@ -601,18 +600,11 @@ def _ticked_conditions(pages: Sequence[OcrPage]) -> Iterator[Diagnosis]:
             if not _CONDITION_QUESTION.search(question) or _NOT_CONDITION_QUESTION.search(question):
                 continue
             evidence = page.evidence(box.start, box.end)
-            x0, y0, x1, y1 = box.bbox
-            mark = Box(
-                x0=round(x0 / page.width, 4),
-                y0=round(y0 / page.height, 4),
-                x1=round(x1 / page.width, 4),
-                y1=round(y1 / page.height, 4),
-            )
             yield Diagnosis(
                 text=box.label,
                 evidence=msgspec.structs.replace(
                     evidence,
-                    boxes=(mark, *evidence.boxes),
+                    boxes=(page.box(box.bbox), *evidence.boxes),
                     ocr_confidence=round(min(evidence.ocr_confidence, box.confidence), 4),
                 ),
                 confidence=box.confidence,
