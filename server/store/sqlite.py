@@ -108,7 +108,11 @@ CREATE TABLE IF NOT EXISTS resources (
     resource BLOB NOT NULL,
     PRIMARY KEY (resource_type, id, version_id)
 );
-CREATE INDEX IF NOT EXISTS resources_current ON resources (resource_type, current, patient_id);
+-- current versions by type and patient, for search. Partial, so that a lookup by type and id
+-- takes the primary key: the older index on (resource_type, current, patient_id) drew those
+-- lookups into scanning every current resource of the type, slower with each new patient.
+DROP INDEX IF EXISTS resources_current;
+CREATE INDEX IF NOT EXISTS resources_current_by_patient ON resources (resource_type, patient_id) WHERE current = 1;
 CREATE TABLE IF NOT EXISTS identifiers (
     resource_type TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -649,14 +653,20 @@ class SqliteStore(Database):
         with self._transaction() as db:
             while True:
                 now = _now_seconds()
-                row = db.execute(
-                    "SELECT id, attempts FROM jobs WHERE status = 'queued'"
-                    " OR (status = 'running' AND lease_expires_at < ?) ORDER BY created_at LIMIT 1",
+                # one query each, so that each walks the (status, created_at) index in order: joined
+                # by OR, SQLite sorted the whole queue on every claim
+                queued = db.execute(
+                    "SELECT id, attempts, created_at FROM jobs WHERE status = 'queued' ORDER BY created_at LIMIT 1"
+                ).fetchone()
+                expired = db.execute(
+                    "SELECT id, attempts, created_at FROM jobs WHERE status = 'running' AND lease_expires_at < ?"
+                    " ORDER BY created_at LIMIT 1",
                     (now,),
                 ).fetchone()
-                if row is None:
+                candidates = [row for row in (queued, expired) if row is not None]
+                if not candidates:
                     return None
-                job_id, attempts = row
+                job_id, attempts, _ = min(candidates, key=lambda row: row[2])
                 if attempts >= max_attempts:
                     error = JobError(
                         http_status=500,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,49 @@ def test_a_repeated_resource_is_not_versioned_again_and_only_one_version_is_curr
     assert [row[0] for row in current] == [3]
     stored = store.read_resource("Patient", "p1")
     assert stored is not None and stored.resource["name"] == [{"family": "Smith"}]
+
+
+def plans_of(store: SqliteStore, action: Callable[[], object]) -> dict[str, str]:
+    """The query plan of every statement ``action`` ran (from SQLite's trace of them)."""
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        action()
+    finally:
+        store._db.set_trace_callback(None)
+    queries = [s for s in statements if s.startswith(("SELECT", "UPDATE", "DELETE"))]
+    return {q: " ".join(row[3] for row in store._query(f"EXPLAIN QUERY PLAN {q}")) for q in queries}
+
+
+def test_a_resource_is_found_by_its_id_not_by_scanning_its_type(store: SqliteStore) -> None:
+    # the index on current versions once drew these lookups into reading every current resource
+    # of the type: each new patient made receiving the next HL7 message slower
+    store.put_resource({"resourceType": "Patient", "id": "p1", "gender": "female"})
+    plans = plans_of(store, lambda: store.put_resource({"resourceType": "Patient", "id": "p1", "gender": "male"}))
+    by_id = {q: plan for q, plan in plans.items() if "FROM resources" in q or "UPDATE resources" in q}
+    assert len(by_id) == 3  # read the current version, number the next one, demote the current one
+    assert all("(resource_type=? AND id=?)" in plan for plan in by_id.values()), by_id
+
+
+def test_a_database_with_the_old_index_loses_it(tmp_path: Path) -> None:
+    keys = LocalKeyProvider.from_key(new_data_key())
+    path = tmp_path / "paperchart.db"
+    old = SqliteStore(path, keys)
+    with old._transaction() as db:
+        db.execute("CREATE INDEX resources_current ON resources (resource_type, current, patient_id)")
+    old.close()
+    store = SqliteStore(path, keys)
+    indexes = {row[0] for row in store._query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "resources_current" not in indexes and "resources_current_by_patient" in indexes
+
+
+def test_claiming_takes_the_oldest_of_queued_and_expired_without_sorting_the_queue(store: SqliteStore) -> None:
+    first = store.enqueue_job(document(store))
+    assert store.claim_job("dies", lease_seconds=0.1, max_attempts=3) is not None
+    time.sleep(0.15)
+    later = store.enqueue_job(document(store))  # queued after the first job's lease ran out
+    claims: list[Any] = []
+    plans = plans_of(store, lambda: claims.append(store.claim_job("w", 5, 3)))
+    assert not any("TEMP B-TREE" in plan for plan in plans.values()), plans  # the index gives the order
+    claims.append(store.claim_job("w", 5, 3))
+    assert [job.id for job in claims] == [first.id, later.id]
