@@ -7,6 +7,10 @@ of the offending elements (never their values, which may be PHI).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
+from collections import OrderedDict
 from functools import cache
 from typing import Any, Final
 
@@ -125,11 +129,56 @@ def _model(resource_type: str) -> Any:
         return None
 
 
+class _RecentlyValid:
+    """Digests of resources validated lately. Validation depends on the content alone, and the
+    same content comes back often (every HL7 message about a patient repeats its PID and PV1), so
+    content seen valid before is not run through the models again."""
+
+    SIZE: Final = 8192
+
+    def __init__(self) -> None:
+        self._digests: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def digest(resource: dict[str, Any], deep: bool) -> bytes | None:
+        try:  # the stdlib encoder takes JSON types only: a datetime or bytes is not remembered
+            encoded = json.dumps(resource, sort_keys=True, separators=(",", ":")).encode()
+        except (TypeError, ValueError):
+            return None
+        return hashlib.blake2b(encoded, digest_size=20, person=b"deep" if deep else b"shell").digest()
+
+    def __contains__(self, digest: bytes) -> bool:
+        with self._lock:
+            if digest in self._digests:
+                self._digests.move_to_end(digest)
+                return True
+            return False
+
+    def add(self, digest: bytes) -> None:
+        with self._lock:
+            self._digests[digest] = None
+            if len(self._digests) > self.SIZE:
+                self._digests.popitem(last=False)
+
+
+_recently_valid = _RecentlyValid()
+
+
 def validate_resource(resource: dict[str, Any], *, deep: bool = True) -> None:
     """Raise FhirValidationError unless ``resource`` is valid R4 JSON.
 
     ``deep=False`` validates a Bundle's shell only, for when every entry was validated already.
     """
+    digest = _recently_valid.digest(resource, deep)
+    if digest is not None and digest in _recently_valid:
+        return
+    _validate(resource, deep=deep)
+    if digest is not None:
+        _recently_valid.add(digest)
+
+
+def _validate(resource: dict[str, Any], *, deep: bool) -> None:
     resource_type = str(resource.get("resourceType", ""))
     model = _model(resource_type)
     if model is None:

@@ -400,3 +400,27 @@ def test_a_lab_result_holds_at_its_specimen_date() -> None:
     )
     sodium = next(o for o in by_type(bundle, "Observation") if o["code"]["text"] == "Sodium")
     assert sodium["effectiveDateTime"] == "2026-11-03"
+
+
+def test_content_seen_valid_is_not_validated_again_and_changed_content_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fhir_profiles import validate
+
+    calls: list[str] = []
+    real = validate._validate
+
+    def counting(resource: dict[str, Any], *, deep: bool) -> None:
+        calls.append(resource["resourceType"])
+        real(resource, deep=deep)
+
+    monkeypatch.setattr(validate, "_validate", counting)
+    patient = {"resourceType": "Patient", "id": "seen-once", "gender": "female", "birthDate": "1956-03-14"}
+    validate_resource(patient)
+    validate_resource(dict(reversed(list(patient.items()))))  # the same content, keys in another order
+    assert calls == ["Patient"]
+    with pytest.raises(FhirValidationError, match="gender"):
+        validate_resource({**patient, "gender": "sometimes"})
+    with pytest.raises(FhirValidationError, match="gender"):  # a failure is never remembered as valid
+        validate_resource({**patient, "gender": "sometimes"})
+    validate_resource({"resourceType": "Bundle", "type": "collection"}, deep=False)
+    validate_resource({"resourceType": "Bundle", "type": "collection"})  # a shell check is not a deep one
+    assert calls == ["Patient", "Patient", "Patient", "Bundle", "Bundle"]
