@@ -139,7 +139,7 @@ def _mllp(args: argparse.Namespace) -> int:
         pipeline = build_pipeline(settings, build_terminology(settings))
         jobs = JobRunner(settings, store, pipeline)
         jobs.start()
-        audit = AuditLog(settings.database_path)
+        audit = AuditLog(store)  # its records commit with the messages they describe
         server = build_mllp(settings, Hl7Service(settings, store, pipeline), jobs, audit)
         await server.start()
         print(f"paperchart: MLLP on {settings.mllp_host}:{server.bound_port}", flush=True)
@@ -151,7 +151,6 @@ def _mllp(args: argparse.Namespace) -> int:
         await server.stop()  # in-flight messages are finished and acknowledged first
         await jobs.stop()
         store.close()
-        audit.close()
 
     asyncio.run(run())
     return 0

@@ -10,6 +10,7 @@ from server.auth.tokens import load_external_issuer
 from server.config import Settings
 from server.crypto import KeyProvider, LocalKeyProvider, decode_master_key
 from server.deid import Deidentifier
+from server.errors import ConfigurationError
 from server.hl7 import Hl7Service, MllpServer, tls_context
 from server.jobs import JobRunner
 from server.pipeline import Pipeline, create_code_chooser, create_extractor, create_ocr_engine
@@ -101,28 +102,35 @@ def build_pipeline(settings: Settings, terminology: TerminologyService | None = 
     )
 
 
-def build_store(settings: Settings, keys: KeyProvider | None = None) -> Store:
+def build_store(settings: Settings, keys: KeyProvider | None = None) -> SqliteStore:
     return SqliteStore(settings.database_path, keys or build_key_provider(settings))
 
 
 def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner, audit: AuditLog) -> MllpServer:
-    """The MLLP listener, handing each message to the HL7 service off the event loop."""
+    """The MLLP listener, handing each message to the HL7 service off the event loop.
+
+    ``audit`` must work through the store's database: each message's audit record is committed
+    in the transaction that stores the message.
+    """
     import anyio.to_thread
 
     from server.hl7.service import Receipt
     from server.store.audit import AuditRecord, now_instant
 
-    def receive(payload: bytes) -> Receipt:
-        receipt = hl7.receive(payload)
-        record = AuditRecord(
-            recorded=now_instant(),
-            channel="mllp",
-            action="C",
-            interaction="hl7v2:receive",
-            outcome={"AA": 0, "AE": 4}.get(receipt.code, 8),
+    store: object = hl7.store
+    if audit.database is not store:
+        raise ConfigurationError("the MLLP listener's audit log must share the store's database")
+
+    def record(code: str) -> int:
+        outcome = {"AA": 0, "AE": 4}.get(code, 8)
+        return audit.append(
+            AuditRecord(
+                recorded=now_instant(), channel="mllp", action="C", interaction="hl7v2:receive", outcome=outcome
+            )
         )
-        audit.append(record)  # before the ACK leaves
-        return receipt
+
+    def receive(payload: bytes) -> Receipt:
+        return hl7.receive(payload, audit=record)  # durable, with its audit record, before the ACK leaves
 
     async def handle(payload: bytes) -> bytes | None:
         receipt = await anyio.to_thread.run_sync(receive, payload)  # one thread hop a message
@@ -157,7 +165,7 @@ def build_services(settings: Settings) -> Services:
         terminology=terminology,
         hl7=Hl7Service(settings, store, pipeline),
         auth=build_auth(settings, keys),
-        audit=AuditLog(settings.database_path),
+        audit=AuditLog(store),  # the store's connection: records commit with what they describe
         deid=Deidentifier(store.deployment_secret("deid")),
     )
 

@@ -155,7 +155,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
     """Walk the hash chain of the audit log; exit 1 if any record was edited, removed or cut off."""
     from server.store.audit import AuditLog
 
-    audit = AuditLog(load_settings().database_path)
+    audit = AuditLog.open(load_settings().database_path)
     try:
         checked, problems = audit.verify()
     finally:

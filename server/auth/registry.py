@@ -179,7 +179,7 @@ class AuthRegistry(Database):
             jwks=jwks,
             redirect_uris=tuple(redirect_uris),
         )
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO oauth_clients (client_id, name, kind, jwks, scopes, redirect_uris, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -199,7 +199,7 @@ class AuthRegistry(Database):
         self, *, client_id: str, name: str, kind: ClientKind, scopes: Sequence[str], redirect_uris: Sequence[str]
     ) -> Client:
         """Register a built-in client, or bring its scopes and redirect URIs up to date."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO oauth_clients (client_id, name, kind, jwks, scopes, redirect_uris, created_at)"
                 " VALUES (?, ?, ?, NULL, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET"
@@ -212,7 +212,7 @@ class AuthRegistry(Database):
         return client
 
     def get_client(self, client_id: str) -> Client | None:
-        rows = self._query(
+        rows = self.query(
             "SELECT client_id, name, kind, jwks, scopes, redirect_uris FROM oauth_clients WHERE client_id = ?",
             (client_id,),
         )
@@ -229,11 +229,11 @@ class AuthRegistry(Database):
         )
 
     def list_clients(self) -> list[Client]:
-        ids = [row[0] for row in self._query("SELECT client_id FROM oauth_clients ORDER BY created_at, client_id")]
+        ids = [row[0] for row in self.query("SELECT client_id FROM oauth_clients ORDER BY created_at, client_id")]
         return [c for c in (self.get_client(i) for i in ids) if c is not None]
 
     def add_user(self, username: str, password: str, *, scopes: Sequence[str], fhir_user: str | None = None) -> User:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO oauth_users (username, password_hash, fhir_user, scopes, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -242,7 +242,7 @@ class AuthRegistry(Database):
         return User(username=username, fhir_user=fhir_user, scopes=tuple(scopes))
 
     def authenticate_user(self, username: str, password: str) -> User | None:
-        rows = self._query(
+        rows = self.query(
             "SELECT username, password_hash, fhir_user, scopes FROM oauth_users WHERE username = ?", (username,)
         )
         if not rows:
@@ -254,14 +254,14 @@ class AuthRegistry(Database):
         return User(username=row[0], fhir_user=row[2], scopes=tuple(row[3].split()))
 
     def get_user(self, username: str) -> User | None:
-        rows = self._query("SELECT username, fhir_user, scopes FROM oauth_users WHERE username = ?", (username,))
+        rows = self.query("SELECT username, fhir_user, scopes FROM oauth_users WHERE username = ?", (username,))
         return User(username=rows[0][0], fhir_user=rows[0][1], scopes=tuple(rows[0][2].split())) if rows else None
 
     # --- signing keys --------------------------------------------------------------------
 
     def signing_keys(self) -> list[tuple[ECKey, bool]]:
         """Every signing key not yet dropped, newest first, with whether it is still the active one."""
-        rows = self._query(
+        rows = self.query(
             "SELECT kid, master_key_id, wrapped_key, sealed_jwk, retired_at FROM signing_keys ORDER BY created_at DESC"
         )
         keys = []
@@ -278,7 +278,7 @@ class AuthRegistry(Database):
         data_key = new_data_key()
         master_key_id, wrapped = self._keys.wrap(data_key)
         sealed = seal(data_key, json.dumps(key.as_dict(private=True)).encode(), _KEY_CONTEXT + kid.encode())
-        with self._transaction() as db:
+        with self.transaction() as db:
             now = _now()
             db.execute("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL", (now,))
             db.execute(
@@ -289,7 +289,7 @@ class AuthRegistry(Database):
         return kid
 
     def drop_retired_signing_keys(self, older_than_seconds: float) -> int:
-        with self._transaction() as db:
+        with self.transaction() as db:
             cursor = db.execute(
                 "DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < ?",
                 (_now() - older_than_seconds,),
@@ -298,7 +298,7 @@ class AuthRegistry(Database):
 
     def rewrap_signing_keys(self) -> int:
         """Re-wrap each signing key's data key under the provider's current master key (key rotation)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             rows = db.execute("SELECT kid, master_key_id, wrapped_key FROM signing_keys").fetchall()
             for kid, master_key_id, wrapped in rows:
                 new_master, new_wrapped = self._keys.wrap(self._keys.unwrap(master_key_id, bytes(wrapped)))
@@ -312,7 +312,7 @@ class AuthRegistry(Database):
 
     def use_assertion(self, client_id: str, jti: str, expires_at: float) -> bool:
         """Record a client assertion's ``jti``; False when it was seen before (a replay)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM used_assertions WHERE expires_at < ?", (_now(),))
             cursor = db.execute(
                 "INSERT OR IGNORE INTO used_assertions (client_id, jti, expires_at) VALUES (?, ?, ?)",
@@ -322,7 +322,7 @@ class AuthRegistry(Database):
 
     def issue_code(self, grant: CodeGrant, lifetime_seconds: float) -> str:
         code = secrets.token_urlsafe(32)
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO authorization_codes (code_hash, client_id, redirect_uri, username, scopes, patient,"
                 " code_challenge, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -341,7 +341,7 @@ class AuthRegistry(Database):
 
     def redeem_code(self, code: str) -> CodeGrant | None:
         """The grant behind an unexpired, unused code, marking it used (RFC 6749 §4.1.2: single use)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT client_id, redirect_uri, username, scopes, patient, code_challenge, expires_at, used"
                 " FROM authorization_codes WHERE code_hash = ?",
@@ -361,7 +361,7 @@ class AuthRegistry(Database):
 
     def issue_refresh_token(self, grant: RefreshGrant, lifetime_seconds: float) -> str:
         token = secrets.token_urlsafe(32)
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO refresh_tokens (token_hash, client_id, username, scopes, patient, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -378,7 +378,7 @@ class AuthRegistry(Database):
 
     def rotate_refresh_token(self, token: str, client_id: str) -> RefreshGrant | None:
         """Spend a refresh token (it is revoked; the caller issues a new one)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute(
                 "SELECT client_id, username, scopes, patient, expires_at, revoked FROM refresh_tokens"
                 " WHERE token_hash = ?",
@@ -390,7 +390,7 @@ class AuthRegistry(Database):
             return _refresh_grant(row)
 
     def refresh_token_active(self, token: str) -> RefreshGrant | None:
-        rows = self._query(
+        rows = self.query(
             "SELECT client_id, username, scopes, patient, expires_at, revoked FROM refresh_tokens WHERE token_hash = ?",
             (hash_secret(token),),
         )
@@ -400,17 +400,17 @@ class AuthRegistry(Database):
         return _refresh_grant(row)
 
     def revoke_refresh_token(self, token: str) -> bool:
-        with self._transaction() as db:
+        with self.transaction() as db:
             cursor = db.execute("UPDATE refresh_tokens SET revoked = 1 WHERE token_hash = ?", (hash_secret(token),))
             return bool(cursor.rowcount)
 
     def revoke_access_token(self, jti: str, expires_at: float) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM revoked_tokens WHERE expires_at < ?", (_now(),))
             db.execute("INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)", (jti, expires_at))
 
     def is_revoked(self, jti: str) -> bool:
-        return bool(self._query("SELECT 1 FROM revoked_tokens WHERE jti = ?", (jti,)))
+        return bool(self.query("SELECT 1 FROM revoked_tokens WHERE jti = ?", (jti,)))
 
 
 __all__ = ["AuthRegistry", "Client", "CodeGrant", "RefreshGrant", "User", "check_password", "hash_password"]

@@ -10,6 +10,7 @@ interface engines resend on timeout.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -52,18 +53,24 @@ class Hl7Service:
         self.store = store
         self.pipeline = pipeline
 
-    def receive(self, raw: bytes) -> Receipt:
-        """Parse, store and acknowledge one message."""
+    def receive(self, raw: bytes, *, audit: Callable[[str], object] | None = None) -> Receipt:
+        """Parse, store and acknowledge one message.
+
+        ``audit`` is called with the acknowledgement code (AA, AE or AR) once it is known: inside
+        the transaction that stores the message when it is stored, so that the audit record is
+        committed with the message or not at all; on its own otherwise.
+        """
         try:
             message = parse_er7(decode(raw))
         except Er7Error as exc:
             ack = build_ack(None, "AR", error_code=exc.code, error_text=exc.message, location=exc.location)
-            return Receipt(ack=ack, code="AR", queued=False)
+            return self._audited(Receipt(ack=ack, code="AR", queued=False), audit)
         sender = f"{message.msh.value(3)}|{message.msh.value(4)}"
         previous = self.store.hl7_ack(sender, message.control_id)
         if previous is not None:
             logger.info("HL7 message %s from %s is a resend; returning its original ACK", message.control_id, sender)
-            return Receipt(ack=previous, code="AA", queued=False)  # only committed messages are remembered
+            # only committed messages are remembered
+            return self._audited(Receipt(ack=previous, code="AA", queued=False), audit)
         try:
             check_structure(message)
             plan = plan_message(message)
@@ -73,22 +80,29 @@ class Hl7Service:
                 if plan.attachment is not None
                 else None
             )
-            code, ack, queued = "AA", *self.store.batched(lambda: self._store(message, sender, plan, info))
+            ack, queued = self.store.batched(lambda: self._store(message, sender, plan, info, audit))
+            receipt = Receipt(ack=ack, code="AA", queued=queued)
         except Er7Error as exc:
             code = "AR" if exc.code in _REJECT_CODES else "AE"
             ack = build_ack(message, code, error_code=exc.code, error_text=exc.message, location=exc.location)
-            queued = False
+            receipt = self._audited(Receipt(ack=ack, code=code, queued=False), audit)
         except PaperchartError as exc:
             # the embedded document is unusable (corrupt, too large, lying type): a content error
-            code, queued = "AE", False
-            ack = build_ack(message, code, error_code="102", error_text=exc.message, location="OBX^1^5")
+            ack = build_ack(message, "AE", error_code="102", error_text=exc.message, location="OBX^1^5")
+            receipt = self._audited(Receipt(ack=ack, code="AE", queued=False), audit)
         except Exception as exc:
             logger.error("HL7 message %s could not be stored: %s", message.control_id, type(exc).__name__)
-            code, queued = "AR", False
-            ack = build_ack(message, code, error_code="207", error_text="the message could not be stored; resend it")
-        if enhanced_mode(message) and not wants_accept_ack(message, code):
-            return Receipt(ack=None, code=code, queued=queued)
-        return Receipt(ack=ack, code=code, queued=queued)
+            ack = build_ack(message, "AR", error_code="207", error_text="the message could not be stored; resend it")
+            receipt = self._audited(Receipt(ack=ack, code="AR", queued=False), audit)
+        if enhanced_mode(message) and not wants_accept_ack(message, receipt.code):
+            return msgspec.structs.replace(receipt, ack=None)
+        return receipt
+
+    @staticmethod
+    def _audited(receipt: Receipt, audit: Callable[[str], object] | None) -> Receipt:
+        if audit is not None:
+            audit(receipt.code)
+        return receipt
 
     def _find(self, number: str | None) -> str | None:
         """The live document with this unique number: an edit (T08) leaves older, superseded ones."""
@@ -103,9 +117,15 @@ class Hl7Service:
         return max(live, key=lambda r: r.created_at).id if live else None
 
     def _store(
-        self, message: Er7Message, sender: str, plan: DocumentPlan, info: DocumentInfo | None
+        self,
+        message: Er7Message,
+        sender: str,
+        plan: DocumentPlan,
+        info: DocumentInfo | None,
+        audit: Callable[[str], object] | None,
     ) -> tuple[str, bool]:
-        """The message's writes, all or nothing; committed with concurrent messages' (group commit)."""
+        """The message's writes and its audit record, all or nothing; committed with concurrent
+        messages' (group commit)."""
         ack = build_ack(message, "AA")
         document_id: str | None = None
         queued = False
@@ -148,6 +168,8 @@ class Hl7Service:
             self.store.retract_document_results(existing)
             document_id = existing
         self.store.record_hl7(sender, message.control_id, ack, document_id)
+        if audit is not None:
+            audit("AA")  # in this transaction: the message is not stored without its audit record
         return ack, queued
 
     def _create(self, plan: DocumentPlan, info: DocumentInfo | None, relates_to: list[dict[str, Any]]) -> str:

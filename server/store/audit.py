@@ -80,19 +80,39 @@ def _chain_hash(previous: str, seq: int, record_text: str) -> str:
     return hashlib.sha256(f"{previous}\n{seq}\n{record_text}".encode()).hexdigest()
 
 
-class AuditLog(Database):
-    """Appends and reads audit records on its own connection to the paperchart database."""
+class AuditLog:
+    """Appends and reads audit records in the paperchart database.
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, _SCHEMA)
+    It works through a ``Database`` it is given, usually the store itself: then a record can be
+    appended inside the store's transaction (``append`` joins it), committed with the writes it
+    describes or not at all, as HL7 receipt does. ``AuditLog.open`` gives it a connection of its
+    own (the command-line tools).
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._owns_database = False
+        database.apply_schema(_SCHEMA)
+
+    @classmethod
+    def open(cls, path: Path) -> AuditLog:
+        log = cls(Database(path, ""))
+        log._owns_database = True
+        return log
+
+    def close(self) -> None:
+        """Close the connection if it is the log's own (a shared one is closed by its owner)."""
+        if self._owns_database:
+            self.database.close()
 
     def append(self, record: AuditRecord) -> int:
-        """Add a record to the chain; returns its sequence number once it is durable."""
+        """Add a record to the chain; returns its sequence number once it is durable. Called inside
+        a transaction of the same ``Database``, the record is part of that transaction."""
         text = _encoder.encode(record).decode()
-        return self.batched(lambda: self._append(text))
+        return self.database.batched(lambda: self._append(text))
 
     def _append(self, text: str) -> int:
-        with self._transaction() as db:
+        with self.database.transaction() as db:
             row = db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
             previous = row[1] if row else GENESIS
             next_row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
@@ -104,17 +124,16 @@ class AuditLog(Database):
             return int(seq)
 
     def read(self, seq: int) -> AuditEntry | None:
-        with self._lock:
-            row = self._db.execute("SELECT seq, record FROM audit_log WHERE seq = ?", (seq,)).fetchone()
-        return AuditEntry(seq=row[0], record=_decoder.decode(row[1])) if row else None
+        rows = self.database.query("SELECT seq, record FROM audit_log WHERE seq = ?", (seq,))
+        return AuditEntry(seq=rows[0][0], record=_decoder.decode(rows[0][1])) if rows else None
 
     def search(self, *, patient: str | None = None, count: int = 50, offset: int = 0) -> tuple[list[AuditEntry], int]:
         where, parameters = "1 = 1", []
         if patient is not None:
             where, parameters = "json_extract(record, '$.patient') = ?", [patient]
-        with self._lock:
-            total = self._db.execute(f"SELECT COUNT(*) FROM audit_log WHERE {where}", parameters).fetchone()[0]  # noqa: S608
-            rows = self._db.execute(
+        with self.database.reading() as db:
+            total = db.execute(f"SELECT COUNT(*) FROM audit_log WHERE {where}", parameters).fetchone()[0]  # noqa: S608
+            rows = db.execute(
                 f"SELECT seq, record FROM audit_log WHERE {where} ORDER BY seq LIMIT ? OFFSET ?",  # noqa: S608
                 [*parameters, count, offset],
             ).fetchall()
@@ -124,11 +143,11 @@ class AuditLog(Database):
         """Walk the chain; returns (records checked, problems). No problems means untouched."""
         problems: list[ChainProblem] = []
         previous, expected_seq, checked = GENESIS, 1, 0
-        with self._lock:
-            rows: Sequence[Any] = self._db.execute(
+        with self.database.reading() as db:
+            rows: Sequence[Any] = db.execute(
                 "SELECT seq, record, previous_hash, hash FROM audit_log ORDER BY seq"
             ).fetchall()
-            counter = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
+            counter = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
         for seq, text, previous_hash, stored_hash in rows:
             checked += 1
             if seq != expected_seq:

@@ -1,7 +1,8 @@
 """One durable SQLite connection: WAL, ``synchronous=FULL``, a lock, nested transactions, group commit.
 
-The store, the authorization registry and the audit log each keep their tables in the same
-database file through their own ``Database``; this is the one place the connection settings
+The store and the authorization registry keep their tables in the same database file through
+their own ``Database``; the audit log works through the store's (so an audit record can commit
+in the transaction of the writes it describes). This is the one place the connection settings
 and the transaction discipline are written down.
 
 Group commit (``batched``): with ``synchronous=FULL`` every COMMIT waits for the disk, which
@@ -54,8 +55,13 @@ class Database:
         # a commit is on disk when it returns: an ACK or a 201 sent after it survives a power cut
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000", *pragmas):
             self._db.execute(f"PRAGMA {pragma}")
-        with self._transaction() as db:
+        with self.transaction() as db:
             self._before_schema(db)
+        self.apply_schema(schema)
+
+    def apply_schema(self, schema: str) -> None:
+        """Run idempotent DDL (``CREATE ... IF NOT EXISTS``), statements ended by ``;`` and a newline."""
+        with self.transaction() as db:
             # executescript() would commit on its own; run the statements inside our transaction
             for statement in schema.split(";\n"):
                 if statement.strip():
@@ -72,7 +78,7 @@ class Database:
             self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def transaction(self) -> Iterator[Any]:
         with self._lock:
             if self._depth:  # joined an outer transaction: it commits or rolls back for us
                 self._depth += 1
@@ -118,10 +124,12 @@ class Database:
 
         Returns ``work``'s result, or raises its exception, only after the COMMIT that holds it
         is durable (or raises the COMMIT's error: then nothing of the group was stored). A
-        caller already inside a transaction just runs ``work`` in it.
+        caller already inside a transaction runs ``work`` in it, in a savepoint of its own: what
+        ``work`` wrote is undone if it raises, and committed with the rest if not.
         """
         if self._owner == threading.get_ident():
-            return work()
+            with self._savepoint():
+                return work()
         caller = _Caller(work)
         with self._queue_lock:
             self._queue.append(caller)
@@ -142,7 +150,7 @@ class Database:
         with self._queue_lock:
             group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
         try:
-            with self._transaction():
+            with self.transaction():
                 for caller in group:
                     try:
                         with self._savepoint():
@@ -164,6 +172,12 @@ class Database:
                 caller.finished = True
                 caller.wake.set()
 
-    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        """The connection, for several reads in a row: no other caller of this Database writes meanwhile."""
+        with self._lock:
+            yield self._db
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             return list(self._db.execute(sql, parameters).fetchall())

@@ -168,7 +168,7 @@ class SqliteStore(Database):
         self._data_keys: dict[str, bytes] = {}  # owner -> unwrapped data key, for this process only
         # secure_delete: deleted rows (a shredded data key) are zeroed on disk
         super().__init__(path, _SCHEMA, pragmas=("foreign_keys=ON", "secure_delete=ON"))
-        with self._transaction() as db:
+        with self.transaction() as db:
             if db.execute("SELECT version FROM schema_version").fetchone() is None:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             try:
@@ -237,12 +237,12 @@ class SqliteStore(Database):
         cached = self._data_keys.get(owner)
         if cached is not None:  # no write transaction (and fsync) for a key already unwrapped
             return cached
-        with self._transaction() as db:
+        with self.transaction() as db:
             return self._data_key(db, owner)
 
     def remember_pseudonyms(self, issued: dict[str, str]) -> None:
         """Keep what each pseudonym stands for (sealed), for audited re-identification."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             key = self._data_key(db, "pseudonyms")
             for pseudonym, original in issued.items():
                 sealed = seal(key, original.encode(), f"pseudonyms/{pseudonym}".encode())
@@ -271,7 +271,7 @@ class SqliteStore(Database):
     ) -> int:
         owner = f"document:{document_id}"
         updated = now_instant()
-        with self._transaction() as db:
+        with self.transaction() as db:
             if self._bundle_version(db, bundle_id) != expected_version:
                 raise Conflict("this document was changed by someone else since you opened it; reload it")
             job = db.execute(
@@ -291,7 +291,7 @@ class SqliteStore(Database):
         self, document_id: str, bundle_id: str, expected_version: int, reviewer: str, comment: str
     ) -> None:
         at = now_instant()
-        with self._transaction() as db:
+        with self.transaction() as db:
             if self._bundle_version(db, bundle_id) != expected_version:
                 raise Conflict("this document was changed by someone else since you opened it; reload it")
             sealed = seal(self._data_key(db, f"document:{document_id}"), comment.encode(), b"reviews/comment")
@@ -303,7 +303,7 @@ class SqliteStore(Database):
 
     def cache_page_image(self, document_id: str, page: int, png: bytes) -> None:
         """Keep a rendered page (sealed with the document's key, so shredding removes it too)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             sealed = seal(
                 self._data_key(db, f"document:{document_id}"), png, f"page_images/{document_id}/{page}".encode()
             )
@@ -347,7 +347,7 @@ class SqliteStore(Database):
 
     def rewrap_data_keys(self) -> int:
         """Re-wrap every data key under the provider's current master key (master key rotation)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             rows = db.execute("SELECT owner, master_key_id, wrapped_key FROM data_keys").fetchall()
             for owner, master_key_id, wrapped in rows:
                 new_master, new_wrapped = self._keys.wrap(self._keys.unwrap(master_key_id, bytes(wrapped)))
@@ -365,7 +365,7 @@ class SqliteStore(Database):
         key: keep them under a retention period, or use a ``KeyProvider`` whose keys live elsewhere.
         """
         owner = f"document:{document_id}"
-        with self._transaction() as db:
+        with self.transaction() as db:
             if db.execute("SELECT 1 FROM documents WHERE id = ?", (document_id,)).fetchone() is None:
                 return False
             db.execute(
@@ -395,7 +395,7 @@ class SqliteStore(Database):
 
     def health(self) -> bool:
         try:
-            return bool(self._query("SELECT 1")[0][0] == 1)
+            return bool(self.query("SELECT 1")[0][0] == 1)
         except Exception:
             return False
 
@@ -423,7 +423,7 @@ class SqliteStore(Database):
             resource=stored,
         )
         owner = f"document:{document_id}"
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO documents (id, version_id, content_type, content_hash, size, pages, created_at,"
                 " patient_id, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -448,7 +448,7 @@ class SqliteStore(Database):
 
     def update_document(self, document_id: str, resource: dict[str, Any]) -> DocumentRecord:
         """Store a new version of a DocumentReference's metadata (its bytes never change)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT version_id FROM documents WHERE id = ?", (document_id,)).fetchone()
             if row is None:
                 raise KeyError(document_id)
@@ -503,7 +503,7 @@ class SqliteStore(Database):
                 self._identifier_token(system, value),
             )
         )
-        rows = self._query(
+        rows = self.query(
             "SELECT id FROM identifiers WHERE resource_type = ? AND system = ? AND value = ? ORDER BY id",
             (resource_type, token_system, token),
         )
@@ -520,10 +520,10 @@ class SqliteStore(Database):
             where.append(f"id IN ({', '.join('?' for _ in ids)})")
             parameters.extend(ids)
         clause = " AND ".join(where)
-        total = self._query(f"SELECT COUNT(*) FROM documents WHERE {clause}", parameters)[0][0]
+        total = self.query(f"SELECT COUNT(*) FROM documents WHERE {clause}", parameters)[0][0]
         ids_found = [
             r[0]
-            for r in self._query(
+            for r in self.query(
                 f"SELECT id FROM documents WHERE {clause} ORDER BY created_at, id LIMIT ? OFFSET ?",
                 [*parameters, count, offset],
             )
@@ -534,11 +534,11 @@ class SqliteStore(Database):
     # --- HL7 v2 message log (idempotent receipt) ----------------------------------------
 
     def hl7_ack(self, sender: str, control_id: str) -> str | None:
-        rows = self._query("SELECT ack FROM hl7_messages WHERE sender = ? AND control_id = ?", (sender, control_id))
+        rows = self.query("SELECT ack FROM hl7_messages WHERE sender = ? AND control_id = ?", (sender, control_id))
         return str(rows[0][0]) if rows else None
 
     def record_hl7(self, sender: str, control_id: str, ack: str, document_id: str | None) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO hl7_messages (sender, control_id, received_at, ack, document_id) VALUES (?, ?, ?, ?, ?)",
                 (sender, control_id, now_instant(), ack, document_id),
@@ -547,7 +547,7 @@ class SqliteStore(Database):
     def put_resource(self, resource: dict[str, Any]) -> StoredResource:
         """Create or version a FHIR resource outside a job (e.g. a Patient from an HL7 PID). A resource
         the same as its current version (every message about a patient repeats its PID) is left as it is."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             current = self.read_resource(resource["resourceType"], resource["id"])
             if current is not None and _without_meta(current.resource) == _without_meta(resource):
                 return current
@@ -555,7 +555,7 @@ class SqliteStore(Database):
 
     def retract_document_results(self, document_id: str) -> int:
         """Mark every resource extracted from the document entered-in-error (new versions)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             rows = db.execute(
                 "SELECT r.resource_type, r.id, r.version_id, r.job_id, r.key_owner, r.resource FROM resources r"
                 " JOIN jobs j ON j.id = r.job_id"
@@ -594,7 +594,7 @@ class SqliteStore(Database):
         )
 
     def latest_bundle_id(self, document_id: str) -> str | None:
-        rows = self._query(
+        rows = self.query(
             "SELECT bundle_id FROM jobs WHERE document_id = ? AND status = 'succeeded'"
             " ORDER BY updated_at DESC LIMIT 1",
             (document_id,),
@@ -632,7 +632,7 @@ class SqliteStore(Database):
 
     def enqueue_job(self, document_id: str) -> JobRecord:
         """A new job for the document, or the one already queued or running for it."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute(_ACTIVE_JOB_OF_DOCUMENT, (document_id,)).fetchone()
             if row is not None:
                 return self._job(row)
@@ -645,12 +645,12 @@ class SqliteStore(Database):
             return self._job(db.execute(_JOB_BY_ID, (job_id,)).fetchone())
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        rows = self._query(_JOB_BY_ID, (job_id,))
+        rows = self.query(_JOB_BY_ID, (job_id,))
         return self._job(rows[0]) if rows else None
 
     def claim_job(self, owner: str, lease_seconds: float, max_attempts: int) -> JobRecord | None:
         """Take the oldest queued job, or a running one whose lease expired (its worker died)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             while True:
                 now = _now_seconds()
                 # one query each, so that each walks the (status, created_at) index in order: joined
@@ -687,7 +687,7 @@ class SqliteStore(Database):
 
     def heartbeat(self, job_id: str, owner: str, lease_seconds: float, stage: str, done: int, total: int) -> bool:
         """Extend the lease and record progress; False when the lease was lost to another worker."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             cursor = db.execute(
                 "UPDATE jobs SET lease_expires_at = ?, stage = ?, done = ?, total = ?, updated_at = ?"
                 " WHERE id = ? AND lease_owner = ? AND status = 'running'",
@@ -698,7 +698,7 @@ class SqliteStore(Database):
     def complete_job(self, job_id: str, owner: str, bundle: dict[str, Any]) -> bool:
         """Store the Bundle and each entry's resource and mark the job done, in one transaction."""
         updated = now_instant()
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT status, lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row[0] != "running" or row[1] != owner:
                 return False  # lease lost: another worker owns (or finished) this job
@@ -755,7 +755,7 @@ class SqliteStore(Database):
 
     def fail_job(self, job_id: str, owner: str, error: JobError, *, retry: bool, max_attempts: int) -> JobRecord | None:
         """Record a failure: back to the queue when ``retry`` and attempts remain, else failed."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT attempts, lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row[1] != owner:
                 return None
@@ -779,7 +779,7 @@ class SqliteStore(Database):
         )
 
     def read_resource(self, resource_type: str, resource_id: str) -> StoredResource | None:
-        rows = self._query(
+        rows = self.query(
             "SELECT resource_type, id, version_id, last_updated, key_owner, resource FROM resources"
             " WHERE resource_type = ? AND id = ? AND current = 1",
             (resource_type, resource_id),
@@ -804,8 +804,8 @@ class SqliteStore(Database):
             where.append(f"id IN ({', '.join('?' for _ in ids)})")
             parameters.extend(ids)
         clause = " AND ".join(where)
-        total = self._query(f"SELECT COUNT(*) FROM resources WHERE {clause}", parameters)[0][0]
-        rows = self._query(
+        total = self.query(f"SELECT COUNT(*) FROM resources WHERE {clause}", parameters)[0][0]
+        rows = self.query(
             f"SELECT resource_type, id, version_id, last_updated, key_owner, resource FROM resources WHERE {clause}"
             " ORDER BY last_updated, id LIMIT ? OFFSET ?",
             [*parameters, count, offset],

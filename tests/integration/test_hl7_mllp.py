@@ -389,3 +389,57 @@ def test_mllp_receipts_are_audited_with_their_ack_code_whatever_the_separators(
     entries, _ = client.app.state.services.audit.search(count=500)
     outcomes = [e.record.outcome for e in entries if e.record.channel == "mllp"]
     assert outcomes == [0, 4]
+
+
+def test_a_message_is_not_stored_without_its_audit_record(settings: Settings) -> None:
+    """The audit record commits in the message's transaction: if it cannot be written, neither is
+    the message, and the sender gets no AA (it resends, and then both are stored)."""
+    from server.hl7 import Hl7Service
+    from server.services import build_pipeline, build_store
+    from server.store.audit import AuditLog, AuditRecord, now_instant
+
+    store = build_store(settings)
+    audit = AuditLog(store)
+    service = Hl7Service(settings, store, build_pipeline(settings))
+    message = mdm("T02", control_id="ATOMIC-1", document_number="DOC-ATOMIC", text_lines=NOTE_LINES).encode()
+    codes: list[str] = []
+
+    def record(code: str) -> None:
+        codes.append(code)
+        audit.append(AuditRecord(recorded=now_instant(), channel="mllp", action="C", interaction="x", outcome=0))
+
+    def broken(code: str) -> None:
+        if code == "AA":
+            record(code)
+            raise OSError("the audit write failed")
+
+    try:
+        refused = service.receive(message, audit=broken)
+        assert refused.code == "AR" and "207" in (refused.ack or "")
+        assert store.find_by_identifier("DocumentReference", None, "DOC-ATOMIC") == []
+        assert audit.search()[1] == 0  # the record written before the failure went with the message
+        codes.clear()
+        assert service.receive(message, audit=record).code == "AA" and codes == ["AA"]
+        assert len(store.find_by_identifier("DocumentReference", None, "DOC-ATOMIC")) == 1
+        assert audit.search()[1] == 1
+    finally:
+        store.close()
+
+
+def test_the_listener_refuses_an_audit_log_on_another_connection(settings: Settings) -> None:
+    # appending on another connection inside the store's transaction would wait on its own lock
+    from server.errors import ConfigurationError
+    from server.hl7 import Hl7Service
+    from server.jobs import JobRunner
+    from server.services import build_mllp, build_pipeline, build_store
+    from server.store.audit import AuditLog
+
+    store = build_store(settings)
+    pipeline = build_pipeline(settings)
+    apart = AuditLog.open(settings.database_path)
+    try:
+        with pytest.raises(ConfigurationError, match="share the store's database"):
+            build_mllp(settings, Hl7Service(settings, store, pipeline), JobRunner(settings, store, pipeline), apart)
+    finally:
+        apart.close()
+        store.close()

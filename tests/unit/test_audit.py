@@ -28,7 +28,7 @@ def record(n: int) -> AuditRecord:
 
 @pytest.fixture
 def log(tmp_path: Path) -> AuditLog:
-    audit = AuditLog(tmp_path / "paperchart.db")
+    audit = AuditLog.open(tmp_path / "paperchart.db")
     for n in range(1, 6):
         audit.append(record(n))
     return audit

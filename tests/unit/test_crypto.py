@@ -85,7 +85,7 @@ def test_shredding_a_document_leaves_nothing_readable(tmp_path: Path) -> None:
     assert store.get_document(shred) is None and store.get_document_content(shred) is None
     assert store.get_document_content(keep) == b"keep me"
     assert not store.shred_document(shred)
-    owners = [r[0] for r in store._query("SELECT owner FROM data_keys")]
+    owners = [r[0] for r in store.query("SELECT owner FROM data_keys")]
     assert f"document:{shred}" not in owners and f"document:{keep}" in owners
     store.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())

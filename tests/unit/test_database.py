@@ -33,7 +33,7 @@ class Counting(Database):
 
     def insert(self, table: str, row_id: int) -> Callable[[], int]:
         def work() -> int:
-            with self._transaction() as db:
+            with self.transaction() as db:
                 if table == "child":
                     db.execute("INSERT INTO child (id, parent_id) VALUES (?, ?)", (row_id, row_id))
                 else:
@@ -43,7 +43,7 @@ class Counting(Database):
         return work
 
     def ids(self, table: str) -> list[int]:
-        return [r[0] for r in self._query(f"SELECT id FROM {table} ORDER BY id")]  # noqa: S608
+        return [r[0] for r in self.query(f"SELECT id FROM {table} ORDER BY id")]  # noqa: S608
 
 
 def run_together(db: Counting, works: list[Callable[[], int]]) -> list[int | BaseException]:
@@ -105,7 +105,22 @@ def test_a_failed_commit_fails_every_caller_of_the_group_and_stores_nothing(tmp_
 
 def test_a_caller_inside_a_transaction_joins_it(tmp_path: Path) -> None:
     db = Counting(tmp_path / "group.db")
-    with pytest.raises(RuntimeError), db._transaction():
+    with pytest.raises(RuntimeError), db.transaction():
         db.batched(db.insert("parent", 1))
         raise RuntimeError("the outer transaction rolls back")
     assert db.ids("parent") == []
+
+
+def test_a_caller_inside_a_transaction_has_its_own_savepoint(tmp_path: Path) -> None:
+    db = Counting(tmp_path / "group.db")
+
+    def fails() -> None:
+        db.insert("parent", 2)()
+        raise RuntimeError("only this caller's work is undone")
+
+    with db.transaction():
+        db.batched(db.insert("parent", 1))
+        with pytest.raises(RuntimeError):
+            db.batched(fails)
+        db.batched(db.insert("parent", 3))
+    assert db.ids("parent") == [1, 3] and db.commits == 1

@@ -119,7 +119,7 @@ def test_a_repeated_resource_is_not_versioned_again_and_only_one_version_is_curr
     written = store.put_resource(changed)
     assert written.version_id == 2 and written == store.read_resource("Patient", "p1")  # what was stored
     assert store.put_resource(patient).version_id == 3
-    current = store._query("SELECT version_id FROM resources WHERE id = 'p1' AND current = 1")
+    current = store.query("SELECT version_id FROM resources WHERE id = 'p1' AND current = 1")
     assert [row[0] for row in current] == [3]
     stored = store.read_resource("Patient", "p1")
     assert stored is not None and stored.resource["name"] == [{"family": "Smith"}]
@@ -134,7 +134,7 @@ def plans_of(store: SqliteStore, action: Callable[[], object]) -> dict[str, str]
     finally:
         store._db.set_trace_callback(None)
     queries = [s for s in statements if s.startswith(("SELECT", "UPDATE", "DELETE"))]
-    return {q: " ".join(row[3] for row in store._query(f"EXPLAIN QUERY PLAN {q}")) for q in queries}
+    return {q: " ".join(row[3] for row in store.query(f"EXPLAIN QUERY PLAN {q}")) for q in queries}
 
 
 def test_a_resource_is_found_by_its_id_not_by_scanning_its_type(store: SqliteStore) -> None:
@@ -151,11 +151,11 @@ def test_a_database_with_the_old_index_loses_it(tmp_path: Path) -> None:
     keys = LocalKeyProvider.from_key(new_data_key())
     path = tmp_path / "paperchart.db"
     old = SqliteStore(path, keys)
-    with old._transaction() as db:
+    with old.transaction() as db:
         db.execute("CREATE INDEX resources_current ON resources (resource_type, current, patient_id)")
     old.close()
     store = SqliteStore(path, keys)
-    indexes = {row[0] for row in store._query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    indexes = {row[0] for row in store.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "resources_current" not in indexes and "resources_current_by_patient" in indexes
 
 
