@@ -20,6 +20,7 @@ from server.hl7.er7 import MLLP_END, MLLP_START
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], Awaitable[bytes | None]]
+_READ_SIZE = 256 * 1024  # bytes asked of the socket at a time
 
 
 def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
@@ -31,6 +32,20 @@ def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext
         context.load_verify_locations(client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _frame_end(buffer: bytearray, searched: int) -> int:
+    """Where the end marker (FS CR) of the frame starting at 0 is, or -1. Bytes before
+    ``searched`` were searched already; the last of them is looked at again (a marker may
+    straddle two reads). FS alone is searched for: one byte is found by memchr, ten times faster."""
+    position = max(1, searched - 1)
+    while (position := buffer.find(MLLP_END[0], position)) != -1:
+        if position + 1 >= len(buffer):
+            return -1  # FS is the last byte so far: the CR has not arrived yet
+        if buffer[position + 1] == MLLP_END[1]:
+            return position
+        position += 1
+    return -1
 
 
 class _Connection:
@@ -91,10 +106,12 @@ class MllpServer:
         connection.task = asyncio.current_task()
         self._connections.add(connection)
         buffer = bytearray()
+        searched = 1  # the frame in ``buffer`` has no end marker before this offset
         try:
             while not self._stopping:
                 try:
-                    chunk = await asyncio.wait_for(reader.read(65536), timeout=self.idle_timeout)
+                    async with asyncio.timeout(self.idle_timeout):
+                        chunk = await reader.read(_READ_SIZE)
                 except TimeoutError:
                     logger.info("MLLP connection idle for %.0f s; closing", self.idle_timeout)
                     return
@@ -105,17 +122,22 @@ class MllpServer:
                     start = buffer.find(MLLP_START)
                     if start == -1:
                         buffer.clear()  # bytes outside any frame: discard
+                        searched = 1
                         break
                     if start:
                         del buffer[:start]
-                    end = buffer.find(MLLP_END, 1)
+                        searched = 1
+                    end = _frame_end(buffer, searched)
                     if end == -1:
                         if len(buffer) > self.max_message_bytes:
                             logger.warning("MLLP frame over %d bytes; closing the connection", self.max_message_bytes)
                             return
+                        searched = len(buffer)
                         break
-                    payload = bytes(buffer[1:end])
+                    with memoryview(buffer) as view:
+                        payload = bytes(view[1:end])
                     del buffer[: end + len(MLLP_END)]
+                    searched = 1
                     if len(payload) > self.max_message_bytes:
                         logger.warning("MLLP message over %d bytes; closing the connection", self.max_message_bytes)
                         return

@@ -199,3 +199,34 @@ def test_stop_finishes_the_message_in_flight() -> None:
     assert result["reply"] == VT + b"MSA|AA|slow" + FS_CR
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", running.port), timeout=2)
+
+
+def test_frames_cut_anywhere_across_reads_even_between_fs_and_cr() -> None:
+    seen: list[bytes] = []
+
+    async def record(payload: bytes) -> bytes:
+        seen.append(payload)
+        return b"MSA|AA|" + str(len(seen)).encode()
+
+    big = VT + b"MSH|^~\\&|A|B|C|D|2026||MDM^T02|BIG|P|2.5.1\rOBX|1|ED|x||" + b"QUJD" * 200_000 + FS_CR
+    stray_fs = VT + b"MSH|^~\\&|A|B|C|D|2026||MDM^T02|FS|P|2.5.1\rNTE|1||a\x1cb" + FS_CR  # FS not followed by CR
+    stream = b"noise" + message("C-1") + big + stray_fs
+    cuts = [len(b"noise") + len(message("C-1")) - 1, len(stream) - len(stray_fs) - 1, len(stream) - 1]
+    running = Running(record)
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            start = 0
+            for cut in [*cuts, len(stream)]:  # each cut falls between an FS and its CR
+                sock.sendall(stream[start:cut])
+                start = cut
+                threading.Event().wait(0.05)  # let the listener read what was sent so far
+            replies = b""
+            while replies.count(FS_CR) < 3:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                replies += chunk
+        assert replies == b"".join(VT + b"MSA|AA|" + str(n).encode() + FS_CR for n in (1, 2, 3))
+        assert seen == [message("C-1")[1:-2], big[1:-2], stray_fs[1:-2]]
+    finally:
+        running.stop()
