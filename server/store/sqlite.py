@@ -195,12 +195,17 @@ class SqliteStore(Database):
 
     # --- encryption at rest --------------------------------------------------------------
 
-    def _data_key(self, db: Any, owner: str, *, create: bool = True) -> bytes:
-        """The owner's data key (created on first use); ``KeyUnavailable`` once it was shredded."""
+    def _data_key(self, db: Any, owner: str, *, create: bool = True, fresh: bool = False) -> bytes:
+        """The owner's data key (created on first use); ``KeyUnavailable`` once it was shredded.
+        ``fresh``: the owner was made just now (a new document's id), so it has no key yet."""
         key = self._data_keys.get(owner)
         if key is not None:
             return key
-        row = db.execute("SELECT master_key_id, wrapped_key FROM data_keys WHERE owner = ?", (owner,)).fetchone()
+        row = (
+            None
+            if fresh
+            else db.execute("SELECT master_key_id, wrapped_key FROM data_keys WHERE owner = ?", (owner,)).fetchone()
+        )
         if row is not None:
             key = self._keys.unwrap(row[0], bytes(row[1]))
         elif create:
@@ -424,6 +429,7 @@ class SqliteStore(Database):
         )
         owner = f"document:{document_id}"
         with self.transaction() as db:
+            self._data_key(db, owner, fresh=True)
             db.execute(
                 "INSERT INTO documents (id, version_id, content_type, content_hash, size, pages, created_at,"
                 " patient_id, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -443,7 +449,7 @@ class SqliteStore(Database):
             db.execute(
                 "INSERT INTO document_content (document_id, content) VALUES (?, ?)", (document_id, sealed_content)
             )
-            self._index_identifiers(db, stored)
+            self._index_identifiers(db, stored, fresh=True)
         return record
 
     def update_document(self, document_id: str, resource: dict[str, Any]) -> DocumentRecord:
@@ -474,9 +480,11 @@ class SqliteStore(Database):
             raise KeyError(document_id)
         return record
 
-    def _index_identifiers(self, db: Any, resource: dict[str, Any]) -> None:
+    def _index_identifiers(self, db: Any, resource: dict[str, Any], *, fresh: bool = False) -> None:
+        """Index the resource's identifiers in place of its older version's (``fresh``: it has none)."""
         resource_type, resource_id = resource["resourceType"], resource["id"]
-        db.execute("DELETE FROM identifiers WHERE resource_type = ? AND id = ?", (resource_type, resource_id))
+        if not fresh:
+            db.execute("DELETE FROM identifiers WHERE resource_type = ? AND id = ?", (resource_type, resource_id))
         identifiers = list(resource.get("identifier", []))
         if isinstance(resource.get("masterIdentifier"), dict):
             identifiers.append(resource["masterIdentifier"])
@@ -642,7 +650,17 @@ class SqliteStore(Database):
                 "INSERT INTO jobs (id, document_id, status, created_at, updated_at) VALUES (?, ?, 'queued', ?, ?)",
                 (job_id, document_id, created, created),
             )
-            return self._job(db.execute(_JOB_BY_ID, (job_id,)).fetchone())
+            return JobRecord(
+                id=job_id,
+                document_id=document_id,
+                status="queued",
+                attempts=0,
+                stage=None,
+                done=0,
+                total=0,
+                created_at=created,
+                updated_at=created,
+            )
 
     def get_job(self, job_id: str) -> JobRecord | None:
         rows = self.query(_JOB_BY_ID, (job_id,))

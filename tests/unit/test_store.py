@@ -169,3 +169,8 @@ def test_claiming_takes_the_oldest_of_queued_and_expired_without_sorting_the_que
     assert not any("TEMP B-TREE" in plan for plan in plans.values()), plans  # the index gives the order
     claims.append(store.claim_job("w", 5, 3))
     assert [job.id for job in claims] == [first.id, later.id]
+
+
+def test_a_new_job_is_returned_as_it_was_stored(store: SqliteStore) -> None:
+    job = store.enqueue_job(document(store))  # built without reading it back
+    assert job == store.get_job(job.id)
