@@ -12,7 +12,7 @@ Every resource is validated (``fhir_profiles.validate``) before the Bundle is re
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal
 
 import msgspec
@@ -114,6 +114,11 @@ class BundleContext(msgspec.Struct, frozen=True, kw_only=True):
 
 def resource_id(seed: str, kind: str, index: int) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"{seed}/{kind}/{index}"))
+
+
+def needs_review(resource: Mapping[str, Any]) -> bool:
+    """Whether the Bundle (or resource) carries the requires-review tag: not to be released as it is."""
+    return any(t.get("code") == "requires-review" for t in resource.get("meta", {}).get("tag", []))
 
 
 def _review_meta(requires_review: bool) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
-from fhir_profiles.bundle import LOINC, Resource
+from fhir_profiles.bundle import LOINC, Resource, needs_review
 from fhir_profiles.validate import validate_resource
 
 NOTE: Final = ("34109-9", "Note")
@@ -94,7 +94,7 @@ def to_document(
     composition: Resource = {
         "resourceType": "Composition",
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"paperchart-composition/{bundle['id']}")),
-        "status": "final" if reviewed or not _needs_review(bundle) else "preliminary",
+        "status": "final" if reviewed or not needs_review(bundle) else "preliminary",
         "type": {"coding": [{"system": LOINC, "code": document_type[0], "display": document_type[1]}]},
         "date": bundle.get("timestamp") or bundle.get("meta", {}).get("lastUpdated"),
         "author": [{"reference": f"Device/{device_id}"}],
@@ -122,7 +122,3 @@ def to_document(
     validate_resource(device)
     validate_resource(document, deep=False)
     return document
-
-
-def _needs_review(bundle: Resource) -> bool:
-    return any(t.get("code") == "requires-review" for t in bundle.get("meta", {}).get("tag", []))

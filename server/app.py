@@ -20,6 +20,7 @@ from mcp_tools.http import mcp_routes
 from server.auth import authorize, resolve_caller
 from server.config import Settings, load_settings
 from server.errors import PaperchartError
+from server.hl7 import ResultSender
 from server.http.audit import AuditEventController, audit_middleware
 from server.http.auth import AUTH_HANDLERS
 from server.http.errors import (
@@ -73,6 +74,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if mllp is not None:
             await mllp.start()
             app.state.mllp = mllp
+        results = ResultSender(settings, services.store) if settings.hl7_outbound_host else None
+        if results is not None:
+            results.start()
         watcher = asyncio.create_task(_attach_terminology_when_built(app)) if terminology is None else None
         logger.info("paperchart ready: FHIR base %s, data in %s", settings.fhir_base_url, settings.data_dir)
         try:
@@ -83,6 +87,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if mllp is not None:
                 await mllp.stop()  # finish and acknowledge messages in flight first
             await jobs.stop()
+            if results is not None:
+                await results.stop()
             close_services(app.state.services)  # it may hold a terminology index attached since
 
     # base64 inflates by 4/3; allow the JSON around it too

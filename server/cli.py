@@ -123,7 +123,7 @@ def _mllp(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from server.hl7 import Hl7Service
+    from server.hl7 import Hl7Service, ResultSender
     from server.jobs import JobRunner
     from server.services import build_mllp, build_pipeline, build_store, build_terminology
     from server.store.audit import AuditLog
@@ -142,6 +142,9 @@ def _mllp(args: argparse.Namespace) -> int:
         audit = AuditLog(store)  # its records commit with the messages they describe
         server = build_mllp(settings, Hl7Service(settings, store, pipeline), jobs, audit)
         await server.start()
+        results = ResultSender(settings, store) if settings.hl7_outbound_host else None
+        if results is not None:
+            results.start()
         print(f"paperchart: MLLP on {settings.mllp_host}:{server.bound_port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -150,6 +153,8 @@ def _mllp(args: argparse.Namespace) -> int:
         await stop.wait()
         await server.stop()  # in-flight messages are finished and acknowledged first
         await jobs.stop()
+        if results is not None:
+            await results.stop()
         store.close()
 
     asyncio.run(run())

@@ -70,6 +70,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     mllp_tls_cert: Path | None = None
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None  # require client certificates signed by this CA
+    # Results back to the EHR: an ORU^R01 over MLLP for each released Bundle of a document that came
+    # in over HL7, to this host (unset: nothing is sent). TLS when a CA to verify it by is given.
+    hl7_outbound_host: str | None = None
+    hl7_outbound_port: int = 2575
+    hl7_outbound_tls_ca: Path | None = None
+    hl7_outbound_ack_timeout_seconds: float = 30.0
+    hl7_outbound_retry_seconds: float = 5.0  # first wait after a failed delivery; doubles, up to 10 min
 
     # Terminology index (built by `paperchart terminology build`); semantic search loads torch.
     terminology_path: Path | None = None

@@ -103,7 +103,11 @@ def build_pipeline(settings: Settings, terminology: TerminologyService | None = 
 
 
 def build_store(settings: Settings, keys: KeyProvider | None = None) -> SqliteStore:
-    return SqliteStore(settings.database_path, keys or build_key_provider(settings))
+    return SqliteStore(
+        settings.database_path,
+        keys or build_key_provider(settings),
+        hl7_results=settings.hl7_outbound_host is not None,  # results owed back over HL7
+    )
 
 
 def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner, audit: AuditLog) -> MllpServer:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from fhir_profiles.bundle import needs_review
 from server.deid.text import leaked, scrub_text
 from server.errors import ProcessingFailed
 
@@ -112,7 +113,7 @@ def clinical_summary(bundle: dict[str, Any], today: dt.date | None = None) -> st
         lines.append("Vital signs: " + "; ".join(vitals) + ".")
     if labs:
         lines.append("Laboratory results: " + "; ".join(labs) + ".")
-    if any(tag.get("code") == "requires-review" for tag in bundle.get("meta", {}).get("tag", [])):
+    if needs_review(bundle):
         # the reasons are machine codes with PHI-free sentences (fhir_profiles.bundle)
         reasons = [
             str(e["valueCoding"].get("display", ""))

@@ -11,7 +11,7 @@ import datetime as dt
 import uuid
 from typing import Final
 
-from server.hl7.er7 import Encoding, Er7Message
+from server.hl7.er7 import Encoding, Er7Message, escape
 
 _ERROR_TEXT: Final = {
     "100": "Segment sequence error",
@@ -29,18 +29,6 @@ _ERROR_TEXT: Final = {
 }
 # original-mode code -> enhanced-mode (accept) code
 _ENHANCED: Final = {"AA": "CA", "AE": "CE", "AR": "CR"}
-
-
-def _escape(text: str, encoding: Encoding) -> str:
-    out = text.replace(encoding.escape, f"{encoding.escape}E{encoding.escape}")
-    for char, code in (
-        (encoding.field, "F"),
-        (encoding.component, "S"),
-        (encoding.repetition, "R"),
-        (encoding.subcomponent, "T"),
-    ):
-        out = out.replace(char, f"{encoding.escape}{code}{encoding.escape}")
-    return out.replace("\r", " ").replace("\n", " ")
 
 
 def enhanced_mode(message: Er7Message) -> bool:
@@ -77,13 +65,13 @@ def build_ack(
     version = value(12) or "2.5.1"
     header = f"{encoding.component}{encoding.repetition}{encoding.escape}{encoding.subcomponent}"
     segments = [
-        f"MSH{f}{header}{f}{_escape(value(5), encoding)}{f}{_escape(value(6), encoding)}{f}"
-        f"{_escape(value(3), encoding)}{f}{_escape(value(4), encoding)}{f}{timestamp}{f}{f}ACK{c}{event}{c}ACK{f}"
+        f"MSH{f}{header}{f}{escape(value(5), encoding)}{f}{escape(value(6), encoding)}{f}"
+        f"{escape(value(3), encoding)}{f}{escape(value(4), encoding)}{f}{timestamp}{f}{f}ACK{c}{event}{c}ACK{f}"
         f"{uuid.uuid4().hex[:20]}{f}{value(11) or 'P'}{f}{version}",
-        f"MSA{f}{msa_code}{f}{_escape(value(10), encoding)}",
+        f"MSA{f}{msa_code}{f}{escape(value(10), encoding)}",
     ]
     if error_code:
-        text = _escape(error_text or _ERROR_TEXT.get(error_code, "Error"), encoding)
+        text = escape(error_text or _ERROR_TEXT.get(error_code, "Error"), encoding)
         location_field = location.replace("^", c)
         segments.append(f"ERR{f}{f}{location_field}{f}{error_code}{c}{text}{c}HL70357{f}E")
     return "\r".join(segments) + "\r"

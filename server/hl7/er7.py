@@ -161,6 +161,20 @@ def unescape(value: str, encoding: Encoding) -> str:
     return "".join(out)
 
 
+def escape(text: str, encoding: Encoding) -> str:
+    """Text as an ER7 value: the encoding characters as escape sequences; line ends become spaces
+    (\\.br\\ is for FT fields only)."""
+    out = text.replace(encoding.escape, f"{encoding.escape}E{encoding.escape}")
+    for char, code in (
+        (encoding.field, "F"),
+        (encoding.component, "S"),
+        (encoding.repetition, "R"),
+        (encoding.subcomponent, "T"),
+    ):
+        out = out.replace(char, f"{encoding.escape}{code}{encoding.escape}")
+    return out.replace("\r", " ").replace("\n", " ")
+
+
 def normalize(text: str) -> tuple[str, list[str]]:
     """The text with segments separated by \r only, surrounding whitespace and blank lines
     removed, and its segments. A message already so (the usual case) is not copied: on a 10 MB

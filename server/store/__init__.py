@@ -1,6 +1,16 @@
 """Durable state: the ``Store`` protocol and its SQLite implementation."""
 
-from server.store.base import DocumentRecord, JobError, JobRecord, JobStatus, ReviewAction, Store, StoredResource
+from server.store.base import (
+    DocumentRecord,
+    JobError,
+    JobRecord,
+    JobStatus,
+    OwedResult,
+    OwedResultState,
+    ReviewAction,
+    Store,
+    StoredResource,
+)
 from server.store.sqlite import SqliteStore
 
 __all__ = [
@@ -8,6 +18,8 @@ __all__ = [
     "JobError",
     "JobRecord",
     "JobStatus",
+    "OwedResult",
+    "OwedResultState",
     "ReviewAction",
     "SqliteStore",
     "Store",

@@ -66,6 +66,25 @@ class StoredResource(msgspec.Struct, frozen=True, kw_only=True):
     resource: dict[str, Any]
 
 
+class OwedResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A released Bundle owed (as ORU^R01) to the system that sent its document over HL7."""
+
+    id: int
+    document_id: str
+    bundle_id: str
+    receiver: str  # "application|facility": MSH-3 and MSH-4 of the message that brought the document
+    attempts: int
+    correction: bool  # results for this document were delivered before: these replace them
+
+
+class OwedResultState(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    status: Literal["pending", "sent", "failed"]
+    attempts: int
+    ack_code: str | None
+    error: str | None
+
+
 class Store(Protocol):
     def health(self) -> bool: ...
 
@@ -138,6 +157,14 @@ class Store(Protocol):
     def hl7_ack(self, sender: str, control_id: str) -> str | None: ...
 
     def record_hl7(self, sender: str, control_id: str, ack: str, document_id: str | None) -> None: ...
+
+    def claim_hl7_results(self, lease_seconds: float, limit: int = 16) -> list[OwedResult]: ...
+
+    def hl7_result_done(
+        self, owed_id: int, *, ack_code: str | None, error: str | None, retry_at: float | None
+    ) -> None: ...
+
+    def hl7_results(self, document_id: str) -> list[OwedResultState]: ...
 
     # jobs
     def enqueue_job(self, document_id: str) -> JobRecord: ...

@@ -26,11 +26,20 @@ from typing import Any, Final
 
 import msgspec
 
+from fhir_profiles.bundle import needs_review
 from fhir_profiles.compartment import patient_of
 from fhir_profiles.retract import mark_entered_in_error
 from server.crypto import KeyProvider, KeyUnavailable, new_data_key, open_sealed, seal
 from server.errors import ConfigurationError, Conflict
-from server.store.base import DocumentRecord, JobError, JobRecord, ReviewAction, StoredResource
+from server.store.base import (
+    DocumentRecord,
+    JobError,
+    JobRecord,
+    OwedResult,
+    OwedResultState,
+    ReviewAction,
+    StoredResource,
+)
 from server.store.database import Database
 
 SCHEMA_VERSION: Final = 2
@@ -121,6 +130,21 @@ CREATE TABLE IF NOT EXISTS identifiers (
     PRIMARY KEY (resource_type, system, value, id)
 );
 CREATE INDEX IF NOT EXISTS identifiers_of ON identifiers (resource_type, id);
+-- released results owed to the system that sent a document over HL7 (ORU^R01), until it acknowledges
+CREATE TABLE IF NOT EXISTS hl7_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    bundle_id TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    ack_code TEXT,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hl7_outbox_due ON hl7_outbox (status, next_attempt);
 CREATE TABLE IF NOT EXISTS hl7_messages (
     sender TEXT NOT NULL,
     control_id TEXT NOT NULL,
@@ -163,8 +187,10 @@ def _resource_place(resource_type: str, resource_id: str, version: int) -> str:
 class SqliteStore(Database):
     """``Store`` on one SQLite file. Thread-safe: one connection, serialized by a lock."""
 
-    def __init__(self, path: Path, keys: KeyProvider) -> None:
+    def __init__(self, path: Path, keys: KeyProvider, *, hl7_results: bool = False) -> None:
+        """``hl7_results``: owe each released Bundle of a document that came over HL7 to its sender."""
         self._keys = keys
+        self._hl7_results = hl7_results
         self._data_keys: dict[str, bytes] = {}  # owner -> unwrapped data key, for this process only
         # secure_delete: deleted rows (a shredded data key) are zeroed on disk
         super().__init__(path, _SCHEMA, pragmas=("foreign_keys=ON", "secure_delete=ON"))
@@ -290,6 +316,7 @@ class SqliteStore(Database):
                 " VALUES (?, ?, ?, 'released', ?, ?)",
                 (document_id, bundle_id, version, reviewer, updated),
             )
+            self._owe_hl7_result(db, document_id, bundle_id, updated)
             return version
 
     def return_review(
@@ -729,7 +756,66 @@ class SqliteStore(Database):
                 " lease_expires_at = NULL, error = NULL, updated_at = ? WHERE id = ?",
                 (bundle["id"], updated, job_id),
             )
+            if not needs_review(bundle):  # else it is owed once a reviewer releases it
+                self._owe_hl7_result(db, document_id, bundle["id"], updated)
             return True
+
+    # --- results owed over HL7 (outbox) ----------------------------------------------------
+
+    def _owe_hl7_result(self, db: Any, document_id: str, bundle_id: str, at: str) -> None:
+        """In the releasing transaction: the Bundle is owed to whoever sent the document over HL7."""
+        if not self._hl7_results:
+            return
+        row = db.execute(
+            "SELECT sender FROM hl7_messages WHERE document_id = ? ORDER BY received_at LIMIT 1", (document_id,)
+        ).fetchone()
+        if row is None:
+            return  # not an HL7 document
+        db.execute(
+            "INSERT INTO hl7_outbox (document_id, bundle_id, receiver, status, next_attempt, created_at, updated_at)"
+            " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+            (document_id, bundle_id, row[0], at, at),
+        )
+
+    def claim_hl7_results(self, lease_seconds: float, limit: int = 16) -> list[OwedResult]:
+        """Results owed whose next delivery attempt is due, oldest first, each leased for
+        ``lease_seconds`` (another sender leaves it alone; if this one dies, it is due again)."""
+        now = _now_seconds()
+        due = "SELECT 1 FROM hl7_outbox WHERE status = 'pending' AND next_attempt <= ? LIMIT 1"
+        if not self.query(due, (now,)):  # polled every second: no write lock taken for nothing
+            return []
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT o.id, o.document_id, o.bundle_id, o.receiver, o.attempts,"
+                " EXISTS (SELECT 1 FROM hl7_outbox p WHERE p.document_id = o.document_id AND p.status = 'sent')"
+                " FROM hl7_outbox o WHERE o.status = 'pending' AND o.next_attempt <= ? ORDER BY o.id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE hl7_outbox SET next_attempt = ? WHERE id = ?", [(now + lease_seconds, r[0]) for r in rows]
+            )
+        return [
+            OwedResult(id=r[0], document_id=r[1], bundle_id=r[2], receiver=r[3], attempts=r[4], correction=bool(r[5]))
+            for r in rows
+        ]
+
+    def hl7_result_done(self, owed_id: int, *, ack_code: str | None, error: str | None, retry_at: float | None) -> None:
+        """Record a delivery attempt: acknowledged (AA/CA), refused for good, or to be tried again at ``retry_at``."""
+        status = "pending" if retry_at is not None else ("sent" if error is None else "failed")
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE hl7_outbox SET status = ?, attempts = attempts + 1, next_attempt = ?, ack_code = ?, error = ?,"
+                " updated_at = ? WHERE id = ?",
+                (status, retry_at or 0, ack_code, error, now_instant(), owed_id),
+            )
+
+    def hl7_results(self, document_id: str) -> list[OwedResultState]:
+        """What became of each result owed for the document (for operators and tests)."""
+        rows = self.query(
+            "SELECT id, status, attempts, ack_code, error FROM hl7_outbox WHERE document_id = ? ORDER BY id",
+            (document_id,),
+        )
+        return [OwedResultState(id=r[0], status=r[1], attempts=r[2], ack_code=r[3], error=r[4]) for r in rows]
 
     @staticmethod
     def _owner_of(resource: dict[str, Any]) -> str:

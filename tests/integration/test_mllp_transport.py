@@ -78,7 +78,7 @@ class Running:
         self.server = MllpServer(
             handler,
             host="127.0.0.1",
-            port=0,
+            port=int(options.pop("port", 0)),  # type: ignore[call-overload]
             max_message_bytes=1 << 20,
             idle_timeout=float(options.pop("idle_timeout", 30.0)),
             **options,

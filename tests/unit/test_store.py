@@ -174,3 +174,43 @@ def test_claiming_takes_the_oldest_of_queued_and_expired_without_sorting_the_que
 def test_a_new_job_is_returned_as_it_was_stored(store: SqliteStore) -> None:
     job = store.enqueue_job(document(store))  # built without reading it back
     assert job == store.get_job(job.id)
+
+
+def test_released_results_of_an_hl7_document_are_owed_to_its_sender(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "paperchart.db", LocalKeyProvider.from_key(new_data_key()), hl7_results=True)
+    from_hl7, uploaded, to_review = document(store), document(store), document(store)
+    for number, document_id in enumerate((from_hl7, to_review)):
+        store.record_hl7("EPIC|RIVERSIDE", f"M{number}", "MSH|...", document_id)
+    flagged = bundle("b-review", "p1")
+    flagged["meta"] = {"tag": [{"system": "urn:x", "code": "requires-review"}]}
+    for document_id, result in (
+        (from_hl7, bundle("b-hl7", "p1")),
+        (uploaded, bundle("b-up", "p1")),
+        (to_review, flagged),
+    ):
+        store.enqueue_job(document_id)
+        job = store.claim_job("w", 5, 3)
+        assert job is not None and store.complete_job(job.id, "w", result)
+    owed = store.claim_hl7_results(lease_seconds=60)
+    assert [(o.document_id, o.bundle_id, o.receiver, o.correction) for o in owed] == [
+        (from_hl7, "b-hl7", "EPIC|RIVERSIDE", False)
+    ]  # the uploaded document owes nothing; the flagged Bundle waits for its reviewer
+    assert store.claim_hl7_results(lease_seconds=60) == []  # leased to the first sender
+    version = store.read_resource("Bundle", "b-review").version_id  # type: ignore[union-attr]
+    store.release_review(to_review, "b-review", version, [], "reviewer")
+    assert [o.bundle_id for o in store.claim_hl7_results(lease_seconds=60)] == ["b-review"]
+    store.hl7_result_done(owed[0].id, ack_code="AA", error=None, retry_at=None)
+    assert [(s.status, s.attempts, s.ack_code) for s in store.hl7_results(from_hl7)] == [("sent", 1, "AA")]
+    store.enqueue_job(from_hl7)  # extracted again: the new results replace what was sent
+    job = store.claim_job("w", 5, 3)
+    assert job is not None and store.complete_job(job.id, "w", bundle("b-hl7", "p1"))
+    assert [o.correction for o in store.claim_hl7_results(lease_seconds=60)] == [True]
+
+
+def test_nothing_is_owed_when_no_hl7_destination_is_set(store: SqliteStore) -> None:
+    document_id = document(store)
+    store.record_hl7("EPIC|RIVERSIDE", "M1", "MSH|...", document_id)
+    store.enqueue_job(document_id)
+    job = store.claim_job("w", 5, 3)
+    assert job is not None and store.complete_job(job.id, "w", bundle("b", "p1"))
+    assert store.claim_hl7_results(lease_seconds=60) == [] and store.hl7_results(document_id) == []
