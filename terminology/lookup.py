@@ -8,8 +8,9 @@ Clinical abbreviations are expanded first.
 The fused top candidates are then re-ranked by a weighted sum of features (``FEATURES``): how
 close the mention is to each candidate's closest designation in meaning (cosine) and in spelling
 (character trigrams), how many of its words the designation has and the reverse, qualifiers that
-clash ("left knee" vs "right knee", "stage 2" vs "stage 1") and the closeness to the mean of all
-the candidate's designations. Fusion finds the right concept; the re-rank puts it first among
+clash ("left knee" vs "right knee", "stage 2" vs "stage 1"), for a mention "NOS" whether the
+candidate is its category's default ("unspecified", "without ...") and the closeness to the mean
+of all the candidate's designations. Fusion finds the right concept; the re-rank puts it first among
 near-identical siblings and forgives misspellings that defeat word-level FTS.
 """
 
@@ -48,9 +49,10 @@ FEATURES: Final = (
     "coverage",  # share of the mention's words, by rarity, in the designation
     "excess",  # minus the share of the designation's words the mention lacks
     "conflict",  # minus the qualifier groups that clash ("left" vs "right", "stage 2" vs "stage 1")
+    "default",  # a mention "NOS": the designation is a default ("unspecified", "without ...")
     "centroid",  # cosine of the mention and the mean of the code's designation embeddings
 )
-RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 0.5, 0.25, 1.0, 0.25])
+RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 0.5, 0.25, 1.0, 0.1, 0.25])
 EXACT_BONUS: Final = 1000.0  # above any re-rank score: a designation equal to the mention wins
 Mode = Literal["hybrid", "lexical", "semantic"]
 _RESIDUAL_SUFFIXES: Final = (", unspecified", " NOS", ", unspecified organism", ", not elsewhere classified")
@@ -252,6 +254,7 @@ class TerminologyService:
         query_grams = _trigrams(query)
         query_words = _words(query)
         query_qualifiers = _qualifiers(query)
+        asks_default = _asks_default(query)
         features: dict[int, np.ndarray] = {}
         best_term: dict[int, tuple[float, str]] = {}
         for designation_id, concept_id, term in designations:
@@ -267,6 +270,7 @@ class TerminologyService:
                     # the default a mention that names neither gets: not an excess
                     _coverage(_words(_without_denials(_without_residual(term))), query_words, weights) - 1.0,
                     -_conflicts(query_qualifiers, _qualifiers(term)),
+                    float(asks_default and _is_default(term)),
                 ]
             )
             features[concept_id] = np.maximum(features[concept_id], values) if concept_id in features else values
@@ -503,7 +507,8 @@ _QUALIFIER_GROUPS: Final = (
     frozenset({"initial", "subsequent", "sequela"}),
     frozenset({"complete", "incomplete", "partial"}),
     frozenset({"primary", "secondary"}),
-    frozenset({"benign", "malignant"}),
+    frozenset({"benign", "malignant", "situ"}),  # "carcinoma in situ" is neither
+    frozenset({"unilateral", "bilateral"}),
     frozenset({"anterior", "posterior"}),
     frozenset({"mild", "moderate", "severe"}),
     frozenset({"single", "recurrent"}),
@@ -536,3 +541,19 @@ _DENIAL: Final = re.compile(r"\b(?:without|not|no)\b[^,;()]*?(?=,|;|\(|\bwith\b|
 
 def _without_denials(term: str) -> str:
     return _DENIAL.sub("", term)
+
+
+# ICD-10-CM's convention: "NOS" (not otherwise specified) means unspecified, and the code for it is
+# the default of its category: "unspecified", "uncomplicated", "without obstruction", "not having
+# achieved remission", "unilateral" (hernia). A mention that also says "with ..." is not asking for one.
+_NOS: Final = re.compile(r"\bNOS\b")
+_WITH: Final = re.compile(r"\bwith\b", re.I)
+_DEFAULT: Final = re.compile(r"\b(?:unspecified|uncomplicated|unilateral)\b", re.I)
+
+
+def _asks_default(mention: str) -> bool:
+    return bool(_NOS.search(mention)) and not _WITH.search(mention)
+
+
+def _is_default(term: str) -> bool:
+    return bool(_DEFAULT.search(term)) or _without_denials(term) != term

@@ -397,3 +397,22 @@ def test_category_inclusion_terms_go_to_the_code_for_a_plain_mention() -> None:
     assert ("Fracture of orbit NOS", "inclusion") in rows["S02.85XA"].designations
     held = Icd10cmBuiltinImporter(prefixes=("S02.85",), held_out={("S02.85XA", "Fracture of orbit NOS")})
     assert ("Fracture of orbit NOS", "inclusion") not in {r.code: r for r in held.rows()}["S02.85XA"].designations
+
+
+def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
+    from terminology.lookup import _asks_default, _conflicts, _is_default, _qualifiers
+
+    assert _asks_default("Femoral hernia NOS")
+    assert not _asks_default("Femoral hernia")
+    assert not _asks_default("Mild persistent asthma with exacerbation NOS")  # it names a complication
+    assert _is_default("Unilateral femoral hernia, without obstruction or gangrene")
+    assert _is_default("Acute myeloblastic leukemia, not having achieved remission")
+    assert _is_default("Pain in unspecified limb")
+    assert not _is_default("Acute myeloblastic leukemia, in remission")
+
+    def clash(mention: str, title: str) -> float:
+        return _conflicts(_qualifiers(mention), _qualifiers(title))
+
+    assert clash("Carcinoma in situ of colon", "Malignant neoplasm of colon") == 1
+    assert clash("Bilateral inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 1
+    assert clash("Left inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 0
