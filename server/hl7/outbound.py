@@ -87,7 +87,12 @@ class ResultSender:
     async def deliver(self, item: OwedResult) -> None:
         """One attempt at one owed result, and its outcome recorded."""
         control_id = f"PCR{item.id}"
-        message = await anyio.to_thread.run_sync(self._message, item, control_id)
+        try:
+            message = await anyio.to_thread.run_sync(self._message, item, control_id)
+        except Exception as exc:  # e.g. the document's key was destroyed: trying again cannot help
+            logger.error("HL7 results %s could not be built: %s", control_id, type(exc).__name__)
+            await self._record(item, ack_code=None, error=f"could not be built: {type(exc).__name__}")
+            return
         if message is None:
             await self._record(item, ack_code=None, error="nothing to send: the document or its results are gone")
             return

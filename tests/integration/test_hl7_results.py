@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import TestClient
 
@@ -58,17 +59,14 @@ def ehr() -> Iterator[Ehr]:
 
 
 def paperchart(settings: Settings, ehr: Ehr) -> Any:
-    fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
-    live = type(settings)(
-        **{
-            **fields,
-            "mllp_enabled": True,
-            "mllp_port": 0,
-            "hl7_outbound_host": "127.0.0.1",
-            "hl7_outbound_port": ehr.port,
-            "hl7_outbound_retry_seconds": 0.3,
-            "hl7_outbound_ack_timeout_seconds": 5.0,
-        }
+    live = msgspec.structs.replace(
+        settings,
+        mllp_enabled=True,
+        mllp_port=0,
+        hl7_outbound_host="127.0.0.1",
+        hl7_outbound_port=ehr.port,
+        hl7_outbound_retry_seconds=0.3,
+        hl7_outbound_ack_timeout_seconds=5.0,
     )
     return authorized_client(create_app(live))
 
@@ -118,3 +116,36 @@ def test_results_the_sender_finds_wrong_are_not_sent_again(settings: Settings, e
         assert len(ehr.received) == 1
         state = owed(client, "DOC-OUT-2")[0]
         assert (state.status, state.ack_code, state.error) == ("failed", "AE", "refused: AE 103")
+
+
+def test_results_that_cannot_be_built_fail_once_without_stopping_the_sender(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from server.crypto import KeyUnavailable
+    from server.hl7 import ResultSender
+    from server.services import build_store
+
+    live = msgspec.structs.replace(settings, hl7_outbound_host="127.0.0.1")
+    store = build_store(live)
+    try:
+        document_id = store.create_document(
+            {"resourceType": "DocumentReference", "status": "current"}, b"x", "text/plain", 1
+        ).id
+        store.record_hl7("EPIC|RIVERSIDE", "M1", "MSH|...", document_id)
+        store.enqueue_job(document_id)
+        job = store.claim_job("w", 5, 3)
+        assert job is not None
+        store.complete_job(job.id, "w", {"resourceType": "Bundle", "id": "b1", "type": "collection", "entry": []})
+        (owed,) = store.claim_hl7_results(lease_seconds=60)
+
+        def destroyed(*_: object) -> None:
+            raise KeyUnavailable("the data key of this record was destroyed")
+
+        monkeypatch.setattr(store, "read_resource", destroyed)
+        asyncio.run(ResultSender(live, store).deliver(owed))
+        (state,) = store.hl7_results(document_id)
+        assert (state.status, state.error) == ("failed", "could not be built: KeyUnavailable")
+    finally:
+        store.close()
