@@ -150,7 +150,7 @@ class TerminologyService:
         limit: int = 5,
         mode: Mode = "hybrid",
     ) -> list[Candidate]:
-        query = expand_abbreviations(" ".join(text.split()))
+        query = prepare_query(text)
         if not query:
             return []
         found = self.retrieve(query, systems, semantic_types, mode)
@@ -512,6 +512,7 @@ _QUALIFIER_GROUPS: Final = (
     frozenset({"anterior", "posterior"}),
     frozenset({"mild", "moderate", "severe"}),
     frozenset({"single", "recurrent"}),
+    frozenset({"abuse", "dependence"}),
     frozenset({"first", "second", "third", "fourth"}),
 )
 _ROMAN: Final = {"i": "1", "ii": "2", "iii": "3", "iv": "4", "v": "5", "vi": "6"}
@@ -541,6 +542,24 @@ _DENIAL: Final = re.compile(r"\b(?:without|not|no)\b[^,;()]*?(?=,|;|\(|\bwith\b|
 
 def _without_denials(term: str) -> str:
     return _DENIAL.sub("", term)
+
+
+# DSM-5 names substance use disorders by severity; ICD-10-CM files a mild one under abuse
+# (F1x.1-), a moderate or severe one under dependence (F1x.2-), and a substance-induced disorder
+# "without use disorder" under use (F1x.9-).
+_USE_DISORDER: Final = re.compile(r"\buse disorder,?\s+(mild|moderate|severe)\b", re.I)
+_WITHOUT_USE_DISORDER: Final = re.compile(r"\bwithout use disorder\b", re.I)
+
+
+def prepare_query(text: str) -> str:
+    """The mention as the classification words it: spaces collapsed, clinical abbreviations
+    expanded, a DSM-5 substance use disorder's severity given as ICD-10-CM's abuse or dependence."""
+    query = expand_abbreviations(" ".join(text.split()))
+    if _WITHOUT_USE_DISORDER.search(query):
+        return f"{query} (use)"
+    if match := _USE_DISORDER.search(query):
+        return f"{query} ({'abuse' if match.group(1).lower() == 'mild' else 'dependence'})"
+    return query
 
 
 # ICD-10-CM's convention: "NOS" (not otherwise specified) means unspecified, and the code for it is

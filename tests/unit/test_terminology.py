@@ -416,3 +416,17 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     assert clash("Carcinoma in situ of colon", "Malignant neoplasm of colon") == 1
     assert clash("Bilateral inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 1
     assert clash("Left inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 0
+
+
+def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
+    from terminology.lookup import _conflicts, _qualifiers, prepare_query
+
+    assert prepare_query("Cocaine  use disorder, mild, in early remission").endswith("(abuse)")
+    assert prepare_query("Alcohol use disorder, severe, with alcohol-induced mild neurocognitive disorder").endswith(
+        "(dependence)"
+    )  # the use disorder's severity, not the other disorder's
+    assert prepare_query("Cannabis-induced anxiety disorder, without use disorder").endswith("(use)")
+    assert prepare_query("Alcohol dependence") == "Alcohol dependence"
+    mild = _qualifiers(prepare_query("Cannabis use disorder, mild"))
+    assert _conflicts(mild, _qualifiers("Cannabis dependence, uncomplicated")) == 1
+    assert _conflicts(mild, _qualifiers("Cannabis abuse, uncomplicated")) == 0
