@@ -71,9 +71,10 @@ class ResultSender:
     async def _run(self) -> None:
         while True:
             try:
-                # leased for as long as delivering them all may take
-                lease = (self.settings.hl7_outbound_ack_timeout_seconds + 5) * 16
-                owed = await anyio.to_thread.run_sync(self.store.claim_hl7_results, lease)
+                # one at a time, leased for as long as its delivery may take: if this process dies
+                # mid-delivery, the result is due again within seconds
+                lease = self.settings.hl7_outbound_ack_timeout_seconds + 5
+                owed = await anyio.to_thread.run_sync(self.store.claim_hl7_results, lease, 1)
                 for item in owed:
                     await self.deliver(item)
             except asyncio.CancelledError:
