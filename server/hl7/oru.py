@@ -4,9 +4,9 @@ One message per released Bundle: PID from the Patient the sender's PID made (its
 with their assigning authorities, are what the EHR matches on), one OBR for the document (OBR-3
 its unique number, OBR-4 its type) and one OBX per result:
 
-- Observation: OBX-3 its code; NM with UCUM units (OBX-6), reference range and abnormal flag
-  for a quantity, CWE for a coded value, ST for text; a panel (blood pressure) one OBX per
-  component, the panel's number in OBX-4;
+- Observation: OBX-3 its code, OBX-14 when it was taken; NM with UCUM units (OBX-6), reference
+  range and abnormal flag for a quantity, CWE for a coded value, ST for text; a panel (blood
+  pressure) one OBX per component, the panel's number in OBX-4;
 - Condition: CWE under LOINC 29548-5 (Diagnosis), the code in OBX-5;
 - MedicationStatement / MedicationRequest: CWE under LOINC 10160-0 (History of medication use);
 - AllergyIntolerance: CWE under LOINC 48765-2 (Allergies and adverse reactions).
@@ -32,6 +32,7 @@ _CODING_SYSTEMS: Final = {
     "http://snomed.info/sct": "SCT",
     "http://www.nlm.nih.gov/research/umls/rxnorm": "RXN",
     "http://unitsofmeasure.org": "UCUM",
+    "http://terminology.hl7.org/CodeSystem/v2-0270": "HL70270",  # document type, as TXA-2 gave it
 }
 _GENDER: Final = {"female": "F", "male": "M", "other": "O", "unknown": "U"}
 _NARRATIVE_CODES: Final = {
@@ -115,8 +116,8 @@ def _coded(resource: dict[str, Any]) -> dict[str, Any] | None:
     return resource.get("code")
 
 
-def _results(bundle: dict[str, Any]) -> Iterator[tuple[str, str, str, str, str, str, str]]:
-    """(value type, OBX-3, OBX-4 sub-id, OBX-5, OBX-6, OBX-7, OBX-8) for each result in the Bundle."""
+def _results(bundle: dict[str, Any]) -> Iterator[tuple[str, str, str, str, str, str, str, str]]:
+    """(value type, OBX-3, OBX-4 sub-id, OBX-5, OBX-6, OBX-7, OBX-8, OBX-14) for each result."""
     counts: dict[str, int] = {}
     for entry in bundle.get("entry", []):
         resource = entry.get("resource", {})
@@ -133,14 +134,16 @@ def _results(bundle: dict[str, Any]) -> Iterator[tuple[str, str, str, str, str, 
                 observation = _observation(part)
                 if observation is not None:
                     value_type, code, value, units, reference, flag = observation
-                    yield value_type, code, str(counts["panel"]) if parts else "", value, units, reference, flag
+                    sub_id = str(counts["panel"]) if parts else ""
+                    when = _ts(resource.get("effectiveDateTime"))
+                    yield value_type, code, sub_id, value, units, reference, flag, when
         elif kind in _NARRATIVE_CODES:
             concept = _coded(resource)
             if not concept:
                 continue
             loinc, text = _NARRATIVE_CODES[kind]
             counts[loinc] = counts.get(loinc, 0) + 1  # OBX-4 tells the repeated OBX-3 apart
-            yield "CWE", f"{loinc}^{text}^LN", str(counts[loinc]), _cwe(concept), "", "", ""
+            yield "CWE", f"{loinc}^{text}^LN", str(counts[loinc]), _cwe(concept), "", "", "", ""
 
 
 def build_oru(
@@ -167,6 +170,10 @@ def build_oru(
         + "|" * 15
         + f"{timestamp}|||{status}",
     ]
-    for index, (value_type, code, sub_id, value, units, reference, flag) in enumerate(_results(bundle), start=1):
-        segments.append(f"OBX|{index}|{value_type}|{code}|{sub_id}|{value}|{units}|{reference}|{flag}|||{status}")
+    for index, (value_type, code, sub_id, value, units, reference, flag, when) in enumerate(_results(bundle), 1):
+        segments.append(
+            f"OBX|{index}|{value_type}|{code}|{sub_id}|{value}|{units}|{reference}|{flag}|||{status}|||{when}".rstrip(
+                "|"
+            )
+        )
     return "\r".join(segments) + "\r"

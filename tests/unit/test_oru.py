@@ -58,6 +58,7 @@ BUNDLE = {
                 },
                 "interpretation": [{"coding": [{"code": "H"}]}],
                 "referenceRange": [{"low": {"value": 3.9}, "high": {"value": 5.6}}],
+                "effectiveDateTime": "2026-11-19T08:15:00+01:00",
             }
         ),
         entry(
@@ -140,7 +141,7 @@ def test_the_oru_carries_the_patient_the_document_and_each_result() -> None:
     assert pid.components(5) == ["Okafor", "Grace", "A"]
     assert (pid.value(7), pid.value(8)) == ("19560314", "F")
     assert obr.components(3) == ["DOC-1", "PAPERCHART"]
-    assert obr.components(4) == ["CN", "Note", ""] and obr.value(7) == "20261120093000+0000"
+    assert obr.components(4) == ["CN", "Note", "HL70270"] and obr.value(7) == "20261120093000+0000"
     assert obr.value(25) == "F"
     rows = [
         (o.value(2), o.components(3)[0], o.value(4), o.components(5), o.value(6), o.value(7), o.value(8))
@@ -155,6 +156,7 @@ def test_the_oru_carries_the_patient_the_document_and_each_result() -> None:
         ("CWE", "10160-0", "1", ["860975", "metformin 500 MG Oral Tablet", "RXN"], "", "", ""),
     ]
     assert {o.value(11) for o in message.all("OBX")} == {"F"}
+    assert [o.value(14) for o in message.all("OBX")][:2] == ["20261119081500+0100", ""]
     assert "withdrawn" not in oru()  # entered-in-error results do not travel
 
 
