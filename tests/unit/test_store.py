@@ -214,3 +214,17 @@ def test_nothing_is_owed_when_no_hl7_destination_is_set(store: SqliteStore) -> N
     job = store.claim_job("w", 5, 3)
     assert job is not None and store.complete_job(job.id, "w", bundle("b", "p1"))
     assert store.claim_hl7_results(lease_seconds=60) == [] and store.hl7_results(document_id) == []
+
+
+def test_a_result_whose_sender_died_mid_delivery_is_due_again_after_its_lease(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "paperchart.db", LocalKeyProvider.from_key(new_data_key()), hl7_results=True)
+    document_id = document(store)
+    store.record_hl7("EPIC|RIVERSIDE", "M1", "MSH|...", document_id)
+    store.enqueue_job(document_id)
+    job = store.claim_job("w", 5, 3)
+    assert job is not None and store.complete_job(job.id, "w", bundle("b1", "p1"))
+    (taken,) = store.claim_hl7_results(lease_seconds=0.2)  # then the sender's process dies
+    assert store.claim_hl7_results(lease_seconds=0.2) == []
+    time.sleep(0.3)
+    (again,) = store.claim_hl7_results(lease_seconds=60)
+    assert again.id == taken.id and again.attempts == 0  # an attempt counts only once it is recorded
