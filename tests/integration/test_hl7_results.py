@@ -3,8 +3,14 @@ until it is acknowledged, and given up on when the receiver says the message is 
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -149,3 +155,38 @@ def test_results_that_cannot_be_built_fail_once_without_stopping_the_sender(
         assert (state.status, state.error) == ("failed", "could not be built: KeyUnavailable")
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_paperchart_mllp_alone_receives_and_sends_results_back(tmp_path: Path, ehr: Ehr) -> None:
+    """The standalone listener (`paperchart mllp`) wires the same audit and results paths."""
+    ehr.start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "PAPERCHART_DATA_DIR": str(tmp_path / "data"),
+        "PAPERCHART_LOG_LEVEL": "WARNING",
+        "PAPERCHART_HL7_OUTBOUND_HOST": "127.0.0.1",
+        "PAPERCHART_HL7_OUTBOUND_PORT": str(ehr.port),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "mllp", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        message = mdm("T02", control_id="CLI-1", document_number="DOC-CLI-1", text_lines=NOTE_LINES)
+        assert msa(send_raw(port, frame(message))[0])[1] == "AA"
+        (oru,) = ehr.wait_for(1)
+        assert oru.message_type == ("ORU", "R01") and oru.first("OBR").components(3)[0] == "DOC-CLI-1"  # type: ignore[union-attr]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0  # a clean stop
