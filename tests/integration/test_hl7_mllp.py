@@ -320,6 +320,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for_port(port: int, seconds: float = 60) -> None:
+    """Until something listens on the loopback port (a server process starting)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("server did not start")
+
+
 @pytest.mark.slow
 def test_killed_before_ack_then_resent_is_processed_once(tmp_path: Path) -> None:
     http_port, mllp_port = free_port(), free_port()
@@ -338,14 +350,8 @@ def test_killed_before_ack_then_resent_is_processed_once(tmp_path: Path) -> None
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", mllp_port), timeout=1):
-                    return process
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("server did not start")
+        wait_for_port(mllp_port)
+        return process
 
     backend = register_with_cli(env, tmp_path / "client.jwk", f"http://127.0.0.1:{http_port}")
     message = frame(mdm("T02", control_id="KILL-1", document_number="DOC-K", text_lines=NOTE_LINES))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from server.config import Settings
 from server.hl7.ack import build_ack
 from server.hl7.er7 import Er7Message, parse_er7
 from tests.fixtures.hl7_messages import NOTE_LINES, mdm
-from tests.integration.test_hl7_mllp import document_by_number, frame, free_port, msa, send_raw
+from tests.integration.test_hl7_mllp import document_by_number, frame, free_port, msa, send_raw, wait_for_port
 from tests.integration.test_mllp_transport import Running
 from tests.smart import authorized_client
 
@@ -176,13 +175,7 @@ def test_paperchart_mllp_alone_receives_and_sends_results_back(tmp_path: Path, e
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_for_port(port)
         message = mdm("T02", control_id="CLI-1", document_number="DOC-CLI-1", text_lines=NOTE_LINES)
         assert msa(send_raw(port, frame(message))[0])[1] == "AA"
         (oru,) = ehr.wait_for(1)
