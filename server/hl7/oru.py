@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from server.hl7.er7 import Encoding, escape
+from server.hl7.mapping import NHS_NUMBER_SYSTEM, V2_0270
+from terminology.model import ICD10CM, LOINC, RXNORM, SNOMED, UCUM
 
 # HL7 Table 0396: coding system names
 _CODING_SYSTEMS: Final = {
-    "http://loinc.org": "LN",
-    "http://hl7.org/fhir/sid/icd-10-cm": "I10C",
+    LOINC: "LN",
+    ICD10CM: "I10C",
     "http://hl7.org/fhir/sid/icd-10": "I10",
-    "http://snomed.info/sct": "SCT",
-    "http://www.nlm.nih.gov/research/umls/rxnorm": "RXN",
-    "http://unitsofmeasure.org": "UCUM",
-    "http://terminology.hl7.org/CodeSystem/v2-0270": "HL70270",  # document type, as TXA-2 gave it
+    SNOMED: "SCT",
+    RXNORM: "RXN",
+    UCUM: "UCUM",
+    V2_0270: "HL70270",  # document type, as TXA-2 gave it
 }
 _GENDER: Final = {"female": "F", "male": "M", "other": "O", "unknown": "U"}
 _NARRATIVE_CODES: Final = {
@@ -77,7 +79,7 @@ def _pid(patient: dict[str, Any]) -> str:
         if not identifier.get("value"):
             continue
         authority = identifier.get("assigner", {}).get("display", "")
-        if not authority and identifier.get("system") == "https://fhir.nhs.uk/Id/nhs-number":
+        if not authority and identifier.get("system") == NHS_NUMBER_SYSTEM:
             authority = "NHS"
         type_code = next((c.get("code", "") for c in identifier.get("type", {}).get("coding", [])), "")
         identifiers.append(f"{_e(identifier['value'])}^^^{_e(authority)}^{_e(type_code)}")
@@ -88,10 +90,23 @@ def _pid(patient: dict[str, Any]) -> str:
     return f"PID|1||{'~'.join(identifiers)}||{xpn}||{_ts(patient.get('birthDate'))}|{gender}"
 
 
-def _observation(resource: dict[str, Any]) -> tuple[str, str, str, str, str, str] | None:
-    """(value type, OBX-3, OBX-5, OBX-6, OBX-7, OBX-8) of an Observation, or None without a value."""
+class _Obx(NamedTuple):
+    """The fields of one OBX segment that vary (OBX-2 to OBX-8, OBX-14)."""
+
+    value_type: str
+    code: str
+    sub_id: str = ""
+    value: str = ""
+    units: str = ""
+    reference: str = ""
+    flag: str = ""
+    taken: str = ""
+
+
+def _observation(resource: dict[str, Any], sub_id: str, taken: str) -> _Obx | None:
+    """The OBX of an Observation (or of one component of a panel), or None without a value."""
     code = _cwe(resource.get("code"))
-    flag = next((c.get("code", "") for i in resource.get("interpretation", []) for c in i.get("coding", [])), "")
+    flag = _e(next((c.get("code", "") for i in resource.get("interpretation", []) for c in i.get("coding", [])), ""))
     if "valueQuantity" in resource:
         quantity = resource["valueQuantity"]
         unit = quantity.get("code") or quantity.get("unit") or ""
@@ -101,11 +116,11 @@ def _observation(resource: dict[str, Any]) -> tuple[str, str, str, str, str, str
         if ranges:
             low, high = ranges[0].get("low", {}).get("value"), ranges[0].get("high", {}).get("value")
             reference = _e(ranges[0].get("text") or f"{'' if low is None else low}-{'' if high is None else high}")
-        return "NM", code, _e(quantity.get("value", "")), units, reference, _e(flag)
+        return _Obx("NM", code, sub_id, _e(quantity.get("value", "")), units, reference, flag, taken)
     if "valueCodeableConcept" in resource:
-        return "CWE", code, _cwe(resource["valueCodeableConcept"]), "", "", _e(flag)
+        return _Obx("CWE", code, sub_id, _cwe(resource["valueCodeableConcept"]), flag=flag, taken=taken)
     if "valueString" in resource:
-        return "ST", code, _e(resource["valueString"]), "", "", _e(flag)
+        return _Obx("ST", code, sub_id, _e(resource["valueString"]), flag=flag, taken=taken)
     return None
 
 
@@ -116,8 +131,8 @@ def _coded(resource: dict[str, Any]) -> dict[str, Any] | None:
     return resource.get("code")
 
 
-def _results(bundle: dict[str, Any]) -> Iterator[tuple[str, str, str, str, str, str, str, str]]:
-    """(value type, OBX-3, OBX-4 sub-id, OBX-5, OBX-6, OBX-7, OBX-8, OBX-14) for each result."""
+def _results(bundle: dict[str, Any]) -> Iterator[_Obx]:
+    """An OBX for each result in the Bundle."""
     counts: dict[str, int] = {}
     for entry in bundle.get("entry", []):
         resource = entry.get("resource", {})
@@ -125,25 +140,26 @@ def _results(bundle: dict[str, Any]) -> Iterator[tuple[str, str, str, str, str, 
         if resource.get("status") == "entered-in-error":
             continue
         if kind == "Observation":
+            taken = _ts(resource.get("effectiveDateTime"))
+            components = resource.get("component", [])
+            if not components:
+                if (obx := _observation(resource, "", taken)) is not None:
+                    yield obx
+                continue
             # a panel such as blood pressure: one OBX per component, numbered by the panel in OBX-4
-            parts = [
-                {**part, "interpretation": resource.get("interpretation", [])} for part in resource.get("component", [])
-            ]
-            counts["panel"] = counts.get("panel", 0) + bool(parts)
-            for part in parts or [resource]:
-                observation = _observation(part)
-                if observation is not None:
-                    value_type, code, value, units, reference, flag = observation
-                    sub_id = str(counts["panel"]) if parts else ""
-                    when = _ts(resource.get("effectiveDateTime"))
-                    yield value_type, code, sub_id, value, units, reference, flag, when
+            counts["panel"] = counts.get("panel", 0) + 1
+            interpretation = resource.get("interpretation", [])
+            for component in components:
+                part = {**component, "interpretation": interpretation}
+                if (obx := _observation(part, str(counts["panel"]), taken)) is not None:
+                    yield obx
         elif kind in _NARRATIVE_CODES:
             concept = _coded(resource)
             if not concept:
                 continue
             loinc, text = _NARRATIVE_CODES[kind]
             counts[loinc] = counts.get(loinc, 0) + 1  # OBX-4 tells the repeated OBX-3 apart
-            yield "CWE", f"{loinc}^{text}^LN", str(counts[loinc]), _cwe(concept), "", "", "", ""
+            yield _Obx("CWE", f"{loinc}^{text}^LN", str(counts[loinc]), _cwe(concept))
 
 
 def build_oru(
@@ -170,10 +186,7 @@ def build_oru(
         + "|" * 15
         + f"{timestamp}|||{status}",
     ]
-    for index, (value_type, code, sub_id, value, units, reference, flag, when) in enumerate(_results(bundle), 1):
-        segments.append(
-            f"OBX|{index}|{value_type}|{code}|{sub_id}|{value}|{units}|{reference}|{flag}|||{status}|||{when}".rstrip(
-                "|"
-            )
-        )
+    for index, obx in enumerate(_results(bundle), start=1):
+        fields = (obx.value_type, obx.code, obx.sub_id, obx.value, obx.units, obx.reference, obx.flag)
+        segments.append(f"OBX|{index}|{'|'.join(fields)}|||{status}|||{obx.taken}".rstrip("|"))
     return "\r".join(segments) + "\r"
