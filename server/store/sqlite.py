@@ -145,6 +145,7 @@ CREATE TABLE IF NOT EXISTS hl7_outbox (
     updated_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS hl7_outbox_due ON hl7_outbox (status, next_attempt);
+CREATE INDEX IF NOT EXISTS hl7_outbox_document ON hl7_outbox (document_id, status);
 CREATE TABLE IF NOT EXISTS hl7_messages (
     sender TEXT NOT NULL,
     control_id TEXT NOT NULL,
@@ -153,6 +154,8 @@ CREATE TABLE IF NOT EXISTS hl7_messages (
     document_id TEXT,
     PRIMARY KEY (sender, control_id)
 );
+-- who sent a document (results are owed to them): read at every release
+CREATE INDEX IF NOT EXISTS hl7_messages_document ON hl7_messages (document_id, received_at)
 """
 _JOB_BY_ID: Final = (
     "SELECT id, document_id, status, attempts, stage, done, total, created_at, updated_at, bundle_id, error,"
