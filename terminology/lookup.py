@@ -3,7 +3,8 @@
 Three ranked lists are fused by weighted reciprocal rank (Cormack et al., SIGIR 2009):
 exact designation matches, lexical FTS5/BM25 matches, and semantic KNN matches (sqlite-vec,
 cosine over all-MiniLM-L6-v2 embeddings stored in the index's vec0 table, searched in memory).
-Clinical abbreviations are expanded first.
+The mention is first put in the classification's words (``prepare_query``: clinical abbreviations
+expanded, a DSM-5 substance use disorder's severity given as abuse or dependence).
 
 The fused top candidates are then re-ranked by a weighted sum of features (``FEATURES``): how
 close the mention is to each candidate's closest designation in meaning (cosine) and in spelling
