@@ -11,7 +11,7 @@ from server.config import Settings
 from server.crypto import KeyProvider, LocalKeyProvider, decode_master_key
 from server.deid import Deidentifier
 from server.errors import ConfigurationError
-from server.hl7 import Hl7Service, MllpServer, tls_context
+from server.hl7 import Batches, Hl7Service, MllpServer, tls_context
 from server.jobs import JobRunner
 from server.pipeline import Pipeline, create_code_chooser, create_extractor, create_ocr_engine
 from server.store import SqliteStore, Store
@@ -111,13 +111,11 @@ def build_store(settings: Settings, keys: KeyProvider | None = None) -> SqliteSt
 
 
 def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner, audit: AuditLog) -> MllpServer:
-    """The MLLP listener, handing each message to the HL7 service off the event loop.
+    """The MLLP listener, handing messages to the HL7 service off the event loop, in batches.
 
     ``audit`` must work through the store's database: each message's audit record is committed
     in the transaction that stores the message.
     """
-    import anyio.to_thread
-
     from server.hl7.service import Receipt
     from server.store.audit import AuditRecord, now_instant
 
@@ -133,11 +131,14 @@ def build_mllp(settings: Settings, hl7: Hl7Service, jobs: JobRunner, audit: Audi
             )
         )
 
-    def receive(payload: bytes) -> Receipt:
-        return hl7.receive(payload, audit=record)  # durable, with its audit record, before the ACK leaves
+    def receive(payloads: list[bytes]) -> list[Receipt]:
+        # durable, each with its audit record, before any ACK leaves
+        return hl7.receive_many(payloads, audit=record)
+
+    batches = Batches(receive)
 
     async def handle(payload: bytes) -> bytes | None:
-        receipt = await anyio.to_thread.run_sync(receive, payload)  # one thread hop a message
+        receipt = await batches(payload)
         if receipt.queued:
             jobs.submit()
         return receipt.ack.encode("utf-8") if receipt.ack is not None else None

@@ -11,16 +11,73 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from server.hl7.er7 import MLLP_END, MLLP_START
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], Awaitable[bytes | None]]
+T = TypeVar("T")
 _READ_SIZE = 256 * 1024  # bytes asked of the socket at a time
+
+
+class Batches(Generic[T]):
+    """Messages from many connections handed to worker threads in batches: ``await batches(message)``.
+
+    ``work`` takes the messages that arrived together and returns one result each, in order; it
+    runs in a worker thread, off the event loop. A message that arrives while ``in_flight``
+    batches are being worked on waits, and goes with every other message that arrived meanwhile
+    (at most ``max_batch``). Under load one thread hand-off, and one disk flush when ``work``
+    commits, serve many messages; a lone message is handed off at once. One batch in flight is
+    the default: measured with 8 connections, two in flight halved the batches (2 messages, not
+    4) and the threads spent the difference waiting for the GIL (bench/mllp.py: 0.75x the rate).
+    """
+
+    def __init__(self, work: Callable[[list[bytes]], Sequence[T]], *, max_batch: int = 64, in_flight: int = 1) -> None:
+        self.work = work
+        self.max_batch = max_batch
+        self.in_flight = in_flight
+        self._waiting: list[tuple[bytes, asyncio.Future[T]]] = []
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, message: bytes) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting.append((message, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        while self._waiting and len(self._running) < self.in_flight:
+            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._start()
+
+    async def _run(self, batch: list[tuple[bytes, asyncio.Future[T]]]) -> None:
+        import anyio.to_thread
+
+        try:
+            results = await anyio.to_thread.run_sync(self.work, [message for message, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for a batch of {len(batch)} messages")
+        except BaseException as exc:  # handed to every waiting caller, raised there
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():  # the caller may have been cancelled meanwhile
+                future.set_result(result)
 
 
 def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:

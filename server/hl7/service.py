@@ -1,8 +1,9 @@
-"""Receiving one HL7 v2 message: parse, map, store durably, then acknowledge.
+"""Receiving HL7 v2 messages: parse, map, store durably, then acknowledge.
 
 ``AA`` is returned only after the message's document (and patient, and the extraction job) are
 committed to the store in one transaction, shared with the messages that arrive at the same
-time (group commit: one disk flush for all, each message's writes in its own savepoint). A
+time (the MLLP listener hands them over as a batch; HTTP callers meet in the store's group
+commit): one disk flush for all, each message's writes in its own savepoint. A
 message whose MSH-10 was already committed gets its original ACK again and changes nothing:
 interface engines resend on timeout.
 """
@@ -10,7 +11,7 @@ interface engines resend on timeout.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -45,6 +46,15 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     queued: bool  # an extraction job was queued
 
 
+class _Prepared(msgspec.Struct, frozen=True, kw_only=True):
+    """A message parsed, mapped and inspected, ready to be stored."""
+
+    message: Er7Message
+    sender: str  # MSH-3|MSH-4: control ids are unique per sending application and facility
+    plan: DocumentPlan
+    info: DocumentInfo | None  # the attachment's content type and pages, when there is one
+
+
 class Hl7Service:
     """Turns messages into stored documents and queued extraction jobs. Thread-safe (the store is)."""
 
@@ -54,54 +64,109 @@ class Hl7Service:
         self.pipeline = pipeline
 
     def receive(self, raw: bytes, *, audit: Callable[[str], object] | None = None) -> Receipt:
-        """Parse, store and acknowledge one message.
+        """Parse, store and acknowledge one message (see ``receive_many``)."""
+        return self.receive_many([raw], audit=audit)[0]
 
-        ``audit`` is called with the acknowledgement code (AA, AE or AR) once it is known: inside
-        the transaction that stores the message when it is stored, so that the audit record is
-        committed with the message or not at all; on its own otherwise.
+    def receive_many(self, raws: Sequence[bytes], *, audit: Callable[[str], object] | None = None) -> list[Receipt]:
+        """Parse, store and acknowledge messages that arrived together, in order; one receipt each.
+
+        Each message is parsed and mapped first, outside any transaction (a large PDF is not
+        opened while the store is locked); then all are stored in one transaction, each in a
+        savepoint of its own (one message's error undoes only its writes), and committed
+        together; the receipts are returned once that commit is on disk.
+
+        ``audit`` is called with each message's acknowledgement code (AA, AE or AR): inside the
+        transaction when the message reaches it, so that its audit record is committed with it
+        or not at all; on its own otherwise.
         """
+        steps = [self._prepare(raw, audit) for raw in raws]
+        pending = [step for step in steps if isinstance(step, _Prepared)]
+        if pending:
+            try:
+                stored = self.store.batched(lambda: [self._store_one(step, audit) for step in pending])
+            except Exception as exc:  # the COMMIT failed: none of them is stored
+                logger.error("%d HL7 message(s) could not be committed: %s", len(pending), type(exc).__name__)
+                stored = [self._refused(step.message, audit) for step in pending]
+            results = iter(stored)
+            steps = [next(results) if isinstance(step, _Prepared) else step for step in steps]
+        return steps  # type: ignore[return-value]  # every _Prepared was replaced by its receipt
+
+    def _prepare(self, raw: bytes, audit: Callable[[str], object] | None) -> Receipt | _Prepared:
+        """Everything that needs no transaction: parse, check, map, inspect the attachment. A
+        message that fails here, or one already committed (a resend), is answered at once."""
         try:
             message = parse_er7(decode(raw))
         except Er7Error as exc:
             ack = build_ack(None, "AR", error_code=exc.code, error_text=exc.message, location=exc.location)
-            return self._audited(Receipt(ack=ack, code="AR", queued=False), audit)
+            return self._audited(Receipt(ack=ack, code="AR", queued=False), audit, None)
         sender = f"{message.msh.value(3)}|{message.msh.value(4)}"
         previous = self.store.hl7_ack(sender, message.control_id)
-        if previous is not None:
-            logger.info("HL7 message %s from %s is a resend; returning its original ACK", message.control_id, sender)
-            # only committed messages are remembered
-            return self._audited(Receipt(ack=previous, code="AA", queued=False), audit)
+        if previous is not None:  # checked again in the transaction; this saves the work of a resend
+            return self._resent(message, previous, audit)
         try:
             check_structure(message)
             plan = plan_message(message)
-            # inspected once, before the transaction: a large PDF is not opened while the store is locked
             info = (
                 self.pipeline.inspect(plan.attachment.content, plan.attachment.content_type)
                 if plan.attachment is not None
                 else None
             )
-            ack, queued = self.store.batched(lambda: self._store(message, sender, plan, info, audit))
-            receipt = Receipt(ack=ack, code="AA", queued=queued)
         except Er7Error as exc:
-            code = "AR" if exc.code in _REJECT_CODES else "AE"
-            ack = build_ack(message, code, error_code=exc.code, error_text=exc.message, location=exc.location)
-            receipt = self._audited(Receipt(ack=ack, code=code, queued=False), audit)
+            return self._error(message, exc, audit)
         except PaperchartError as exc:
-            # the embedded document is unusable (corrupt, too large, lying type): a content error
-            ack = build_ack(message, "AE", error_code="102", error_text=exc.message, location="OBX^1^5")
-            receipt = self._audited(Receipt(ack=ack, code="AE", queued=False), audit)
+            return self._unusable(message, exc, audit)
+        except Exception as exc:
+            logger.error("HL7 message %s could not be mapped: %s", message.control_id, type(exc).__name__)
+            return self._refused(message, audit)
+        return _Prepared(message=message, sender=sender, plan=plan, info=info)
+
+    def _store_one(self, step: _Prepared, audit: Callable[[str], object] | None) -> Receipt:
+        """Inside the group's transaction: one message's writes in a savepoint of their own."""
+        message = step.message
+        try:
+            # a resend that arrived while the original was being stored, or in the same batch
+            previous = self.store.hl7_ack(step.sender, message.control_id)
+            if previous is not None:
+                return self._resent(message, previous, audit)
+            ack, queued = self.store.batched(lambda: self._store(step, audit))
+            return self._as_requested(message, Receipt(ack=ack, code="AA", queued=queued))
+        except Er7Error as exc:
+            return self._error(message, exc, audit)
+        except PaperchartError as exc:
+            return self._unusable(message, exc, audit)
         except Exception as exc:
             logger.error("HL7 message %s could not be stored: %s", message.control_id, type(exc).__name__)
-            ack = build_ack(message, "AR", error_code="207", error_text="the message could not be stored; resend it")
-            receipt = self._audited(Receipt(ack=ack, code="AR", queued=False), audit)
-        if enhanced_mode(message) and not wants_accept_ack(message, receipt.code):
-            return msgspec.structs.replace(receipt, ack=None)
-        return receipt
+            return self._refused(message, audit)
+
+    def _resent(self, message: Er7Message, ack: str, audit: Callable[[str], object] | None) -> Receipt:
+        logger.info("HL7 message %s is a resend; returning its original ACK", message.control_id)
+        return self._audited(Receipt(ack=ack, code="AA", queued=False), audit, None)  # always answered
+
+    def _error(self, message: Er7Message, exc: Er7Error, audit: Callable[[str], object] | None) -> Receipt:
+        code = "AR" if exc.code in _REJECT_CODES else "AE"
+        ack = build_ack(message, code, error_code=exc.code, error_text=exc.message, location=exc.location)
+        return self._audited(Receipt(ack=ack, code=code, queued=False), audit, message)
+
+    def _unusable(self, message: Er7Message, exc: PaperchartError, audit: Callable[[str], object] | None) -> Receipt:
+        # the embedded document is unusable (corrupt, too large, lying type): a content error
+        ack = build_ack(message, "AE", error_code="102", error_text=exc.message, location="OBX^1^5")
+        return self._audited(Receipt(ack=ack, code="AE", queued=False), audit, message)
+
+    def _refused(self, message: Er7Message, audit: Callable[[str], object] | None) -> Receipt:
+        ack = build_ack(message, "AR", error_code="207", error_text="the message could not be stored; resend it")
+        return self._audited(Receipt(ack=ack, code="AR", queued=False), audit, message)
 
     @staticmethod
-    def _audited(receipt: Receipt, audit: Callable[[str], object] | None) -> Receipt:
+    def _audited(receipt: Receipt, audit: Callable[[str], object] | None, message: Er7Message | None) -> Receipt:
         if audit is not None:
             audit(receipt.code)
+        return Hl7Service._as_requested(message, receipt) if message is not None else receipt
+
+    @staticmethod
+    def _as_requested(message: Er7Message, receipt: Receipt) -> Receipt:
+        """Without the ACK when the sender asked for no accept acknowledgement of this outcome."""
+        if enhanced_mode(message) and not wants_accept_ack(message, receipt.code):
+            return msgspec.structs.replace(receipt, ack=None)
         return receipt
 
     def _find(self, number: str | None) -> str | None:
@@ -116,16 +181,9 @@ class Hl7Service:
         live = [r for r in records if r.resource.get("status") == "current"] or records
         return max(live, key=lambda r: r.created_at).id if live else None
 
-    def _store(
-        self,
-        message: Er7Message,
-        sender: str,
-        plan: DocumentPlan,
-        info: DocumentInfo | None,
-        audit: Callable[[str], object] | None,
-    ) -> tuple[str, bool]:
-        """The message's writes and its audit record, all or nothing; committed with concurrent
-        messages' (group commit)."""
+    def _store(self, step: _Prepared, audit: Callable[[str], object] | None) -> tuple[str, bool]:
+        """The message's writes and its audit record, all or nothing."""
+        message, plan, info = step.message, step.plan, step.info
         ack = build_ack(message, "AA")
         document_id: str | None = None
         queued = False
@@ -167,7 +225,7 @@ class Hl7Service:
             self._set_status(existing, status="entered-in-error")
             self.store.retract_document_results(existing)
             document_id = existing
-        self.store.record_hl7(sender, message.control_id, ack, document_id)
+        self.store.record_hl7(step.sender, message.control_id, ack, document_id)
         if audit is not None:
             audit("AA")  # in this transaction: the message is not stored without its audit record
         return ack, queued

@@ -449,3 +449,77 @@ def test_the_listener_refuses_an_audit_log_on_another_connection(settings: Setti
     finally:
         apart.close()
         store.close()
+
+
+def test_messages_received_together_are_stored_together_each_with_its_own_answer(settings: Settings) -> None:
+    """One transaction for the batch, a savepoint per message: a bad message undoes only itself,
+    and a resend inside the same batch gets the original's ACK and creates nothing."""
+    from server.hl7 import Hl7Service
+    from server.services import build_pipeline, build_store
+
+    store = build_store(settings)
+    service = Hl7Service(settings, store, build_pipeline(settings))
+    good = mdm("T02", control_id="BATCH-1", document_number="DOC-B1", text_lines=NOTE_LINES)
+    without_pid = "\r".join(
+        s
+        for s in mdm("T02", control_id="BATCH-2", document_number="DOC-B2", text_lines=NOTE_LINES).split("\r")
+        if not s.startswith("PID")
+    )
+    other = mdm("T02", control_id="BATCH-3", document_number="DOC-B3", text_lines=NOTE_LINES)
+    audited: list[str] = []
+    try:
+        receipts = service.receive_many(
+            [b"not hl7", good.encode(), without_pid.encode(), good.encode(), other.encode()], audit=audited.append
+        )
+        assert [r.code for r in receipts] == ["AR", "AA", "AE", "AA", "AA"]
+        assert receipts[3].ack == receipts[1].ack and not receipts[3].queued  # the resend
+        assert receipts[1].queued and receipts[4].queued
+        found = {n: len(store.find_by_identifier("DocumentReference", None, n)) for n in ("DOC-B1", "DOC-B2", "DOC-B3")}
+        assert found == {"DOC-B1": 1, "DOC-B2": 0, "DOC-B3": 1}
+        assert sorted(audited) == ["AA", "AA", "AA", "AE", "AR"]
+    finally:
+        store.close()
+
+
+def test_when_the_batch_cannot_be_committed_none_of_it_is_stored_and_every_message_gets_ar(
+    settings: Settings,
+) -> None:
+    from server.hl7 import Hl7Service
+    from server.services import build_pipeline, build_store
+
+    store = build_store(settings)
+    service = Hl7Service(settings, store, build_pipeline(settings))
+    batched, depth = store.batched, 0
+
+    def failing(work: Any) -> Any:
+        # the batch's own transaction fails after its messages were written (as a full disk would)
+        nonlocal depth
+        depth += 1
+        try:
+            if depth > 1:
+                return batched(work)  # a message's savepoint inside the batch
+
+            def written_then_failed() -> None:
+                work()
+                raise OSError("disk I/O error")
+
+            return batched(written_then_failed)
+        finally:
+            depth -= 1
+
+    store.batched = failing  # type: ignore[method-assign]
+    messages = [
+        mdm("T02", control_id=f"FAIL-{n}", document_number=f"DOC-F{n}", text_lines=NOTE_LINES).encode()
+        for n in range(3)
+    ]
+    audited: list[str] = []
+    try:
+        receipts = service.receive_many(messages, audit=audited.append)
+        assert [r.code for r in receipts] == ["AR"] * 3
+        assert all("207" in (r.ack or "") for r in receipts)
+        assert all(store.find_by_identifier("DocumentReference", None, f"DOC-F{n}") == [] for n in range(3))
+        assert audited == ["AA", "AA", "AA", "AR", "AR", "AR"]  # the AAs were rolled back with the batch
+        store.batched = batched  # type: ignore[method-assign]
+        assert [r.code for r in service.receive_many(messages)] == ["AA"] * 3  # the resend is stored
+    finally:
+        store.close()

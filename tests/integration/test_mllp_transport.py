@@ -7,6 +7,7 @@ import datetime as dt
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from server.hl7 import MllpServer, tls_context
+from server.hl7 import Batches, MllpServer, tls_context
 
 VT, FS_CR = b"\x0b", b"\x1c\r"
 
@@ -230,3 +231,55 @@ def test_frames_cut_anywhere_across_reads_even_between_fs_and_cr() -> None:
         assert seen == [message("C-1")[1:-2], big[1:-2], stray_fs[1:-2]]
     finally:
         running.stop()
+
+
+def test_messages_from_many_connections_are_worked_on_in_batches_each_answered_its_own() -> None:
+    gate = threading.Event()
+    batches: list[list[bytes]] = []
+
+    def work(payloads: list[bytes]) -> list[bytes]:
+        batches.append(payloads)
+        gate.wait(10)  # the first batch is slow: the messages arriving meanwhile go together
+        return [b"MSA|AA|" + p.split(b"|", 10)[9] for p in payloads]
+
+    running = Running(Batches(work))
+    try:
+        replies: dict[int, bytes] = {}
+
+        def client(number: int) -> None:
+            replies[number] = exchange(running.port, message(f"B-{number}"))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(12)]
+        threads[0].start()
+        deadline = time.monotonic() + 10
+        while not batches and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for thread in threads[1:]:
+            thread.start()
+        time.sleep(0.5)  # the other eleven are waiting behind the first batch
+        gate.set()
+        for thread in threads:
+            thread.join(30)
+        assert replies == {n: VT + f"MSA|AA|B-{n}".encode() + FS_CR for n in range(12)}
+        assert [len(b) for b in batches] == [1, 11]  # a lone message at once, then the rest together
+    finally:
+        running.stop()
+
+
+def test_a_failed_batch_fails_only_its_own_messages() -> None:
+    calls = 0
+
+    def work(payloads: list[bytes]) -> list[bytes]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("the disk is full")
+        return [b"MSA|AA|ok" for _ in payloads]
+
+    async def run() -> tuple[BaseException | bytes, bytes]:
+        batches = Batches(work)
+        first = await asyncio.gather(batches(b"one"), return_exceptions=True)
+        return first[0], await batches(b"two")
+
+    failed, answered = asyncio.run(run())
+    assert isinstance(failed, OSError) and answered == b"MSA|AA|ok"
