@@ -195,6 +195,8 @@ class SqliteStore(Database):
         self._keys = keys
         self._hl7_results = hl7_results
         self._data_keys: dict[str, bytes] = {}  # owner -> unwrapped data key, for this process only
+        # (type, id) -> the current version as this process last wrote or read it in put_resource
+        self._put_versions: dict[tuple[str, str], StoredResource] = {}
         # secure_delete: deleted rows (a shredded data key) are zeroed on disk
         super().__init__(path, _SCHEMA, pragmas=("foreign_keys=ON", "secure_delete=ON"))
         with self.transaction() as db:
@@ -208,8 +210,10 @@ class SqliteStore(Database):
                 ) from None
 
     def _after_rollback(self) -> None:
-        # a data key created by the work rolled back is not in the database: never seal with it
+        # a data key created by the work rolled back is not in the database: never seal with it;
+        # nor may a version written by that work be taken for the current one
         self._data_keys.clear()
+        self._put_versions.clear()
 
     def _before_schema(self, db: Any) -> None:
         exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
@@ -584,12 +588,27 @@ class SqliteStore(Database):
 
     def put_resource(self, resource: dict[str, Any]) -> StoredResource:
         """Create or version a FHIR resource outside a job (e.g. a Patient from an HL7 PID). A resource
-        the same as its current version (every message about a patient repeats its PID) is left as it is."""
+        the same as its current version (every message about a patient repeats its PID) is left as it is.
+
+        The current version is known without decrypting it when this process wrote or read it last:
+        its version number and time, read from the row, say whether anyone wrote it since."""
+        key = (resource["resourceType"], resource["id"])
         with self.transaction() as db:
-            current = self.read_resource(resource["resourceType"], resource["id"])
-            if current is not None and _without_meta(current.resource) == _without_meta(resource):
-                return current
-            return self._put_resource(db, resource, None, now_instant(), self._owner_of(resource))
+            row = db.execute(
+                "SELECT version_id, last_updated FROM resources WHERE resource_type = ? AND id = ? AND current = 1",
+                key,
+            ).fetchone()
+            current = self._put_versions.get(key)
+            if row is None:
+                current = None
+            elif current is None or (current.version_id, current.last_updated) != tuple(row):
+                current = self.read_resource(*key)
+            if current is None or _without_meta(current.resource) != _without_meta(resource):
+                current = self._put_resource(db, resource, None, now_instant(), self._owner_of(resource))
+            if len(self._put_versions) >= 4096:
+                self._put_versions.clear()
+            self._put_versions[key] = current
+            return current
 
     def retract_document_results(self, document_id: str) -> int:
         """Mark every resource extracted from the document entered-in-error (new versions)."""

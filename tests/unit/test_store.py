@@ -125,6 +125,31 @@ def test_a_repeated_resource_is_not_versioned_again_and_only_one_version_is_curr
     assert stored is not None and stored.resource["name"] == [{"family": "Smith"}]
 
 
+def test_an_unchanged_resource_is_known_by_its_version_not_by_what_this_process_remembers(tmp_path: Path) -> None:
+    """put_resource skips decrypting the current version when it wrote it itself; a version written
+    by another process, or written and rolled back, must not be taken for it."""
+    keys = LocalKeyProvider.from_key(new_data_key())
+    path = tmp_path / "paperchart.db"
+    ours, theirs = SqliteStore(path, keys), SqliteStore(path, keys)
+    smith = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Smith"}]}
+    jones = {**smith, "name": [{"family": "Jones"}]}
+    try:
+        assert ours.put_resource(smith).version_id == 1
+        assert theirs.put_resource(jones).version_id == 2  # another process renames her
+        assert ours.put_resource(smith).version_id == 3  # not "unchanged": version 1 is no longer current
+        with pytest.raises(RuntimeError), ours.transaction():
+            assert ours.put_resource(jones).version_id == 4
+            raise RuntimeError("the message's other writes failed")
+        brown = {**smith, "name": [{"family": "Brown"}]}
+        assert theirs.put_resource(brown).version_id == 4  # a version 4, but not the one rolled back
+        assert ours.put_resource(jones).version_id == 5
+        stored = theirs.read_resource("Patient", "p1")
+        assert stored is not None and stored.resource["name"] == [{"family": "Jones"}]
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def plans_of(store: SqliteStore, action: Callable[[], object]) -> dict[str, str]:
     """The query plan of every statement ``action`` ran (from SQLite's trace of them)."""
     statements: list[str] = []
