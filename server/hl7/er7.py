@@ -77,9 +77,9 @@ class Segment:
         return parts
 
     def value(self, number: int, component: int = 1, repetition: int = 0) -> str:
-        parts = self.components(number, repetition)
+        parts = self._split.get((number, repetition)) or self._parts(number, repetition)
         if component - 1 < len(parts):
-            return parts[component - 1].split(self.encoding.subcomponent)[0]
+            return parts[component - 1].partition(self.encoding.subcomponent)[0]
         return ""
 
     def text(self, number: int) -> str:

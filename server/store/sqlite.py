@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -256,10 +255,12 @@ class SqliteStore(Database):
         return key
 
     def _seal_json(self, db: Any, owner: str, where: str, value: dict[str, Any]) -> bytes:
-        return seal(self._data_key(db, owner), json.dumps(value).encode(), where.encode())
+        # msgspec reads and writes the same JSON as the stdlib, several times faster
+        return seal(self._data_key(db, owner), _encoder.encode(value), where.encode())
 
     def _open_json(self, db: Any, owner: str, where: str, sealed: bytes) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(open_sealed(self._data_key(db, owner, create=False), sealed, where.encode()))
+        opened = open_sealed(self._data_key(db, owner, create=False), sealed, where.encode())
+        data: dict[str, Any] = msgspec.json.decode(opened)
         return data
 
     def _identifier_token(self, system: str, value: str) -> str:
