@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -66,7 +66,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     mllp_host: str = "127.0.0.1"
     mllp_port: int = 2575
     mllp_max_message_bytes: int = 96 * 1024 * 1024
-    mllp_idle_timeout_seconds: float = 600.0
+    mllp_idle_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     mllp_tls_cert: Path | None = None
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None  # require client certificates signed by this CA

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -109,6 +110,7 @@ class _Connection:
     def __init__(self) -> None:
         self.busy = False
         self.task: asyncio.Task[object] | None = None
+        self.last_active = time.monotonic()  # when bytes last arrived or an ACK last left
 
 
 class MllpServer:
@@ -131,6 +133,7 @@ class MllpServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._stopping = False
+        self._reaper: asyncio.Task[None] | None = None
 
     @property
     def bound_port(self) -> int:
@@ -142,10 +145,24 @@ class MllpServer:
         self._server = await asyncio.start_server(
             self._serve, self.host, self.port, ssl=self.ssl_context, limit=1024 * 1024
         )
+        self._reaper = asyncio.create_task(self._close_idle())
         logger.info("MLLP listening on %s:%d%s", self.host, self.bound_port, " (TLS)" if self.ssl_context else "")
+
+    async def _close_idle(self) -> None:
+        """Close connections silent for ``idle_timeout`` (give or take a tenth of it). One task for
+        all connections: a timer armed and cancelled around every read cost more than the read."""
+        while True:
+            await asyncio.sleep(self.idle_timeout / 10)
+            silent_since = time.monotonic() - self.idle_timeout
+            for connection in list(self._connections):
+                if not connection.busy and connection.last_active < silent_since and connection.task is not None:
+                    logger.info("MLLP connection idle for %.0f s; closing", self.idle_timeout)
+                    connection.task.cancel()
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         self._stopping = True
+        if self._reaper is not None:
+            self._reaper.cancel()
         if self._server is not None:
             self._server.close()
         for connection in list(self._connections):
@@ -166,14 +183,10 @@ class MllpServer:
         searched = 1  # the frame in ``buffer`` has no end marker before this offset
         try:
             while not self._stopping:
-                try:
-                    async with asyncio.timeout(self.idle_timeout):
-                        chunk = await reader.read(_READ_SIZE)
-                except TimeoutError:
-                    logger.info("MLLP connection idle for %.0f s; closing", self.idle_timeout)
-                    return
+                chunk = await reader.read(_READ_SIZE)
                 if not chunk:
                     return
+                connection.last_active = time.monotonic()
                 buffer += chunk
                 while True:
                     start = buffer.find(MLLP_START)
@@ -206,6 +219,7 @@ class MllpServer:
                             await writer.drain()
                     finally:
                         connection.busy = False
+                        connection.last_active = time.monotonic()
                     if self._stopping:
                         return
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):

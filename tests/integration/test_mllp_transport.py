@@ -147,6 +147,23 @@ def test_idle_connections_are_closed(tmp_path: Path) -> None:
         running.stop()
 
 
+def test_a_connection_in_use_is_not_closed_as_idle() -> None:
+    running = Running(echo, idle_timeout=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            for number in range(6):  # 1.8 s in all, never 0.5 s silent
+                sock.sendall(message(f"K-{number}"))
+                reply = b""
+                while not reply.endswith(FS_CR):
+                    reply += sock.recv(4096)
+                assert reply == VT + f"MSA|AA|K-{number}".encode() + FS_CR
+                time.sleep(0.3)
+            time.sleep(1.0)
+            assert sock.recv(10) == b""  # and once silent, it is
+    finally:
+        running.stop()
+
+
 def test_many_concurrent_connections() -> None:
     running = Running(echo)
     try:

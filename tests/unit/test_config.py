@@ -33,6 +33,8 @@ def test_bad_value_names_the_variable() -> None:
         load_settings({"PAPERCHART_PORT": "eighty"})
     with pytest.raises(ConfigurationError, match="PAPERCHART_EXTRACTOR"):
         load_settings({"PAPERCHART_EXTRACTOR": "magic"})
+    with pytest.raises(ConfigurationError, match="PAPERCHART_MLLP_IDLE_TIMEOUT_SECONDS"):
+        load_settings({"PAPERCHART_MLLP_IDLE_TIMEOUT_SECONDS": "0"})  # would close every connection at once
 
 
 def test_the_code_chooser_follows_the_extractor_unless_told() -> None:
