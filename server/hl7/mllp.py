@@ -35,7 +35,8 @@ class Batches(Generic[T]):
     (at most ``max_batch``). Under load one thread hand-off, and one disk flush when ``work``
     commits, serve many messages; a lone message is handed off at once. One batch in flight is
     the default: measured with 8 connections, two in flight halved the batches (2 messages, not
-    4) and the threads spent the difference waiting for the GIL (bench/mllp.py: 0.75x the rate).
+    4) and the threads spent the difference waiting for the GIL (bench/mllp.py: 10-25 % fewer
+    messages a second).
     """
 
     def __init__(self, work: Callable[[list[bytes]], Sequence[T]], *, max_batch: int = 64, in_flight: int = 1) -> None:
