@@ -77,7 +77,7 @@ class Segment:
         return parts
 
     def value(self, number: int, component: int = 1, repetition: int = 0) -> str:
-        parts = self._split.get((number, repetition)) or self._parts(number, repetition)
+        parts = self._parts(number, repetition)  # the cached tuple itself, not a copy
         if component - 1 < len(parts):
             return parts[component - 1].partition(self.encoding.subcomponent)[0]
         return ""

@@ -81,15 +81,15 @@ class Hl7Service:
         """
         steps = [self._prepare(raw, audit) for raw in raws]
         pending = [step for step in steps if isinstance(step, _Prepared)]
+        stored: list[Receipt] = []
         if pending:
             try:
                 stored = self.store.batched(lambda: [self._store_one(step, audit) for step in pending])
             except Exception as exc:  # the COMMIT failed: none of them is stored
                 logger.error("%d HL7 message(s) could not be committed: %s", len(pending), type(exc).__name__)
                 stored = [self._refused(step.message, audit) for step in pending]
-            results = iter(stored)
-            steps = [next(results) if isinstance(step, _Prepared) else step for step in steps]
-        return steps  # type: ignore[return-value]  # every _Prepared was replaced by its receipt
+        receipts = iter(stored)
+        return [next(receipts) if isinstance(step, _Prepared) else step for step in steps]
 
     def _prepare(self, raw: bytes, audit: Callable[[str], object] | None) -> Receipt | _Prepared:
         """Everything that needs no transaction: parse, check, map, inspect the attachment. A
@@ -111,13 +111,8 @@ class Hl7Service:
                 if plan.attachment is not None
                 else None
             )
-        except Er7Error as exc:
-            return self._error(message, exc, audit)
-        except PaperchartError as exc:
-            return self._unusable(message, exc, audit)
         except Exception as exc:
-            logger.error("HL7 message %s could not be mapped: %s", message.control_id, type(exc).__name__)
-            return self._refused(message, audit)
+            return self._failed(message, exc, audit, "mapped")
         return _Prepared(message=message, sender=sender, plan=plan, info=info)
 
     def _store_one(self, step: _Prepared, audit: Callable[[str], object] | None) -> Receipt:
@@ -130,27 +125,27 @@ class Hl7Service:
                 return self._resent(message, previous, audit)
             ack, queued = self.store.batched(lambda: self._store(step, audit))
             return self._as_requested(message, Receipt(ack=ack, code="AA", queued=queued))
-        except Er7Error as exc:
-            return self._error(message, exc, audit)
-        except PaperchartError as exc:
-            return self._unusable(message, exc, audit)
         except Exception as exc:
-            logger.error("HL7 message %s could not be stored: %s", message.control_id, type(exc).__name__)
-            return self._refused(message, audit)
+            return self._failed(message, exc, audit, "stored")
 
     def _resent(self, message: Er7Message, ack: str, audit: Callable[[str], object] | None) -> Receipt:
         logger.info("HL7 message %s is a resend; returning its original ACK", message.control_id)
         return self._audited(Receipt(ack=ack, code="AA", queued=False), audit, None)  # always answered
 
-    def _error(self, message: Er7Message, exc: Er7Error, audit: Callable[[str], object] | None) -> Receipt:
-        code = "AR" if exc.code in _REJECT_CODES else "AE"
-        ack = build_ack(message, code, error_code=exc.code, error_text=exc.message, location=exc.location)
-        return self._audited(Receipt(ack=ack, code=code, queued=False), audit, message)
-
-    def _unusable(self, message: Er7Message, exc: PaperchartError, audit: Callable[[str], object] | None) -> Receipt:
-        # the embedded document is unusable (corrupt, too large, lying type): a content error
-        ack = build_ack(message, "AE", error_code="102", error_text=exc.message, location="OBX^1^5")
-        return self._audited(Receipt(ack=ack, code="AE", queued=False), audit, message)
+    def _failed(
+        self, message: Er7Message, exc: Exception, audit: Callable[[str], object] | None, stage: str
+    ) -> Receipt:
+        """The answer to a message that could not be ``stage`` (mapped, stored)."""
+        if isinstance(exc, Er7Error):
+            code = "AR" if exc.code in _REJECT_CODES else "AE"
+            ack = build_ack(message, code, error_code=exc.code, error_text=exc.message, location=exc.location)
+            return self._audited(Receipt(ack=ack, code=code, queued=False), audit, message)
+        if isinstance(exc, PaperchartError):
+            # the embedded document is unusable (corrupt, too large, lying type): a content error
+            ack = build_ack(message, "AE", error_code="102", error_text=exc.message, location="OBX^1^5")
+            return self._audited(Receipt(ack=ack, code="AE", queued=False), audit, message)
+        logger.error("HL7 message %s could not be %s: %s", message.control_id, stage, type(exc).__name__)
+        return self._refused(message, audit)
 
     def _refused(self, message: Er7Message, audit: Callable[[str], object] | None) -> Receipt:
         ack = build_ack(message, "AR", error_code="207", error_text="the message could not be stored; resend it")

@@ -259,21 +259,25 @@ def test_messages_from_many_connections_are_worked_on_in_batches_each_answered_i
         gate.wait(10)  # the first batch is slow: the messages arriving meanwhile go together
         return [b"MSA|AA|" + p.split(b"|", 10)[9] for p in payloads]
 
-    running = Running(Batches(work))
+    handler = Batches(work)
+    running = Running(handler)
     try:
         replies: dict[int, bytes] = {}
 
         def client(number: int) -> None:
             replies[number] = exchange(running.port, message(f"B-{number}"))
 
+        def wait_until(condition: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 10
+            while not condition() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
         threads = [threading.Thread(target=client, args=(n,)) for n in range(12)]
         threads[0].start()
-        deadline = time.monotonic() + 10
-        while not batches and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: bool(batches))
         for thread in threads[1:]:
             thread.start()
-        time.sleep(0.5)  # the other eleven are waiting behind the first batch
+        wait_until(lambda: len(handler._waiting) == 11)  # the other eleven wait behind the first batch
         gate.set()
         for thread in threads:
             thread.join(30)
