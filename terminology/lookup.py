@@ -271,7 +271,7 @@ class TerminologyService:
                     # the default a mention that names neither gets: not an excess
                     _coverage(_words(_without_denials(_without_residual(term))), query_words, weights) - 1.0,
                     -_conflicts(query_qualifiers, _qualifiers(term)),
-                    float(asks_default and _is_default(term)),
+                    float(asks_default and _is_default(term, query)),
                 ]
             )
             features[concept_id] = np.maximum(features[concept_id], values) if concept_id in features else values
@@ -550,12 +550,16 @@ def _without_denials(term: str) -> str:
 # "without use disorder" under use (F1x.9-).
 _USE_DISORDER: Final = re.compile(r"\buse disorder,?\s+(mild|moderate|severe)\b", re.I)
 _WITHOUT_USE_DISORDER: Final = re.compile(r"\bwithout use disorder\b", re.I)
+# The tabular's inclusion terms say "with failed remission" where the code's title says "not having
+# achieved remission" (leukemias, lymphomas, myeloma): the same state in the title's words.
+_FAILED_REMISSION: Final = re.compile(r"\b(?:with )?failed remission\b", re.I)
 
 
 def prepare_query(text: str) -> str:
     """The mention as the classification words it: spaces collapsed, clinical abbreviations
-    expanded, a DSM-5 substance use disorder's severity given as ICD-10-CM's abuse or dependence."""
-    query = expand_abbreviations(" ".join(text.split()))
+    expanded, a DSM-5 substance use disorder's severity given as ICD-10-CM's abuse or dependence,
+    "failed remission" as "not having achieved remission"."""
+    query = _FAILED_REMISSION.sub("not having achieved remission", expand_abbreviations(" ".join(text.split())))
     if _WITHOUT_USE_DISORDER.search(query):
         return f"{query} (use)"
     if match := _USE_DISORDER.search(query):
@@ -564,16 +568,24 @@ def prepare_query(text: str) -> str:
 
 
 # ICD-10-CM's convention: "NOS" (not otherwise specified) means unspecified, and the code for it is
-# the default of its category: "unspecified", "uncomplicated", "without obstruction", "not having
-# achieved remission", "unilateral" (hernia). A mention that also says "with ..." is not asking for one.
+# the default of its category: "unspecified", "not having achieved remission", "unilateral" (hernia)
+# and, for a mention that names no complication ("with ..."), "uncomplicated" or "without ...":
+# "Hb-SS disease with crisis NOS" is "with crisis, unspecified", but "asthma with exacerbation NOS"
+# is not "uncomplicated".
 _NOS: Final = re.compile(r"\bNOS\b")
 _WITH: Final = re.compile(r"\bwith\b", re.I)
-_DEFAULT: Final = re.compile(r"\b(?:unspecified|uncomplicated|unilateral)\b", re.I)
+_DEFAULT: Final = re.compile(r"\b(?:unspecified|unilateral)\b", re.I)
+_UNCOMPLICATED: Final = re.compile(r"\b(?:uncomplicated|without)\b", re.I)
 
 
 def _asks_default(mention: str) -> bool:
-    return bool(_NOS.search(mention)) and not _WITH.search(mention)
+    return bool(_NOS.search(mention))
 
 
-def _is_default(term: str) -> bool:
-    return bool(_DEFAULT.search(term)) or _without_denials(term) != term
+def _is_default(term: str, mention: str = "") -> bool:
+    """Whether ``term`` is its category's default for a mention "NOS" (see above)."""
+    if _DEFAULT.search(term):
+        return True
+    if _WITH.search(mention):
+        return _without_denials(_UNCOMPLICATED.sub("", term)) != _UNCOMPLICATED.sub("", term)
+    return bool(_UNCOMPLICATED.search(term)) or _without_denials(term) != term

@@ -404,11 +404,19 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
 
     assert _asks_default("Femoral hernia NOS")
     assert not _asks_default("Femoral hernia")
-    assert not _asks_default("Mild persistent asthma with exacerbation NOS")  # it names a complication
+    assert _asks_default("Hb-SS disease with crisis NOS")
     assert _is_default("Unilateral femoral hernia, without obstruction or gangrene")
     assert _is_default("Acute myeloblastic leukemia, not having achieved remission")
     assert _is_default("Pain in unspecified limb")
     assert not _is_default("Acute myeloblastic leukemia, in remission")
+    # a mention that names a complication: "unspecified" and "not ..." still the default, "uncomplicated" not
+    assert _is_default("Hb-SS disease with crisis, unspecified", "Hb-SS disease with crisis NOS")
+    assert _is_default(
+        "Acute myeloid leukemia with 11q23-abnormality not having achieved remission",
+        "Acute myeloid leukemia with 11q23-abnormality NOS",
+    )
+    assert not _is_default("Mild persistent asthma, uncomplicated", "Mild persistent asthma with exacerbation NOS")
+    assert _is_default("Mild persistent asthma, uncomplicated", "Mild persistent asthma NOS")
 
     def clash(mention: str, title: str) -> float:
         return _conflicts(_qualifiers(mention), _qualifiers(title))
@@ -427,6 +435,9 @@ def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
     )  # the use disorder's severity, not the other disorder's
     assert prepare_query("Cannabis-induced anxiety disorder, without use disorder").endswith("(use)")
     assert prepare_query("Alcohol dependence") == "Alcohol dependence"
+    assert prepare_query("Hepatosplenic T-cell lymphoma with failed remission") == (
+        "Hepatosplenic T-cell lymphoma not having achieved remission"
+    )
     mild = _qualifiers(prepare_query("Cannabis use disorder, mild"))
     assert _conflicts(mild, _qualifiers("Cannabis dependence, uncomplicated")) == 1
     assert _conflicts(mild, _qualifiers("Cannabis abuse, uncomplicated")) == 0
