@@ -296,7 +296,9 @@ def _terminology_lookup(args: argparse.Namespace) -> int:
 
 
 def _terminology_info(args: argparse.Namespace) -> int:
-    for summary in _open_terminology().code_systems():
+    service = _open_terminology()
+    print(f"embedding model: {service.embedded_by or 'none'}")
+    for summary in service.code_systems():
         info = summary.info
         print(
             f"{info.name} ({info.system}), version {info.version}: {summary.concepts} concepts\n"

@@ -81,6 +81,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Terminology index (built by `paperchart terminology build`); semantic search loads torch.
     terminology_path: Path | None = None
     semantic_search: bool = True
+    # a local sentence-transformers model folder to embed with instead of the built-in
+    # all-MiniLM-L6-v2 (e.g. a biomedical model); the index must be rebuilt after a change
+    embedding_model: Path | None = None
 
     # Encryption at rest: a base64 256-bit master key, else a keyring file (created on first start)
     master_key: str | None = None

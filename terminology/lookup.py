@@ -29,7 +29,7 @@ import msgspec
 import numpy as np
 
 from terminology.abbreviations import expand_abbreviations
-from terminology.embed import Embedder
+from terminology.embed import Embedder, EmbeddingModelError
 from terminology.index import open_index
 from terminology.model import Candidate, CodeSystemInfo, ConceptDetail
 
@@ -129,6 +129,11 @@ class TerminologyService:
         self.embedder = embedder
         self._lock = threading.Lock()
         self._db: Any = open_index(path, readonly=True)
+        stored = self._db.execute("SELECT value FROM index_meta WHERE key = 'embedder'").fetchone()
+        if embedder is not None and stored is not None and stored[0] != embedder.name:
+            self._db.close()  # vectors of another model: their cosines with this one's mean nothing
+            raise EmbeddingModelError(f"the terminology index {path} was embedded by {stored[0]}, not {embedder.name}")
+        self.embedded_by: str | None = stored[0] if stored else None  # the embedding model's name
         self._matrix: _Vectors | None = None
         self._idf: dict[str, float] | None = None
 

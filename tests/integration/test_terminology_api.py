@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +17,15 @@ from litestar.testing import TestClient
 
 from server.app import create_app
 from server.config import Settings
+from terminology.embed import (
+    EmbeddingModelError,
+    MiniLmEmbedder,
+    SentenceTransformerEmbedder,
+    model_identity,
+    unpack_model,
+)
+from terminology.importers.icd10cm import Icd10cmBuiltinImporter
+from terminology.index import build_index
 from tests.conftest import document_reference, rendered
 from tests.smart import authorized_client
 
@@ -97,7 +108,6 @@ def test_terminology_without_an_index_is_a_clear_503(settings: Settings) -> None
 
 
 def test_an_index_built_after_start_is_attached(settings: Settings, terminology_index: Path) -> None:
-    import shutil
     import time
 
     with authorized_client(create_app(settings)) as client:
@@ -135,3 +145,52 @@ def test_cli_lookup_and_info(tmp_path: Path, terminology_index: Path) -> None:
     bad.write_text("not|an|rrf|row\n")
     failed = cli("import", "--format", "rxnorm-rrf", str(bad))
     assert failed.returncode == 1 and "line 1" in failed.stderr and "unchanged" in failed.stderr
+
+
+def test_a_configured_embedding_model_needs_its_own_index(
+    tmp_path: Path, terminology_index: Path, embedder: MiniLmEmbedder
+) -> None:
+    """PAPERCHART_EMBEDDING_MODEL: a real sentence-transformers folder (a renamed copy of the built-in
+    model), an index built with it, and an index built with another model refused, not misread."""
+    model = tmp_path / "clinical-minilm"
+    shutil.copytree(unpack_model(embedder.cache_dir), model)
+    own_index = tmp_path / "own.db"
+    build_index(own_index, SentenceTransformerEmbedder(model), [Icd10cmBuiltinImporter(prefixes=("I10", "I50"))])
+    base_env = {**os.environ, "PAPERCHART_DATA_DIR": str(tmp_path)}
+
+    def cli(index: Path, model_setting: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**base_env, "PAPERCHART_TERMINOLOGY_PATH": str(index), "PAPERCHART_EMBEDDING_MODEL": model_setting}
+        return subprocess.run(
+            [sys.executable, "-m", "server.cli", "terminology", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+
+    lookup = cli(own_index, str(model), "lookup", "essential hypertension", "--system", "icd10cm", "--json")
+    assert lookup.returncode == 0, lookup.stderr
+    assert json.loads(lookup.stdout)[0]["code"] == "I10"
+    info = cli(own_index, str(model), "info")
+    assert info.returncode == 0 and re.search(r"embedding model: clinical-minilm@[0-9a-f]{12}\n", info.stdout)
+
+    other = cli(terminology_index, str(model), "lookup", "asthma")
+    assert other.returncode == 1
+    assert "embedded by all-MiniLM-L6-v2, not clinical-minilm@" in other.stderr and "rebuild" in other.stderr
+    assert "Traceback" not in other.stderr
+    missing = cli(own_index, str(tmp_path / "nowhere"), "lookup", "asthma")
+    assert missing.returncode == 1 and "PAPERCHART_EMBEDDING_MODEL" in missing.stderr
+    assert "does not exist" in missing.stderr
+
+
+def test_an_embedding_models_identity_is_its_weights(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    with pytest.raises(EmbeddingModelError, match="not a sentence-transformers model folder"):
+        model_identity(folder)
+    (folder / "modules.json").write_text("[]")
+    (folder / "model.safetensors").write_bytes(b"weights one")
+    first = model_identity(folder)
+    (folder / "model.safetensors").write_bytes(b"weights two")  # retrained under the same name
+    assert first.startswith("model@") and model_identity(folder) != first
