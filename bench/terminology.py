@@ -1,6 +1,6 @@
 """ICD-10-CM coding accuracy and lookup speed, with a plain SQL LIKE search as the peer.
 
-    .venv/bin/python bench/terminology.py [--queries 400] [--titles-only] [--cache bench/.cache]
+    .venv/bin/python bench/terminology.py [--queries 400] [--titles-only] [--model DIR] [--cache bench/.cache]
 
 The queries are text the index never saw: (1) tabular inclusion terms, each held out of the
 build (the index keeps every other inclusion term, as the production index does), and (2)
@@ -9,7 +9,8 @@ builds the index from billable-code titles alone (every inclusion term held out)
 setting that shows what the model knows without any synonym list. Reported: top-1 and top-3
 for hybrid (fusion + re-rank), lexical-only and semantic-only lookup and for the LIKE peer;
 p50/p99 latency and lookups/second; index build time and size. The first run builds the index
-(~5 min on 2 cores) and caches it.
+(~5 min on 2 cores) and caches it. ``--model`` embeds with a local sentence-transformers folder
+instead of the built-in MiniLM (as ``PAPERCHART_EMBEDDING_MODEL`` does), in an index of its own.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from terminology.abbreviations import ABBREVIATIONS
-from terminology.embed import MiniLmEmbedder
+from terminology.embed import Embedder, MiniLmEmbedder, SentenceTransformerEmbedder
 from terminology.importers.icd10cm import Icd10cmBuiltinImporter, is_term
 from terminology.index import build_index, open_index
 from terminology.lookup import TerminologyService
@@ -71,6 +72,14 @@ def held_out_queries(rng: random.Random, count: int) -> list[tuple[str, str, str
     return queries + variants
 
 
+def embedder_for(model: Path | None, cache: Path) -> tuple[Embedder, str]:
+    """The embedder to bench, and the suffix that keeps its cached indexes apart from the built-in's."""
+    if model is None:
+        return MiniLmEmbedder(cache / "models"), ""
+    embedder = SentenceTransformerEmbedder(model)
+    return embedder, f"-{embedder.name.replace('@', '-')}"
+
+
 def like_search(db: object, query: str, limit: int = 3) -> list[str]:
     """The peer: designations containing every query word (SQL LIKE), shortest first; any word if none."""
     words = [w for w in re.findall(r"\w+", query.lower()) if len(w) > 2][:6]
@@ -93,17 +102,18 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=400, help="inclusion-term queries (plus half as many variants)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--titles-only", action="store_true", help="index titles only (all inclusion terms held out)")
+    parser.add_argument("--model", type=Path, help="a sentence-transformers model folder (default: built-in MiniLM)")
     parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".cache")
     args = parser.parse_args()
 
-    embedder = MiniLmEmbedder(args.cache / "models")
+    embedder, suffix = embedder_for(args.model, args.cache)
     queries = held_out_queries(random.Random(args.seed), args.queries)
     held_out = {(code, query) for kind, query, code in queries if kind == "inclusion term"}
     if args.titles_only:
-        index = args.cache / "icd10cm-titles.db"
+        index = args.cache / f"icd10cm-titles{suffix}.db"
         importer = Icd10cmBuiltinImporter(with_inclusion_terms=False)
     else:
-        index = args.cache / f"icd10cm-held-out-{args.seed}-{args.queries}.db"
+        index = args.cache / f"icd10cm-held-out-{args.seed}-{args.queries}{suffix}.db"
         importer = Icd10cmBuiltinImporter(held_out=held_out)
     build_seconds = None
     if not index.exists():

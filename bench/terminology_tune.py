@@ -1,6 +1,6 @@
 """Fit the terminology re-rank weights on held-out ICD-10-CM queries of another seed.
 
-    .venv/bin/python bench/terminology_tune.py [--seed 11] [--queries 400] [--cache bench/.cache]
+    .venv/bin/python bench/terminology_tune.py [--seed 11] [--queries 400] [--model DIR] [--cache bench/.cache]
 
 The queries are made as ``bench/terminology.py`` makes them, from a different seed (the benchmark
 reports seed 7), against an index built without them. For each query the hybrid lookup's fused
@@ -21,7 +21,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from terminology.embed import MiniLmEmbedder
 from terminology.importers.icd10cm import Icd10cmBuiltinImporter
 from terminology.index import build_index
 from terminology.lookup import EXACT_BONUS, FEATURES, RERANK_WEIGHTS, TerminologyService, prepare_query
@@ -100,12 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--queries", type=int, default=400)
+    parser.add_argument("--model", type=Path, help="a sentence-transformers model folder (default: built-in MiniLM)")
     parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".cache")
     args = parser.parse_args()
 
-    embedder = MiniLmEmbedder(args.cache / "models")
+    embedder, suffix = bench.embedder_for(args.model, args.cache)
     queries = bench.held_out_queries(random.Random(args.seed), args.queries)
-    index = args.cache / f"icd10cm-held-out-{args.seed}-{args.queries}.db"
+    index = args.cache / f"icd10cm-held-out-{args.seed}-{args.queries}{suffix}.db"
     if not index.exists():
         held_out = {(code, query) for kind, query, code in queries if kind == "inclusion term"}
         build_index(index, embedder, [Icd10cmBuiltinImporter(held_out=held_out)], fresh=True)
