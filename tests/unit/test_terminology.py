@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from terminology import TerminologyImportError, TerminologyService
@@ -441,3 +442,12 @@ def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
     mild = _qualifiers(prepare_query("Cannabis use disorder, mild"))
     assert _conflicts(mild, _qualifiers("Cannabis dependence, uncomplicated")) == 1
     assert _conflicts(mild, _qualifiers("Cannabis abuse, uncomplicated")) == 0
+
+
+def test_the_knn_product_runs_on_torch_and_matches_numpy() -> None:
+    from terminology.lookup import _similarities
+
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((1000, 384)).astype(np.float32)
+    vector = rng.standard_normal(384).astype(np.float32)
+    assert np.allclose(_similarities(matrix, vector), matrix @ vector, atol=1e-4)
