@@ -332,11 +332,13 @@ class TerminologyService:
         match = " OR ".join(f'"{t}"' for t in tokens)
         where, parameters = self._filters(systems, semantic_types)
         # Rank inside FTS5 first (a materialized, limited CTE), then filter: joined directly, SQLite's
-        # planner can run one MATCH per concept row, which took a minute a query on ICD-10-CM.
+        # planner can run one MATCH per concept row, which took a minute a query on ICD-10-CM. CROSS
+        # JOIN keeps the hits in front: joined plainly, SQLite walks every concept of the system
+        # first (24 ms a query on ICD-10-CM instead of 3).
         rows = self._rows(
             "WITH hits AS MATERIALIZED (SELECT rowid AS id, rank FROM designation_fts WHERE designation_fts MATCH ?"
             f" ORDER BY rank LIMIT {LEXICAL_POOL}) SELECT d.concept_id, d.term FROM hits h"
-            f" JOIN designation d ON d.id = h.id JOIN concept c ON c.id = d.concept_id WHERE 1 = 1{where}"
+            f" CROSS JOIN designation d ON d.id = h.id CROSS JOIN concept c ON c.id = d.concept_id WHERE 1 = 1{where}"
             f" ORDER BY h.rank LIMIT {POOL}",
             [match, *parameters],
         )
@@ -434,7 +436,11 @@ class TerminologyService:
                 "WITH h AS MATERIALIZED (SELECT rowid AS id, bm25(designation_fts) AS score"
                 " FROM designation_fts WHERE designation_fts MATCH ?) "
             )
-            base = f"FROM h JOIN designation d ON d.id = h.id JOIN concept c ON c.id = d.concept_id WHERE 1 = 1{where}"
+            # CROSS JOIN: the hits first, not every concept of the system (see _lexical)
+            base = (
+                "FROM h CROSS JOIN designation d ON d.id = h.id CROSS JOIN concept c ON c.id = d.concept_id"
+                f" WHERE 1 = 1{where}"
+            )
             parameters = [match, *parameters]
             total = self._rows(f"{hits}SELECT COUNT(DISTINCT c.id) {base}", parameters)[0][0]
             rows = self._rows(
