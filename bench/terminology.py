@@ -1,6 +1,7 @@
 """ICD-10-CM coding accuracy and lookup speed, with a plain SQL LIKE search as the peer.
 
     .venv/bin/python bench/terminology.py [--queries 400] [--titles-only] [--model DIR] [--cache bench/.cache]
+        [--llm-url http://127.0.0.1:8000/v1 --llm-model NAME [--llm-dialect json_object] [--candidates 10]]
 
 The queries are text the index never saw: (1) tabular inclusion terms, each held out of the
 build (the index keeps every other inclusion term, as the production index does), and (2)
@@ -11,6 +12,9 @@ for hybrid (fusion + re-rank), lexical-only and semantic-only lookup and for the
 p50/p99 latency and lookups/second; index build time and size. The first run builds the index
 (~5 min on 2 cores) and caches it. ``--model`` embeds with a local sentence-transformers folder
 instead of the built-in MiniLM (as ``PAPERCHART_EMBEDDING_MODEL`` does), in an index of its own.
+``--llm-url`` adds a row for retrieval-augmented coding as the pipeline does it with
+``PAPERCHART_CODE_CHOOSER=llm``: an exact match is taken as it is, otherwise the LLM server picks
+one of the hybrid lookup's top ``--candidates`` (or none, which counts as a miss).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -97,6 +102,27 @@ def like_search(db: object, query: str, limit: int = 3) -> list[str]:
     return []
 
 
+def llm_choice(
+    service: TerminologyService, chooser: Any, query: str, candidates: int, unanswered: list[str]
+) -> list[str]:
+    """The pipeline's retrieval-augmented coding of one mention: the LLM's pick first, then the rest."""
+    from server.pipeline.code import ChooserUnavailable, CodeQuestion
+
+    found = service.lookup(query, systems=[ICD10CM], limit=candidates)
+    codes = [c.code for c in found]
+    if not found or found[0].exact:
+        return codes
+    try:
+        question = CodeQuestion(mention=query, kind="diagnosis", system=ICD10CM, candidates=tuple(found))
+        chosen = chooser.choose([question])[0]
+    except ChooserUnavailable:
+        chosen = None
+    if chosen is None:
+        unanswered.append(query)
+        return ["none", *codes]
+    return [chosen, *(c for c in codes if c != chosen)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=400, help="inclusion-term queries (plus half as many variants)")
@@ -104,6 +130,10 @@ def main() -> None:
     parser.add_argument("--titles-only", action="store_true", help="index titles only (all inclusion terms held out)")
     parser.add_argument("--model", type=Path, help="a sentence-transformers model folder (default: built-in MiniLM)")
     parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".cache")
+    parser.add_argument("--llm-url", help="an OpenAI-compatible server (vLLM, llama.cpp) to choose among candidates")
+    parser.add_argument("--llm-model", default="default")
+    parser.add_argument("--llm-dialect", choices=("json_schema", "json_object"), default="json_schema")
+    parser.add_argument("--candidates", type=int, default=10, help="hybrid candidates the LLM chooses among")
     args = parser.parse_args()
 
     embedder, suffix = embedder_for(args.model, args.cache)
@@ -136,6 +166,15 @@ def main() -> None:
         ],
         "SQL LIKE scan (peer)": lambda q: like_search(db, q),
     }
+    unanswered: list[str] = []
+    if args.llm_url:
+        from server.pipeline.extract.llm import ChatClient, LlmCodeChooser
+
+        client = ChatClient(args.llm_url, model=args.llm_model, dialect=args.llm_dialect, max_tokens=64)
+        chooser = LlmCodeChooser(client)
+        methods[f"hybrid + LLM chooser ({args.candidates})"] = lambda q: llm_choice(
+            service, chooser, q, args.candidates, unanswered
+        )
     for name, method in methods.items():
         hits1: list[bool] = []
         hits3: list[bool] = []
@@ -167,6 +206,8 @@ def main() -> None:
             + " ".join(f"{statistics.mean(row['top1 ' + k]):>24.1%}" for k in kinds)
             + f" {p50:>7.1f} {p99:>7.1f} {len(times) / sum(times):>9.0f}"
         )
+    if args.llm_url:
+        print(f"LLM chooser {args.llm_model}: 'none' or no usable answer for {len(unanswered)} queries")
     ours = statistics.mean(results["hybrid (paperchart)"]["top1"])
     peer = statistics.mean(results["SQL LIKE scan (peer)"]["top1"])
     speed = sum(latencies["SQL LIKE scan (peer)"]) / sum(latencies["hybrid (paperchart)"])
