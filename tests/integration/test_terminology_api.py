@@ -123,18 +123,23 @@ def test_an_index_built_after_start_is_attached(settings: Settings, terminology_
             raise AssertionError("the new index was not attached")
 
 
+def _terminology_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``paperchart terminology ARGS`` in a process of its own, with ``env`` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "terminology", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+        check=False,
+    )
+
+
 def test_cli_lookup_and_info(tmp_path: Path, terminology_index: Path) -> None:
-    env = {**os.environ, "PAPERCHART_DATA_DIR": str(tmp_path), "PAPERCHART_TERMINOLOGY_PATH": str(terminology_index)}
+    env = {"PAPERCHART_DATA_DIR": str(tmp_path), "PAPERCHART_TERMINOLOGY_PATH": str(terminology_index)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "server.cli", "terminology", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-            check=False,
-        )
+        return _terminology_cli(env, *args)
 
     lookup = cli("lookup", "high blood pressure", "--system", "icd10cm", "--json")
     assert lookup.returncode == 0, lookup.stderr
@@ -156,18 +161,14 @@ def test_a_configured_embedding_model_needs_its_own_index(
     shutil.copytree(unpack_model(embedder.cache_dir), model)
     own_index = tmp_path / "own.db"
     build_index(own_index, SentenceTransformerEmbedder(model), [Icd10cmBuiltinImporter(prefixes=("I10", "I50"))])
-    base_env = {**os.environ, "PAPERCHART_DATA_DIR": str(tmp_path)}
 
     def cli(index: Path, model_setting: str, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**base_env, "PAPERCHART_TERMINOLOGY_PATH": str(index), "PAPERCHART_EMBEDDING_MODEL": model_setting}
-        return subprocess.run(
-            [sys.executable, "-m", "server.cli", "terminology", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-            check=False,
-        )
+        env = {
+            "PAPERCHART_DATA_DIR": str(tmp_path),
+            "PAPERCHART_TERMINOLOGY_PATH": str(index),
+            "PAPERCHART_EMBEDDING_MODEL": model_setting,
+        }
+        return _terminology_cli(env, *args)
 
     lookup = cli(own_index, str(model), "lookup", "essential hypertension", "--system", "icd10cm", "--json")
     assert lookup.returncode == 0, lookup.stderr
