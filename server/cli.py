@@ -83,6 +83,16 @@ def _build_builtin_terminology(settings: Settings, *, fresh: bool = True) -> Non
         print(f"  {name}: {count} concepts", file=sys.stderr)
 
 
+def _check_terminology(settings: Settings) -> None:
+    """Refuse to start, with the reason, on an embedding model or an index that cannot be used
+    (a missing model folder, an index embedded by another model), before the app starts."""
+    from server.services import build_embedder, build_terminology
+
+    build_embedder(settings)
+    if settings.terminology_index_path.exists() and (terminology := build_terminology(settings)) is not None:
+        terminology.close()
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -95,6 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     settings = load_settings(None, **overrides)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_terminology(settings)
     if args.build_terminology and settings.semantic_search and not settings.terminology_index_path.exists():
         # First start: build the index in a separate process so the API is usable at once; the app
         # attaches the index (and starts coding) when the build swaps it in.

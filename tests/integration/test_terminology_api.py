@@ -180,6 +180,21 @@ def test_a_configured_embedding_model_needs_its_own_index(
     assert other.returncode == 1
     assert "embedded by all-MiniLM-L6-v2, not clinical-minilm@" in other.stderr and "rebuild" in other.stderr
     assert "Traceback" not in other.stderr
+    serve = subprocess.run(  # the server refuses to start rather than code with the wrong vectors
+        [sys.executable, "-m", "server.cli", "serve", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PAPERCHART_DATA_DIR": str(tmp_path),
+            "PAPERCHART_TERMINOLOGY_PATH": str(terminology_index),
+            "PAPERCHART_EMBEDDING_MODEL": str(model),
+            "PAPERCHART_MLLP_ENABLED": "false",
+        },
+        timeout=120,
+        check=False,
+    )
+    assert serve.returncode == 1 and "rebuild" in serve.stderr and "Traceback" not in serve.stderr
     missing = cli(own_index, str(tmp_path / "nowhere"), "lookup", "asthma")
     assert missing.returncode == 1 and "PAPERCHART_EMBEDDING_MODEL" in missing.stderr
     assert "does not exist" in missing.stderr
