@@ -88,8 +88,9 @@ def _check_terminology(settings: Settings) -> None:
     (a missing model folder, an index embedded by another model), before the app starts."""
     from server.services import build_embedder, build_terminology
 
-    build_embedder(settings)
-    if settings.terminology_index_path.exists() and (terminology := build_terminology(settings)) is not None:
+    if not settings.terminology_index_path.exists():
+        build_embedder(settings)
+    elif (terminology := build_terminology(settings)) is not None:  # builds the embedder too
         terminology.close()
 
 
