@@ -615,5 +615,6 @@ def _is_default(term: str, mention: str = "") -> bool:
     if _DEFAULT.search(term):
         return True
     if _WITH.search(mention):
-        return _without_denials(_UNCOMPLICATED.sub("", term)) != _UNCOMPLICATED.sub("", term)
+        rest = _UNCOMPLICATED.sub("", term)
+        return _without_denials(rest) != rest
     return bool(_UNCOMPLICATED.search(term)) or _without_denials(term) != term
