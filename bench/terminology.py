@@ -13,8 +13,9 @@ p50/p99 latency and lookups/second; index build time and size. The first run bui
 (~5 min on 2 cores) and caches it. ``--model`` embeds with a local sentence-transformers folder
 instead of the built-in MiniLM (as ``PAPERCHART_EMBEDDING_MODEL`` does), in an index of its own.
 ``--llm-url`` adds a row for retrieval-augmented coding as the pipeline does it with
-``PAPERCHART_CODE_CHOOSER=llm``: an exact match is taken as it is, otherwise the LLM server picks
-one of the hybrid lookup's top ``--candidates`` (or none, which counts as a miss).
+``PAPERCHART_CODE_CHOOSER=llm`` (``server.pipeline.code``): an exact match is taken as it is,
+otherwise the LLM server picks one of the hybrid lookup's top ``--candidates`` (the pipeline shows
+it 5) or none, which counts as a miss; if the server does not answer, similarity decides.
 """
 
 from __future__ import annotations
@@ -105,22 +106,16 @@ def like_search(db: object, query: str, limit: int = 3) -> list[str]:
 def llm_choice(
     service: TerminologyService, chooser: Any, query: str, candidates: int, unanswered: list[str]
 ) -> list[str]:
-    """The pipeline's retrieval-augmented coding of one mention: the LLM's pick first, then the rest."""
-    from server.pipeline.code import ChooserUnavailable, CodeQuestion
+    """The pipeline's retrieval-augmented coding of one mention: its code first, then the rest."""
+    from server.pipeline.code import decide_diagnosis_codes
 
     found = service.lookup(query, systems=[ICD10CM], limit=candidates)
     codes = [c.code for c in found]
-    if not found or found[0].exact:
-        return codes
-    try:
-        question = CodeQuestion(mention=query, kind="diagnosis", system=ICD10CM, candidates=tuple(found))
-        chosen = chooser.choose([question])[0]
-    except ChooserUnavailable:
-        chosen = None
-    if chosen is None:
+    coding = decide_diagnosis_codes([query], ICD10CM, [found], chooser)[0]
+    if coding is None:
         unanswered.append(query)
         return ["none", *codes]
-    return [chosen, *(c for c in codes if c != chosen)]
+    return [coding.code, *(c for c in codes if c != coding.code)]
 
 
 def main() -> None:
@@ -207,7 +202,7 @@ def main() -> None:
             + f" {p50:>7.1f} {p99:>7.1f} {len(times) / sum(times):>9.0f}"
         )
     if args.llm_url:
-        print(f"LLM chooser {args.llm_model}: 'none' or no usable answer for {len(unanswered)} queries")
+        print(f"LLM chooser {args.llm_model}: no code for {len(unanswered)} queries")
     ours = statistics.mean(results["hybrid (paperchart)"]["top1"])
     peer = statistics.mean(results["SQL LIKE scan (peer)"]["top1"])
     speed = sum(latencies["SQL LIKE scan (peer)"]) / sum(latencies["hybrid (paperchart)"])

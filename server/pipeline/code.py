@@ -115,7 +115,7 @@ def _decide(
             mention=slots[i].text,
             kind=_KIND[slots[i].family],
             system=slots[i].system,
-            candidates=tuple(found[i][:CANDIDATES]),
+            candidates=tuple(found[i]),  # looked up with limit=CANDIDATES
         )
         for i in asked
     ]
@@ -135,6 +135,16 @@ def _decide(
         chosen = next((c for c in question.candidates if c.code == answer), None)
         decided[i] = _coding(chosen) if chosen is not None else None
     return decided, []
+
+
+def decide_diagnosis_codes(
+    mentions: Sequence[str], system: str, found: Sequence[Sequence[Candidate]], chooser: CodeChooser | None
+) -> list[Coding | None]:
+    """The code the pipeline gives each diagnosis mention in ``system`` from its candidates (the
+    same rule as for a document: an exact match kept, the rest to the chooser, similarity if it is
+    down). For measuring the coding outside a document (``bench/terminology.py --llm-url``)."""
+    slots = [_Slot("diagnoses", i, system, text, ()) for i, text in enumerate(mentions)]
+    return _decide(slots, found, chooser)[0]
 
 
 class _HasCodings(Protocol):
