@@ -243,7 +243,9 @@ class TerminologyService:
         if not pool:
             return {}, {}
         marks = ",".join("?" * len(pool))
-        designations = self._rows(f"SELECT id, concept_id, term FROM designation WHERE concept_id IN ({marks})", pool)
+        designations = self._rows(
+            f"SELECT id, concept_id, term, kind FROM designation WHERE concept_id IN ({marks})", pool
+        )
         cosines: dict[int, float] = {}
         centroid: dict[int, float] = {}
         if vector is not None:
@@ -263,7 +265,10 @@ class TerminologyService:
         asks_default = _asks_default(query)
         features: dict[int, np.ndarray] = {}
         best_term: dict[int, tuple[float, str]] = {}
-        for designation_id, concept_id, term in designations:
+        # qualifiers clash with what the code is, as its preferred name says: a synonym that leaves
+        # the stage out does not make "stage 2" fit a "stage 3" mention
+        title_conflict: dict[int, float] = {}
+        for designation_id, concept_id, term, kind in designations:
             cosine = cosines.get(designation_id, -1.0)
             trigram = _dice(query_grams, _trigrams(_without_residual(term)))
             coverage = _coverage(query_words, _words(_without_residual(term)), weights)
@@ -280,9 +285,13 @@ class TerminologyService:
                 ]
             )
             features[concept_id] = np.maximum(features[concept_id], values) if concept_id in features else values
+            if kind == "preferred":
+                title_conflict[concept_id] = values[4]
             combined = max(cosine, 0.0) + TRIGRAM_WEIGHT * trigram
             if concept_id not in best_term or combined > best_term[concept_id][0]:
                 best_term[concept_id] = (combined, term)
+        for concept_id, conflict in title_conflict.items():
+            features[concept_id][4] = conflict
         result = {c: np.append(f, centroid.get(c, 0.0)) for c, f in features.items()}
         return result, {c: term for c, (_, term) in best_term.items()}
 
@@ -528,7 +537,8 @@ def _coverage(words: frozenset[str], other: frozenset[str], weights: dict[str, f
 _UNSEEN_WEIGHT: Final = 12.0  # a word no designation has: rarer than any that one has
 # Qualifiers of which a mention and a code cannot hold different ones: "left" against "right",
 # "stage 2" against "stage 1". Each group is compared as a set ("acute on chronic" is {acute,
-# chronic}, not "acute").
+# chronic}, not "acute"). A code that says a group's value is unknown ("unspecified severity")
+# holds a value of its own, which clashes with a mention that names one ("mild").
 _QUALIFIER_GROUPS: Final = (
     frozenset({"left", "right", "bilateral"}),
     frozenset({"upper", "lower"}),
@@ -539,31 +549,51 @@ _QUALIFIER_GROUPS: Final = (
     frozenset({"benign", "malignant", "situ"}),  # "carcinoma in situ" is neither
     frozenset({"unilateral", "bilateral"}),
     frozenset({"anterior", "posterior"}),
-    frozenset({"mild", "moderate", "severe"}),
+    frozenset({"mild", "moderate", "severe", "unspecified severity"}),
     frozenset({"single", "recurrent"}),
     frozenset({"abuse", "dependence"}),
-    frozenset({"first", "second", "third", "fourth"}),
+    frozenset({"first", "second", "third", "fourth", "unspecified degree", "unspecified trimester"}),
 )
+_SIDES: Final = frozenset({"left", "right", "bilateral"})
 _ROMAN: Final = {"i": "1", "ii": "2", "iii": "3", "iv": "4", "v": "5", "vi": "6"}
 _NUMBER_WITH_UNIT: Final = re.compile(r"^(\d+(?:\.\d+)?)[a-z]{2,}$")
 _NUMBERED: Final = frozenset({"type", "stage", "grade", "class", "degree", "phase", "level"})
 
 
-def _qualifiers(text: str) -> tuple[frozenset[str], ...]:
-    """Per qualifier group, the members ``text`` names; last, its numbers ("stage II" → "2")."""
+class _Qualifiers(msgspec.Struct, frozen=True):
+    """What a text says about each qualifier group, its numbers, and which of its parts have a side."""
+
+    groups: tuple[frozenset[str], ...]  # per _QUALIFIER_GROUPS, the members the text names
+    numbers: frozenset[str]  # "stage II" → "2"; "unspecified stage" → "unspecified"
+    sided: frozenset[str]  # the word after a side: "hip" in "right hip"
+    unsided: frozenset[str]  # the word after "unspecified", in a text that names no side: "hip"
+
+
+def _qualifiers(text: str) -> _Qualifiers:
     tokens = _TOKEN.findall(text.lower())
+    pairs = list(itertools.pairwise(tokens))
     # "500mg" is the number 500; "3a", "c5" and "11q23" are names
     numbers = {m.group(1) if (m := _NUMBER_WITH_UNIT.match(t)) else t for t in tokens if any(c.isdigit() for c in t)}
-    numbers |= {_ROMAN[t] for before, t in itertools.pairwise(tokens) if before in _NUMBERED and t in _ROMAN}
-    present = frozenset(tokens)
-    return (*(group & present for group in _QUALIFIER_GROUPS), frozenset(numbers))
+    numbers |= {_ROMAN[t] for before, t in pairs if before in _NUMBERED and t in _ROMAN}
+    numbers |= {"unspecified" for before, t in pairs if before == "unspecified" and t in _NUMBERED}
+    present = frozenset(tokens) | {f"{before} {t}" for before, t in pairs if before == "unspecified"}
+    has_side = not _SIDES.isdisjoint(present)
+    return _Qualifiers(
+        groups=tuple(group & present for group in _QUALIFIER_GROUPS),
+        numbers=frozenset(numbers),
+        sided=frozenset(t for before, t in pairs if before in _SIDES),
+        unsided=frozenset() if has_side else frozenset(t for before, t in pairs if before == "unspecified"),
+    )
 
 
-def _conflicts(mention: tuple[frozenset[str], ...], term: tuple[frozenset[str], ...]) -> float:
-    """How many qualifier groups the mention and the term both fill, differently."""
-    count = sum(1 for a, b in zip(mention[:-1], term[:-1], strict=True) if a and b and a != b)
-    numbers, other = mention[-1], term[-1]
-    return float(count + (1 if numbers - other and other - numbers else 0))
+def _conflicts(mention: _Qualifiers, term: _Qualifiers) -> float:
+    """How many qualifier groups the mention and the term both fill, differently ("right hip"
+    against "unspecified hip" counts too)."""
+    count = sum(1 for a, b in zip(mention.groups, term.groups, strict=True) if a and b and a != b)
+    numbers, other = mention.numbers, term.numbers
+    count += 1 if numbers - other and other - numbers else 0
+    count += 1 if mention.sided & term.unsided or term.sided & mention.unsided else 0
+    return float(count)
 
 
 _DENIAL: Final = re.compile(r"\b(?:without|not|no)\b[^,;()]*?(?=,|;|\(|\bwith\b|$)", re.I)

@@ -2,9 +2,11 @@
 
 Only billable codes (leaves of the tabular list) are imported: those are the codes a claim or
 a Condition may carry. Titles are preferred designations; tabular inclusion terms are
-synonyms of the code they sit under. Inclusion terms of a category or subcategory (not
-billable itself) go to the code a coder would give a mention that says nothing more: its
-"unspecified" child, or for injury-style codes the "initial encounter" one.
+synonyms of the code they sit under. Inclusion terms and "Includes" notes of a category or
+subcategory (not billable itself) go to the code a coder would give a mention that says nothing
+more: its "unspecified" child, or for injury-style codes the "initial encounter" one. The
+tabular's Excludes notes name conditions and say where they are coded instead ("wheezing NOS
+(R06.2)" under J45): each such name is a synonym of the code it points to.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ class Icd10cmBuiltinImporter:
     """All billable ICD-10-CM codes with titles and inclusion terms from ``simple-icd-10-cm``.
 
     ``prefixes`` limits the import to codes starting with any of them (tests build small indexes
-    this way); ``with_inclusion_terms=False`` leaves all inclusion terms out and ``held_out``
-    leaves out the given (code, term) pairs, so the benchmark can query with text the index
-    never saw.
+    this way); ``with_inclusion_terms=False`` leaves out every designation but the titles, and
+    ``held_out`` leaves out the given (code, term) pairs, so the benchmark can query with text the
+    index never saw: a held-out term is left out of that code wherever the tabular names it, in
+    its inclusion terms, a parent's or an Excludes note elsewhere (compared as ``note_key``).
     """
 
     def __init__(
@@ -40,7 +43,7 @@ class Icd10cmBuiltinImporter:
 
         self.prefixes = prefixes
         self.with_inclusion_terms = with_inclusion_terms
-        self.held_out = frozenset(held_out)
+        self.held_out = frozenset((code, note_key(term)) for code, term in held_out)
         self.info = CodeSystemInfo(
             system=ICD10CM,
             name="ICD-10-CM",
@@ -52,24 +55,81 @@ class Icd10cmBuiltinImporter:
     def rows(self) -> Iterator[ConceptRow]:
         import simple_icd_10_cm as icd
 
-        inherited: dict[str, list[str]] = {}
-        if self.with_inclusion_terms:
-            for code in icd.get_all_codes(with_dots=True):
-                if icd.is_leaf(code) or not icd.is_category_or_subcategory(code):
-                    continue
-                terms = [t for t in icd.get_inclusion_term(code) if is_term(t)]
-                target = default_leaf(icd, code) if terms else None
-                if target is not None:
-                    inherited.setdefault(target, []).extend(terms)
+        noted = _noted_terms(icd) if self.with_inclusion_terms else {}
         for code in icd.get_all_codes(with_dots=True):
             if not icd.is_leaf(code) or (self.prefixes and not code.startswith(self.prefixes)):
                 continue
             title = icd.get_description(code)
             designations: list[tuple[str, DesignationKind]] = [(title, "preferred")]
             if self.with_inclusion_terms:
-                terms = [t for t in icd.get_inclusion_term(code) if is_term(t)] + inherited.get(code, [])
-                designations.extend((t, "inclusion") for t in terms if (code, t) not in self.held_out)
+                named = [*icd.get_inclusion_term(code), *icd.get_includes(code)]
+                own: list[tuple[str, DesignationKind]] = [(t, "inclusion") for t in named if is_term(t)]
+                seen = {title.lower()}
+                for term, kind in [*own, *noted.get(code, [])]:
+                    if term.lower() not in seen and (code, note_key(term)) not in self.held_out:
+                        seen.add(term.lower())
+                        designations.append((term, kind))
             yield ConceptRow(code=code, display=title, semantic_type="disorder", designations=tuple(designations))
+
+
+def _noted_terms(icd: Any) -> dict[str, list[tuple[str, DesignationKind]]]:
+    """Names the tabular gives a billable code outside its own inclusion terms.
+
+    An Excludes note's "name (code)" goes to that code, or to its default leaf if it is a category
+    (``default_leaf``); notes that point at a range or at several codes ("(O10-O11, O13-O16)")
+    name no one code. A category's inclusion terms and "Includes" notes go to its default leaf.
+    Where the tabular places one name in several ways, the most specific wins: a billable code's
+    own inclusion term, then a note pointing at a billable code, then a default leaf.
+    """
+    placed: dict[str, tuple[int, list[tuple[str, str, DesignationKind]]]] = {}
+
+    def place(rank: int, code: str | None, term: str, kind: DesignationKind) -> None:
+        if code is None:
+            return
+        key = note_key(term)
+        best, entries = placed.get(key, (rank, []))
+        if rank < best:
+            entries = []
+        if rank <= best:
+            placed[key] = (rank, [*entries, (code, term, kind)])
+
+    for code in icd.get_all_codes(with_dots=True):
+        if icd.is_leaf(code):
+            for term in [*icd.get_inclusion_term(code), *icd.get_includes(code)]:
+                place(0, code, term, "inclusion")  # kept by ``rows`` itself; here only to outrank
+        elif icd.is_category_or_subcategory(code):
+            terms = [t for t in [*icd.get_inclusion_term(code), *icd.get_includes(code)] if is_term(t)]
+            for term in terms:
+                place(2, default_leaf(icd, code), term, "inclusion")
+        for note in [*icd.get_excludes1(code), *icd.get_excludes2(code)]:
+            match = _POINTER.match(note)
+            if match is None or not is_term(match["name"]) or match["name"].lower().startswith(_FRAGMENT):
+                continue
+            target = match["code"]
+            if not icd.is_valid_item(target):
+                continue
+            if icd.is_leaf(target):
+                place(1, target, match["name"], "synonym")
+            else:
+                place(2, default_leaf(icd, target), match["name"], "synonym")
+    noted: dict[str, list[tuple[str, DesignationKind]]] = {}
+    for rank, entries in placed.values():
+        for code, term, kind in entries:
+            if rank > 0:
+                noted.setdefault(code, []).append((term, kind))
+    return noted
+
+
+# "wheezing NOS (R06.2)", "deafness NOS (H91.9-)", "obstetric embolism (O88.-)"
+_POINTER = re.compile(r"^(?P<name>.+?)\s*\((?P<code>[A-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?)(?:\.?-)?\)$")
+# Notes that only make sense under the code they sit in: "that complicating pregnancy (O99.4)"
+_FRAGMENT = ("that ", "those ", "when ", "in ", "with ", "due to ", "of ", "by ")
+
+
+def note_key(term: str) -> str:
+    """A term as the hold-out compares it: case, brackets, commas and "NOS" aside."""
+    words = re.sub(r"[(),\[\]]", " ", term.lower()).split()
+    return " ".join(w for w in words if w != "nos")
 
 
 def is_term(text: str) -> bool:

@@ -400,6 +400,21 @@ def test_category_inclusion_terms_go_to_the_code_for_a_plain_mention() -> None:
     assert ("Fracture of orbit NOS", "inclusion") not in {r.code: r for r in held.rows()}["S02.85XA"].designations
 
 
+def test_the_tabulars_includes_and_excludes_notes_name_codes_too() -> None:
+    rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("R06.2", "J44.8", "J44.9")).rows()}
+    # J45 Asthma: "Excludes1: wheezing NOS (R06.2)"; R06.2's title is "Wheezing" (kept once)
+    assert rows["R06.2"].designations == (("Wheezing", "preferred"), ("wheezing NOS", "synonym"))
+    # J44 COPD: "Includes: chronic obstructive bronchitis" goes to J44.9, COPD unspecified
+    terms = {term.lower() for term, _ in rows["J44.9"].designations}
+    assert "chronic bronchitis with emphysema" in terms
+    # ...but a name a billable code includes itself stays there: J44.89 "Chronic emphysematous bronchitis"
+    assert "chronic emphysematous bronchitis" not in terms
+    assert "chronic emphysematous bronchitis" in {term.lower() for term, _ in rows["J44.89"].designations}
+    # a held-out term is held out wherever the tabular names it, brackets, case and "NOS" aside
+    held = Icd10cmBuiltinImporter(prefixes=("R06.2",), held_out={("R06.2", "Wheezing (NOS)")})
+    assert next(iter(held.rows())).designations == (("Wheezing", "preferred"),)
+
+
 def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     from terminology.lookup import _asks_default, _conflicts, _is_default, _qualifiers
 
@@ -425,6 +440,13 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     assert clash("Carcinoma in situ of colon", "Malignant neoplasm of colon") == 1
     assert clash("Bilateral inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 1
     assert clash("Left inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 0
+    # a code that says a qualifier is unknown does not fit a mention that names it
+    assert clash("Pressure ulcer of right hip, stage 3", "Pressure ulcer of right hip, unspecified stage") == 1
+    assert clash("Pressure ulcer of right hip, stage 3", "Pressure ulcer of unspecified hip, stage 3") == 1
+    assert clash("Vascular dementia, mild", "Vascular dementia, unspecified severity, with agitation") == 1
+    assert clash("Burn of second degree of left hand", "Burn of unspecified degree of left hand") == 1
+    assert clash("Pressure ulcer of hip, stage 3", "Pressure ulcer of unspecified hip, stage 3") == 0
+    assert clash("Neoplasm of right bronchus", "Neoplasm of unspecified part of right bronchus") == 0
 
 
 def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
