@@ -12,7 +12,7 @@ tabular's Excludes notes name conditions and say where they are coded instead ("
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,55 +73,77 @@ class Icd10cmBuiltinImporter:
 
 
 def _noted_terms(icd: Any) -> dict[str, list[tuple[str, DesignationKind]]]:
-    """Names the tabular gives a billable code outside its own inclusion terms.
+    """Names the tabular gives a billable code outside its own inclusion terms (see ``Placements``)."""
+    placements = Placements()
 
-    An Excludes note's "name (code)" goes to that code, or to its default leaf if it is a category
-    (``default_leaf``); notes that point at a range or at several codes ("(O10-O11, O13-O16)")
-    name no one code. A category's inclusion terms and "Includes" notes go to its default leaf.
-    Where the tabular places one name in several ways, the most specific wins: a billable code's
-    own inclusion term, then a note pointing at a billable code, then a default leaf.
-    """
-    placed: dict[str, tuple[int, list[tuple[str, str, DesignationKind]]]] = {}
-
-    def place(rank: int, code: str | None, term: str, kind: DesignationKind) -> None:
-        if code is None:
-            return
-        key = note_key(term)
-        best, entries = placed.get(key, (rank, []))
-        if rank < best:
-            entries = []
-        if rank <= best:
-            placed[key] = (rank, [*entries, (code, term, kind)])
+    def resolve(code: str) -> str | None:
+        return default_leaf(icd, code) if icd.is_valid_item(code) else None
 
     for code in icd.get_all_codes(with_dots=True):
         if icd.is_leaf(code):
             for term in [*icd.get_inclusion_term(code), *icd.get_includes(code)]:
-                place(0, code, term, "inclusion")  # kept by ``rows`` itself; here only to outrank
+                placements.own(code, term)
         elif icd.is_category_or_subcategory(code):
-            terms = [t for t in [*icd.get_inclusion_term(code), *icd.get_includes(code)] if is_term(t)]
-            for term in terms:
-                place(2, default_leaf(icd, code), term, "inclusion")
+            for term in [*icd.get_inclusion_term(code), *icd.get_includes(code)]:
+                placements.place(2, default_leaf(icd, code), term, "inclusion")
         for note in [*icd.get_excludes1(code), *icd.get_excludes2(code)]:
-            match = _POINTER.match(note)
-            if match is None or not is_term(match["name"]) or match["name"].lower().startswith(_FRAGMENT):
-                continue
-            target = match["code"]
-            if not icd.is_valid_item(target):
-                continue
-            if icd.is_leaf(target):
-                place(1, target, match["name"], "synonym")
-            else:
-                place(2, default_leaf(icd, target), match["name"], "synonym")
-    noted: dict[str, list[tuple[str, DesignationKind]]] = {}
-    for rank, entries in placed.values():
-        for code, term, kind in entries:
-            if rank > 0:
-                noted.setdefault(code, []).append((term, kind))
-    return noted
+            placements.note(note, resolve)
+    return placements.noted()
+
+
+class Placements:
+    """Where the classification places names outside a billable code's own inclusion terms.
+
+    An Excludes note's "name (code)" and an Alphabetic Index entry name the code they point to;
+    a pointer to a category (or a category's own inclusion terms and "Includes" notes) names its
+    default leaf (``default_leaf``). Notes that point at a range or at several codes ("(O10-O11,
+    O13-O16)") name no one code. Where one name is placed in several ways, the most specific wins:
+    a billable code's own inclusion term (rank 0), then a pointer at a billable code (1), then a
+    default leaf (2); names of equal rank are all kept.
+    """
+
+    def __init__(self) -> None:
+        self._placed: dict[str, tuple[int, list[tuple[str, str, DesignationKind]]]] = {}
+
+    def own(self, code: str, term: str) -> None:
+        """A billable code's own inclusion term: its importer keeps it; here it only outranks."""
+        self.place(0, code, term, "inclusion")
+
+    def place(self, rank: int, code: str | None, term: str, kind: DesignationKind) -> None:
+        if code is None or not is_term(term):
+            return
+        key = note_key(term)
+        best, entries = self._placed.get(key, (rank, []))
+        if rank < best:
+            entries = []
+        if rank <= best:
+            self._placed[key] = (rank, [*entries, (code, term, kind)])
+
+    def pointer(self, name: str, code: str, resolve: Callable[[str], str | None]) -> None:
+        """``name`` is coded at ``code`` ("S36.1-": somewhere under S36.1); ``resolve`` gives the
+        billable code for a code (itself, a category's default leaf, or None if unknown)."""
+        code = code.rstrip(".-")
+        leaf = resolve(code)
+        self.place(1 if leaf == code else 2, leaf, name, "synonym")
+
+    def note(self, note: str, resolve: Callable[[str], str | None]) -> None:
+        """An Excludes note: "wheezing NOS (R06.2)"."""
+        match = _POINTER.match(note)
+        if match is not None and not match["name"].lower().startswith(_FRAGMENT):
+            self.pointer(match["name"], match["code"], resolve)
+
+    def noted(self) -> dict[str, list[tuple[str, DesignationKind]]]:
+        """Billable code → the names placed there (its own inclusion terms left to its importer)."""
+        noted: dict[str, list[tuple[str, DesignationKind]]] = {}
+        for rank, entries in self._placed.values():
+            for code, term, kind in entries:
+                if rank > 0:
+                    noted.setdefault(code, []).append((term, kind))
+        return noted
 
 
 # "wheezing NOS (R06.2)", "deafness NOS (H91.9-)", "obstetric embolism (O88.-)"
-_POINTER = re.compile(r"^(?P<name>.+?)\s*\((?P<code>[A-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?)(?:\.?-)?\)$")
+_POINTER = re.compile(r"^(?P<name>.+?)\s*\((?P<code>[A-Z]\d[0-9A-Z](?:\.[0-9A-Z]{0,4})?-?)\)$")
 # Notes that only make sense under the code they sit in: "that complicating pregnancy (O99.4)"
 _FRAGMENT = ("that ", "those ", "when ", "in ", "with ", "due to ", "of ", "by ")
 

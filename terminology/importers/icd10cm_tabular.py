@@ -1,24 +1,32 @@
-"""ICD-10-CM from CMS's official tabular list XML (``icd10cm_tabular_YYYY.xml``).
+"""ICD-10-CM from CMS's official release: the tabular list XML, and its Alphabetic Index.
 
-For users with a newer release than the built-in one. The file is read as a stream, one
-three-character category at a time (a category is a few hundred elements at most), so memory
-stays flat on the 70 MB file. What is imported matches the built-in importer: billable codes
-(the leaves, with 7th characters added where a ``sevenChrDef`` applies) with their titles as
-preferred designations, their inclusion terms as synonyms, and a category's own inclusion terms
-on the code a non-specific mention would be coded to.
+For users with a newer release than the built-in one. ``path`` is the tabular list
+(``icd10cm_tabular_YYYY.xml``) or the unzipped release folder (``icd10cm-table-index-YYYY``),
+whose Alphabetic Index (``icd10cm_index_YYYY.xml``) then adds the index's entries as synonyms of
+the codes they lead to ("Abasia (-astasia) (hysterical)" → F44.4; "Diabetes, diabetic with
+amyotrophy" → E11.44): the names coders look codes up by, eponyms included.
+
+What is imported matches the built-in importer: billable codes (the leaves, with 7th characters
+added where a ``sevenChrDef`` applies) with their titles as preferred designations, their
+inclusion terms as synonyms, and names placed elsewhere (a category's inclusion terms and
+Includes notes, Excludes notes' "name (code)", index entries) as ``Placements`` ranks them.
+The files are read as streams, the tabular twice (first where names are placed, then the codes),
+one three-character category at a time, so memory holds the placed names, not the 70 MB tree.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
-from terminology.importers.icd10cm import cms_release_info, default_leaf, is_term
+from terminology.importers.icd10cm import Placements, cms_release_info, default_leaf, is_term
 from terminology.model import ConceptRow, DesignationKind, TerminologyImportError
 
 _CODE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
@@ -31,6 +39,7 @@ class _Category:
         self.titles: dict[str, str] = {}
         self.children: dict[str, list[str]] = {}
         self.terms: dict[str, list[str]] = {}
+        self.excludes: list[str] = []  # Excludes notes of any of its codes: "wheezing NOS (R06.2)"
         self.order: list[str] = []
 
     def add(self, code: str, parent: str | None, title: str, terms: list[str]) -> None:
@@ -58,39 +67,51 @@ def _with_seventh(code: str, char: str) -> str:
 
 
 class Icd10cmTabularImporter:
-    """Billable codes, titles and inclusion terms from the CMS tabular list XML."""
+    """Billable codes, titles and synonyms from the CMS tabular list XML (and Alphabetic Index)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.info = cms_release_info(path, "tabular list")
+        self.tabular, self.index = release_files(path)
+        kind = "tabular list and index" if self.index else "tabular list"
+        self.info = cms_release_info(self.tabular, kind)
 
     def rows(self) -> Iterator[ConceptRow]:
-        count = 0
-        try:
+        placements = Placements()
+        resolved: dict[str, str | None] = {}  # any tabular code → its billable code for a plain mention
+        excludes: list[str] = []
+        with _read(self.tabular, "the tabular list never uses them"):
             for category in self._categories():
-                yield from self._leaves(category)
-                count += 1
-        except ET.ParseError as error:
-            line = error.position[0] if error.position else None
-            problem = "not well-formed XML (truncated or damaged file?)"
-            raise TerminologyImportError(str(self.path), line, problem) from None
-        except DefusedXmlException:
-            problem = "the file declares XML entities or external references, which the tabular list never uses"
-            raise TerminologyImportError(str(self.path), None, problem) from None
-        if count == 0:
+                for code in category.order:
+                    resolved[code] = default_leaf(category, code)
+                    for term in category.terms[code]:
+                        if category.is_leaf(code):
+                            placements.own(code, term)
+                        else:
+                            placements.place(2, resolved[code], term, "inclusion")
+                excludes.extend(category.excludes)
+        if not resolved:
             problem = "no ICD-10-CM <diag> codes found: not a tabular list XML"
-            raise TerminologyImportError(str(self.path), None, problem)
+            raise TerminologyImportError(str(self.tabular), None, problem)
+        for note in excludes:
+            placements.note(note, resolved.get)
+        if self.index is not None:
+            with _read(self.index, "the index never uses them"):
+                for name, code in self._index_entries(self.index):
+                    placements.pointer(name, code, resolved.get)
+        noted = placements.noted()
+        with _read(self.tabular, "the tabular list never uses them"):
+            for category in self._categories():
+                yield from self._leaves(category, noted)
 
     def _categories(self) -> Iterator[_Category]:
         """Each three-character category, complete, as soon as its closing tag is read."""
         depth = 0  # open <diag> elements
         seen_root = False
-        for event, element in iterparse(self.path, events=("start", "end")):
+        for event, element in iterparse(self.tabular, events=("start", "end")):
             if not seen_root:
                 seen_root = True
                 if element.tag != "ICD10CM.tabular":
                     raise TerminologyImportError(
-                        str(self.path), 1, f"root element is <{element.tag}>, not <ICD10CM.tabular>"
+                        str(self.tabular), 1, f"root element is <{element.tag}>, not <ICD10CM.tabular>"
                     )
             if element.tag != "diag":
                 continue
@@ -104,10 +125,13 @@ class Icd10cmTabularImporter:
     def _walk(self, category: _Category, diag: ET.Element, parent: str | None, seventh: dict[str, str]) -> None:
         code = (diag.findtext("name") or "").strip()
         if not _CODE.match(code):
-            raise TerminologyImportError(str(self.path), None, f"<diag> with an invalid code {code[:10]!r}")
+            raise TerminologyImportError(str(self.tabular), None, f"<diag> with an invalid code {code[:10]!r}")
         title = _text(diag.find("desc"))
-        terms = [term for note in diag.findall("inclusionTerm/note") if is_term(term := _text(note))]
+        notes = [*diag.findall("inclusionTerm/note"), *diag.findall("includes/note")]
+        terms = [term for note in notes if is_term(term := _text(note))]
         category.add(code, parent, title, terms)
+        excludes = [*diag.findall("excludes1/note"), *diag.findall("excludes2/note")]
+        category.excludes.extend(_text(note) for note in excludes)
         seventh = {**seventh, **{ext.get("char", ""): _text(ext) for ext in diag.findall("sevenChrDef/extension")}}
         children = diag.findall("diag")
         for child in children:
@@ -116,20 +140,85 @@ class Icd10cmTabularImporter:
             for char, meaning in sorted(seventh.items()):
                 category.add(_with_seventh(code, char), code, f"{title}, {meaning}", [])
 
-    def _leaves(self, category: _Category) -> Iterator[ConceptRow]:
-        inherited: dict[str, list[str]] = {}
-        for code in category.order:
-            if not category.is_leaf(code) and category.terms[code]:
-                target = default_leaf(category, code)
-                if target is not None:
-                    inherited.setdefault(target, []).extend(category.terms[code])
+    def _leaves(self, category: _Category, noted: dict[str, list[tuple[str, DesignationKind]]]) -> Iterator[ConceptRow]:
         for code in category.order:
             if not category.is_leaf(code):
                 continue
             title = category.titles[code]
             designations: list[tuple[str, DesignationKind]] = [(title, "preferred")]
-            designations.extend((t, "inclusion") for t in category.terms[code] + inherited.get(code, []))
+            seen = {title.lower()}
+            for term, kind in [*((t, "inclusion") for t in category.terms[code]), *noted.get(code, [])]:
+                if term.lower() not in seen:
+                    seen.add(term.lower())
+                    designations.append((term, kind))
             yield ConceptRow(code=code, display=title, semantic_type="disorder", designations=tuple(designations))
+
+    def _index_entries(self, path: Path) -> Iterator[tuple[str, str]]:
+        """(name, code) for each Alphabetic Index entry with a code: main term and subterms joined."""
+        seen_root = False
+        for event, element in iterparse(path, events=("start", "end")):
+            if not seen_root:
+                seen_root = True
+                if element.tag != "ICD10CM.index":
+                    raise TerminologyImportError(str(path), 1, f"root element is <{element.tag}>, not <ICD10CM.index>")
+            if event == "end" and element.tag == "mainTerm":
+                yield from _entries(element, [])
+                element.clear()
+
+
+def _entries(term: ET.Element, path: list[str]) -> Iterator[tuple[str, str]]:
+    """A term's own entry (if it has a code) and its subterms', named by the path to them."""
+    title = term.find("title")
+    path = [*path, " ".join(part.strip() for part in (title.itertext() if title is not None else ()) if part.strip())]
+    code = (term.findtext("code") or "").strip()
+    if code and path[-1]:
+        yield _joined(path), code
+    for child in term.findall("term"):
+        yield from _entries(child, path)
+
+
+# Subterms that continue a phrase rather than qualify the main term: "Diabetes, diabetic" /
+# "with" / "amyotrophy" reads "Diabetes, diabetic with amyotrophy".
+_CONNECTIVES = frozenset({"with", "without", "due", "in", "of", "following", "complicating", "during", "from", "by"})
+
+
+def _joined(path: list[str]) -> str:
+    text = path[0]
+    for before, part in itertools.pairwise(path):
+        words = part.lower().split()
+        joins = (words and words[0] in _CONNECTIVES) or before.lower() in _CONNECTIVES
+        text += f" {part}" if joins else f", {part}"
+    return text
+
+
+def release_files(path: Path) -> tuple[Path, Path | None]:
+    """The tabular list and, in a release folder, the Alphabetic Index of diseases and injuries."""
+    if not path.is_dir():
+        return path, None
+
+    def find(*patterns: str) -> Path | None:
+        found = sorted(f for pattern in patterns for f in path.iterdir() if re.fullmatch(pattern, f.name, re.I))
+        return found[0] if found else None
+
+    tabular = find(r"icd10cm[_-]tabular[_-]\d{4}\.xml", r"tabular\.xml")
+    if tabular is None:
+        problem = "no tabular list (icd10cm_tabular_YYYY.xml) in this folder: unzip CMS's icd10cm-table-index-YYYY.zip"
+        raise TerminologyImportError(str(path), None, problem)
+    return tabular, find(r"icd10cm[_-]index[_-]\d{4}\.xml", r"index\.xml")
+
+
+@contextmanager
+def _read(path: Path, entities: str) -> Iterator[None]:
+    """Turn an XML file's damage into a TerminologyImportError naming the file and line."""
+    try:
+        yield
+    except ET.ParseError as error:
+        line = error.position[0] if error.position else None
+        problem = "not well-formed XML (truncated or damaged file?)"
+        raise TerminologyImportError(str(path), line, problem) from None
+    except DefusedXmlException:
+        problem = f"the file declares XML entities or external references, which {entities}"
+        raise TerminologyImportError(str(path), None, problem) from None
 
 
 def _text(element: ET.Element | None) -> str:

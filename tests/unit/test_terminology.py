@@ -350,6 +350,7 @@ TABULAR = """<?xml version="1.0" encoding="utf-8"?>
           <name>S02.0</name>
           <desc>Fracture of vault of skull</desc>
           <inclusionTerm><note>Fracture of frontal bone</note><note>Use two codes if both apply.</note></inclusionTerm>
+          <excludes1><note>fracture of orbit floor (S02.85-)</note><note>cardiac arrest (I46.9)</note></excludes1>
         </diag>
         <diag>
           <name>S02.8</name>
@@ -383,6 +384,90 @@ def test_icd10cm_tabular_xml(tmp_path: Path, scratch_index: Path, embedder: Mini
     service = TerminologyService(scratch_index, embedder)
     assert top_codes(service, "cardiac asthma", ICD10CM)[0] == "I50.1"
     assert [s.info.version for s in service.code_systems() if s.info.system == ICD10CM] == ["2026"]
+
+
+# The Alphabetic Index of the same release (icd10cm_index_2026.xml), cut down to a few entries
+INDEX = """<?xml version="1.0" encoding="utf-8"?>
+<ICD10CM.index>
+  <version>2026</version>
+  <title>ICD-10-CM INDEX TO DISEASES and INJURIES</title>
+  <letter>
+    <title>F</title>
+    <mainTerm>
+      <title>Failure</title>
+      <term level="1">
+        <title>heart<nemod>(acute) (senile) (sudden)</nemod></title>
+        <code>I50.9</code>
+        <term level="2">
+          <title>with</title>
+          <term level="3"><title>pulmonary edema</title><code>I50.1</code></term>
+        </term>
+        <term level="2"><title>biventricular</title><code>I50.9</code></term>
+      </term>
+    </mainTerm>
+    <mainTerm>
+      <title>Fracture, traumatic</title>
+      <term level="1"><title>orbit, orbital</title><code>S02.85-</code></term>
+    </mainTerm>
+  </letter>
+  <letter>
+    <title>L</title>
+    <mainTerm><title>Leakage</title><see>Edema</see></mainTerm>
+  </letter>
+</ICD10CM.index>
+"""
+
+
+def test_icd10cm_release_folder_adds_the_alphabetic_index(
+    tmp_path: Path, scratch_index: Path, embedder: MiniLmEmbedder
+) -> None:
+    release = tmp_path / "icd10cm-table-index-2026"
+    release.mkdir()
+    (release / "icd10cm_tabular_2026.xml").write_text(TABULAR)
+    (release / "icd10cm_index_2026.xml").write_text(INDEX)
+    importer = create_importer("icd10cm-tabular", release)
+    assert importer.info.version == "2026" and "tabular list and index" in importer.info.source
+    rows = {row.code: row.designations for row in importer.rows()}
+    assert sorted(rows) == ["I50.1", "I50.9", "S02.0XXA", "S02.0XXD", "S02.85XA", "S02.85XD"]
+    # an entry is named by its path, a connective continuing the phrase; nonessential modifiers kept
+    assert ("Failure, heart (acute) (senile) (sudden)", "synonym") in rows["I50.9"]
+    assert ("Failure, heart (acute) (senile) (sudden) with pulmonary edema", "synonym") in rows["I50.1"]
+    # "S02.85-" needs more characters: the entry goes to the code a plain mention gets; so does an
+    # Excludes note's pointer; a pointer at a code the release lacks (I46.9) is dropped
+    assert {"Fracture, traumatic, orbit, orbital", "fracture of orbit floor"} <= {t for t, _ in rows["S02.85XA"]}
+    assert not any("cardiac arrest" in t for terms in rows.values() for t, _ in terms)
+    build_index(scratch_index, embedder, [importer])
+    service = TerminologyService(scratch_index, embedder)
+    assert top_codes(service, "senile heart failure", ICD10CM)[0] == "I50.9"
+    # the tabular file alone still imports, without the index's names
+    alone = {
+        row.code: row.designations
+        for row in create_importer("icd10cm-tabular", release / "icd10cm_tabular_2026.xml").rows()
+    }
+    assert not any(t.startswith("Failure, heart") for t, _ in alone["I50.9"])
+
+
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ({"readme.txt": "hello"}, "no tabular list (icd10cm_tabular_YYYY.xml) in this folder"),
+        ({"icd10cm_index_2026.xml": INDEX}, "no tabular list"),
+        ({"icd10cm_tabular_2026.xml": TABULAR, "icd10cm_index_2026.xml": INDEX[:300]}, "not well-formed XML"),
+        ({"icd10cm_tabular_2026.xml": TABULAR, "icd10cm_index_2026.xml": "<ICD10CM.tabular/>"}, "not <ICD10CM.index>"),
+    ],
+)
+def test_a_bad_release_folder_names_the_file(
+    tmp_path: Path, scratch_index: Path, embedder: MiniLmEmbedder, files: dict[str, str], problem: str
+) -> None:
+    release = tmp_path / "release"
+    release.mkdir()
+    for name, content in files.items():
+        (release / name).write_text(content)
+    before = digest(scratch_index)
+    with pytest.raises(TerminologyImportError) as caught:
+        build_index(scratch_index, embedder, [create_importer("icd10cm-tabular", release)])
+    assert problem in str(caught.value) and str(release) in str(caught.value)
+    assert digest(scratch_index) == before
 
 
 def test_category_inclusion_terms_go_to_the_code_for_a_plain_mention() -> None:
