@@ -375,7 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     build.set_defaults(handler=_terminology_build)
     import_ = actions.add_parser("import", help="import a code system from the user's own release files")
     import_.add_argument("--format", required=True, choices=FORMATS)
-    import_.add_argument("path", type=Path)
+    import_.add_argument(
+        "path",
+        type=Path,
+        help="a release file, or a release folder (snomed-rf2; icd10cm-tabular: CMS's unzipped"
+        " icd10cm-table-index-YYYY, whose Alphabetic Index is imported too)",
+    )
     import_.set_defaults(handler=_terminology_import)
     lookup = actions.add_parser("lookup", help="find codes for a phrase")
     lookup.add_argument("text")

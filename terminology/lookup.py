@@ -53,7 +53,7 @@ FEATURES: Final = (
     "default",  # a mention "NOS": the designation is a default ("unspecified", "without ...")
     "centroid",  # cosine of the mention and the mean of the code's designation embeddings
 )
-RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 0.5, 0.25, 1.0, 0.1, 0.25])
+RERANK_WEIGHTS: Final = np.array([1.0, 0.5, 2.0, 0.1, 1.5, 0.25, 3.0])
 EXACT_BONUS: Final = 1000.0  # above any re-rank score: a designation equal to the mention wins
 Mode = Literal["hybrid", "lexical", "semantic"]
 _RESIDUAL_SUFFIXES: Final = (", unspecified", " NOS", ", unspecified organism", ", not elsewhere classified")
