@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from terminology.importers.icd10cm import Icd10cmBuiltinImporter
 from terminology.index import build_index
-from terminology.lookup import EXACT_BONUS, FEATURES, RERANK_WEIGHTS, TerminologyService, prepare_query
+from terminology.lookup import EXACT_BONUS, FEATURES, RERANK_WEIGHTS, TerminologyService
 from terminology.model import ICD10CM
 
 _spec = importlib.util.spec_from_file_location("bench_terminology", Path(__file__).parent / "terminology.py")
@@ -47,7 +47,7 @@ def collect(service: TerminologyService, queries: list[tuple[str, str, str]]) ->
     ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
     cases: list[Case] = []
     for number, (_, text, expected) in enumerate(queries, start=1):
-        query = prepare_query(text)
+        query = service.prepare(text)
         found = service.retrieve(query, [ICD10CM], (), "hybrid")
         pool = found.pool()
         features, _ = service.rerank_features(query, found.vector, pool)

@@ -53,7 +53,7 @@ FEATURES: Final = (
     "default",  # a mention "NOS": the designation is a default ("unspecified", "without ...")
     "centroid",  # cosine of the mention and the mean of the code's designation embeddings
 )
-RERANK_WEIGHTS: Final = np.array([1.0, 0.5, 2.0, 0.1, 1.5, 0.25, 3.0])
+RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 2.0, 0.1, 1.5, 0.25, 3.0])
 EXACT_BONUS: Final = 1000.0  # above any re-rank score: a designation equal to the mention wins
 Mode = Literal["hybrid", "lexical", "semantic"]
 _RESIDUAL_SUFFIXES: Final = (", unspecified", " NOS", ", unspecified organism", ", not elsewhere classified")
@@ -135,7 +135,7 @@ class TerminologyService:
             raise EmbeddingModelError(f"the terminology index {path} was embedded by {stored[0]}, not {embedder.name}")
         self.embedded_by: str | None = stored[0] if stored else None  # the embedding model's name
         self._matrix: _Vectors | None = None
-        self._idf: dict[str, float] | None = None
+        self._vocabulary: tuple[dict[str, float], dict[str, int]] | None = None  # stem IDF, word counts
 
     def close(self) -> None:
         with self._lock:
@@ -156,7 +156,7 @@ class TerminologyService:
         limit: int = 5,
         mode: Mode = "hybrid",
     ) -> list[Candidate]:
-        query = prepare_query(text)
+        query = self.prepare(text)
         if not query:
             return []
         found = self.retrieve(query, systems, semantic_types, mode)
@@ -297,16 +297,47 @@ class TerminologyService:
 
     def _word_weights(self) -> dict[str, float]:
         """Inverse document frequency of each word stem over all designations (read once)."""
+        return self._read_words()[0]
+
+    def _known_words(self) -> dict[str, int]:
+        """How many designations each lowercase word appears in (read once)."""
+        return self._read_words()[1]
+
+    def _read_words(self) -> tuple[dict[str, float], dict[str, int]]:
         with self._lock:
-            if self._idf is None:
-                counts: dict[str, int] = {}
+            if self._vocabulary is None:
+                stems: dict[str, int] = {}
+                words: dict[str, int] = {}
                 total = 0
                 for (term,) in self._db.execute("SELECT term FROM designation"):
                     total += 1
-                    for word in _words(term):
-                        counts[word] = counts.get(word, 0) + 1
-                self._idf = {w: math.log(1 + total / n) for w, n in counts.items()}
-            return self._idf
+                    for stem in _words(term):
+                        stems[stem] = stems.get(stem, 0) + 1
+                    for word in set(_LETTERS.findall(term.lower())):
+                        words[word] = words.get(word, 0) + 1
+                self._vocabulary = ({w: math.log(1 + total / n) for w, n in stems.items()}, words)
+            return self._vocabulary
+
+    def prepare(self, text: str) -> str:
+        """The mention as lookups read it: ``prepare_query``, then each word the index has never
+        seen replaced by the commonest one it has a single edit away ("intial" → "initial",
+        "secnd" → "second"): OCR and typing drop, add, swap or change a letter. Short words and
+        words with no such neighbour are left as they are."""
+        query = prepare_query(text)
+        known = self._known_words()
+
+        def corrected(match: re.Match[str]) -> str:
+            word = match.group(0)
+            lower = word.lower()
+            if len(lower) < _SPELL_MIN or lower in known:
+                return word
+            # the commonest neighbour; ties by spelling, so every process corrects alike
+            best = max((w for w in _one_edit(lower) if w in known), key=lambda w: (known[w], w), default=None)
+            if best is None:
+                return word
+            return best.upper() if word.isupper() else best.capitalize() if word[0].isupper() else best
+
+        return _LETTERS.sub(corrected, query)
 
     @staticmethod
     def _filters(systems: Sequence[str], semantic_types: Sequence[str]) -> tuple[str, list[str]]:
@@ -501,6 +532,22 @@ def _without_residual(term: str) -> str:
         if term.endswith(suffix):
             return term.removesuffix(suffix)
     return term.removeprefix("Unspecified ")
+
+
+_LETTERS: Final = re.compile(r"[^\W\d_]+")
+_SPELL_MIN: Final = 5  # shorter unknown words are more often abbreviations than misspellings
+_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _one_edit(word: str) -> set[str]:
+    """Every string one deletion, insertion, substitution or transposition away from ``word``."""
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    return {
+        *(a + b[1:] for a, b in splits if b),
+        *(a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1),
+        *(a + c + b[1:] for a, b in splits if b for c in _ALPHABET),
+        *(a + c + b for a, b in splits for c in _ALPHABET),
+    }
 
 
 def _trigrams(text: str) -> frozenset[str]:

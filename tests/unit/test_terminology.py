@@ -58,6 +58,19 @@ def test_icd10cm_lookup(service: TerminologyService, mention: str, expected: str
     assert top_codes(service, mention, ICD10CM)[0] == expected
 
 
+def test_a_word_the_index_never_saw_is_read_as_its_nearest_known_word(service: TerminologyService) -> None:
+    # OCR and typing drop, add, swap or change a letter; the qualifier then clashes as spelled right
+    assert service.prepare("Chronic kidney diseas, stage 4") == "Chronic kidney disease, stage 4"
+    assert service.prepare("Persistnet atrial fibrillation") == "Persistent atrial fibrillation"
+    assert service.prepare("Heart failrue") == "Heart failure"
+    assert top_codes(service, "Chronic obstrctive pulmonary disease with acute exacerbaton", ICD10CM)[0] == "J44.1"
+    # known words, short words (more often abbreviations), numbers and unknown words with no
+    # near neighbour are left alone
+    assert service.prepare("Type 2 diabetes mellitus") == "Type 2 diabetes mellitus"
+    assert service.prepare("Asthma, qxz 20mg") == "Asthma, qxz 20mg"
+    assert service.prepare("Furloughed") == "Furloughed"
+
+
 def test_semantic_search_finds_what_words_do_not(service: TerminologyService) -> None:
     # no designation contains "blood pressure", yet the meaning is hypertension
     assert "I10" in top_codes(service, "high blood pressure", ICD10CM, limit=3, mode="semantic")
