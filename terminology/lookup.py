@@ -4,14 +4,17 @@ Three ranked lists are fused by weighted reciprocal rank (Cormack et al., SIGIR 
 exact designation matches, lexical FTS5/BM25 matches, and semantic KNN matches (sqlite-vec,
 cosine over all-MiniLM-L6-v2 embeddings stored in the index's vec0 table, searched in memory).
 The mention is first put in the classification's words (``prepare_query``: clinical abbreviations
-expanded, a DSM-5 substance use disorder's severity given as abuse or dependence).
+expanded, a DSM-5 substance use disorder's severity given as abuse or dependence), and a word the
+index has never seen is read as its commonest known neighbour one edit away
+(``TerminologyService.prepare``: "intial" → "initial").
 
 The fused top candidates are then re-ranked by a weighted sum of features (``FEATURES``): how
 close the mention is to each candidate's closest designation in meaning (cosine) and in spelling
 (character trigrams), how many of its words the designation has and the reverse, qualifiers that
-clash ("left knee" vs "right knee", "stage 2" vs "stage 1"), for a mention "NOS" whether the
-candidate is its category's default ("unspecified", "without ...") and the closeness to the mean
-of all the candidate's designations. Fusion finds the right concept; the re-rank puts it first among
+clash with the code's preferred name ("left knee" vs "right knee", "stage 2" vs "stage 1",
+"mild" vs "unspecified severity"), for a mention "NOS" whether the candidate is its category's
+default ("unspecified", "without ...") and the closeness to the mean of all the candidate's
+designations. Fusion finds the right concept; the re-rank puts it first among
 near-identical siblings and forgives misspellings that defeat word-level FTS.
 """
 
