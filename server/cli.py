@@ -63,7 +63,7 @@ class _ProgressBars:
 
 def _build_builtin_terminology(settings: Settings, *, fresh: bool = True) -> None:
     from server.services import build_embedder
-    from terminology.index import build_index, builtin_importers
+    from terminology.index import BUILTIN_CONTENT, BUILTIN_CONTENT_KEY, build_index, builtin_importers
 
     embedder = build_embedder(settings)
     if embedder is None:
@@ -76,7 +76,14 @@ def _build_builtin_terminology(settings: Settings, *, fresh: bool = True) -> Non
     )
     bars = _ProgressBars()
     try:
-        counts = build_index(settings.terminology_index_path, embedder, builtin_importers(), fresh=fresh, progress=bars)
+        counts = build_index(
+            settings.terminology_index_path,
+            embedder,
+            builtin_importers(),
+            fresh=fresh,
+            progress=bars,
+            meta={BUILTIN_CONTENT_KEY: str(BUILTIN_CONTENT)},
+        )
     finally:
         bars.close()
     for name, count in counts.items():
@@ -91,7 +98,15 @@ def _check_terminology(settings: Settings) -> None:
     if not settings.terminology_index_path.exists():
         build_embedder(settings)
     elif (terminology := build_terminology(settings)) is not None:  # builds the embedder too
+        if terminology.builtins_outdated():
+            print(f"paperchart: {_OUTDATED}", file=sys.stderr, flush=True)
         terminology.close()
+
+
+_OUTDATED = (
+    "the terminology index's built-in code systems were built by an older paperchart; "
+    "`paperchart terminology build` adds what they have gained since (it serves as it is meanwhile)"
+)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -310,6 +325,8 @@ def _terminology_lookup(args: argparse.Namespace) -> int:
 def _terminology_info(args: argparse.Namespace) -> int:
     service = _open_terminology()
     print(f"embedding model: {service.embedded_by or 'none'}")
+    if service.builtins_outdated():
+        print(f"note: {_OUTDATED}")
     for summary in service.code_systems():
         info = summary.info
         print(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -230,17 +230,32 @@ def build_index(
     *,
     fresh: bool = False,
     progress: Progress | None = None,
+    meta: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
-    """Import each code system and embed its designations, then swap the new index in."""
+    """Import each code system and embed its designations, then swap the new index in (with
+    ``meta`` written to its ``index_meta``)."""
     writer = IndexWriter(path, embedder, fresh=fresh)
     try:
         counts = {importer.info.name: writer.import_system(importer, progress) for importer in importers}
         writer.embed_pending(progress)
+        writer.db.executemany("INSERT OR REPLACE INTO index_meta (key, value) VALUES (?, ?)", (meta or {}).items())
         writer.commit()
     except BaseException:
         writer.abort()
         raise
     return counts
+
+
+# What the built-in importers yield, as a number raised whenever it changes, so that an index
+# built by an older paperchart can say what `paperchart terminology build` would add to it.
+# 2: ICD-10-CM names from the tabular's Includes and Excludes notes.
+BUILTIN_CONTENT: Final = 2
+BUILTIN_CONTENT_KEY: Final = "builtin_content"
+
+
+def builtin_sources() -> frozenset[str]:
+    """The ``source`` the built-in importers record for their code systems."""
+    return frozenset(importer.info.source for importer in builtin_importers())
 
 
 def builtin_importers(*, icd_prefixes: tuple[str, ...] = (), snomed_limit: int | None = None) -> list[Importer]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from terminology.abbreviations import expand_abbreviations
 from terminology.embed import Embedder, EmbeddingModelError
-from terminology.index import open_index
+from terminology.index import BUILTIN_CONTENT, BUILTIN_CONTENT_KEY, builtin_sources, open_index
 from terminology.model import Candidate, CodeSystemInfo, ConceptDetail
 
 # Weighted RRF. Tuned on 240 held-out ICD-10-CM queries (seed 11; bench/terminology.py reports on
@@ -499,6 +499,14 @@ class TerminologyService:
                 [*parameters, count, offset],
             )
         return [(r[0], r[1], r[2] or "") for r in rows], int(total)
+
+    def builtins_outdated(self) -> bool:
+        """Whether the index holds built-in code systems built by an older paperchart, which
+        ``paperchart terminology build`` would bring up to date (``BUILTIN_CONTENT``)."""
+        stored = self._rows("SELECT value FROM index_meta WHERE key = ?", (BUILTIN_CONTENT_KEY,))
+        if stored and stored[0][0].isdigit() and int(stored[0][0]) >= BUILTIN_CONTENT:
+            return False
+        return not builtin_sources().isdisjoint(s.info.source for s in self.code_systems())
 
     def code_systems(self) -> list[CodeSystemSummary]:
         return [

@@ -146,6 +146,8 @@ def test_cli_lookup_and_info(tmp_path: Path, terminology_index: Path) -> None:
     assert "I10" in [c["code"] for c in json.loads(lookup.stdout)]
     info = cli("info")
     assert info.returncode == 0 and "CC BY 4.0" in info.stdout and "ICD-10-CM" in info.stdout
+    # the test index carries no built-in content mark, as one built by an older paperchart
+    assert "`paperchart terminology build` adds what they have gained" in info.stdout
     bad = tmp_path / "RXNCONSO.RRF"
     bad.write_text("not|an|rrf|row\n")
     failed = cli("import", "--format", "rxnorm-rrf", str(bad))

@@ -483,6 +483,24 @@ def test_a_bad_release_folder_names_the_file(
     assert digest(scratch_index) == before
 
 
+def test_an_index_says_when_its_builtins_are_older_than_this_paperchart(
+    tmp_path: Path, scratch_index: Path, embedder: MiniLmEmbedder
+) -> None:
+    from terminology.index import BUILTIN_CONTENT, BUILTIN_CONTENT_KEY
+
+    builtin = [Icd10cmBuiltinImporter(prefixes=("I10",))]
+    build_index(scratch_index, embedder, builtin)  # as an older paperchart built it: no content mark
+    assert TerminologyService(scratch_index, embedder).builtins_outdated()
+    build_index(scratch_index, embedder, builtin, meta={BUILTIN_CONTENT_KEY: str(BUILTIN_CONTENT)})
+    assert not TerminologyService(scratch_index, embedder).builtins_outdated()
+    # an index of the user's own release files has no built-ins to bring up to date
+    source = tmp_path / "icd10cm_tabular_2026.xml"
+    source.write_text(TABULAR)
+    own = tmp_path / "own.db"
+    build_index(own, embedder, [create_importer("icd10cm-tabular", source)])
+    assert not TerminologyService(own, embedder).builtins_outdated()
+
+
 def test_category_inclusion_terms_go_to_the_code_for_a_plain_mention() -> None:
     import simple_icd_10_cm as icd
 
