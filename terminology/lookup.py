@@ -56,6 +56,7 @@ FEATURES: Final = (
     "default",  # a mention "NOS": the designation is a default ("unspecified", "without ...")
     "centroid",  # cosine of the mention and the mean of the code's designation embeddings
 )
+_CONFLICT: Final = FEATURES.index("conflict")
 RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 2.0, 0.1, 1.5, 0.25, 3.0])
 EXACT_BONUS: Final = 1000.0  # above any re-rank score: a designation equal to the mention wins
 Mode = Literal["hybrid", "lexical", "semantic"]
@@ -289,12 +290,12 @@ class TerminologyService:
             )
             features[concept_id] = np.maximum(features[concept_id], values) if concept_id in features else values
             if kind == "preferred":
-                title_conflict[concept_id] = values[4]
+                title_conflict[concept_id] = values[_CONFLICT]
             combined = max(cosine, 0.0) + TRIGRAM_WEIGHT * trigram
             if concept_id not in best_term or combined > best_term[concept_id][0]:
                 best_term[concept_id] = (combined, term)
         for concept_id, conflict in title_conflict.items():
-            features[concept_id][4] = conflict
+            features[concept_id][_CONFLICT] = conflict
         result = {c: np.append(f, centroid.get(c, 0.0)) for c, f in features.items()}
         return result, {c: term for c, (_, term) in best_term.items()}
 

@@ -12,7 +12,7 @@ tabular's Excludes notes name conditions and say where they are coded instead ("
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +59,23 @@ class Icd10cmBuiltinImporter:
         for code in icd.get_all_codes(with_dots=True):
             if not icd.is_leaf(code) or (self.prefixes and not code.startswith(self.prefixes)):
                 continue
-            title = icd.get_description(code)
-            designations: list[tuple[str, DesignationKind]] = [(title, "preferred")]
+            terms: list[tuple[str, DesignationKind]] = []
             if self.with_inclusion_terms:
                 named = [*icd.get_inclusion_term(code), *icd.get_includes(code)]
-                own: list[tuple[str, DesignationKind]] = [(t, "inclusion") for t in named if is_term(t)]
-                seen = {title.lower()}
-                for term, kind in [*own, *noted.get(code, [])]:
-                    if term.lower() not in seen and (code, note_key(term)) not in self.held_out:
-                        seen.add(term.lower())
-                        designations.append((term, kind))
-            yield ConceptRow(code=code, display=title, semantic_type="disorder", designations=tuple(designations))
+                terms = [*((t, "inclusion") for t in named if is_term(t)), *noted.get(code, [])]
+                terms = [(t, kind) for t, kind in terms if (code, note_key(t)) not in self.held_out]
+            yield leaf_row(code, icd.get_description(code), terms)
+
+
+def leaf_row(code: str, title: str, terms: Iterable[tuple[str, DesignationKind]]) -> ConceptRow:
+    """A billable code's row: its title, then each other name once (case aside)."""
+    designations: list[tuple[str, DesignationKind]] = [(title, "preferred")]
+    seen = {title.lower()}
+    for term, kind in terms:
+        if term.lower() not in seen:
+            seen.add(term.lower())
+            designations.append((term, kind))
+    return ConceptRow(code=code, display=title, semantic_type="disorder", designations=tuple(designations))
 
 
 def _noted_terms(icd: Any) -> dict[str, list[tuple[str, DesignationKind]]]:

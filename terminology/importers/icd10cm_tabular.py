@@ -26,7 +26,7 @@ from pathlib import Path
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
-from terminology.importers.icd10cm import Placements, cms_release_info, default_leaf, is_term
+from terminology.importers.icd10cm import Placements, cms_release_info, default_leaf, is_term, leaf_row
 from terminology.model import ConceptRow, DesignationKind, TerminologyImportError
 
 _CODE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
@@ -105,14 +105,7 @@ class Icd10cmTabularImporter:
     def _categories(self) -> Iterator[_Category]:
         """Each three-character category, complete, as soon as its closing tag is read."""
         depth = 0  # open <diag> elements
-        seen_root = False
-        for event, element in iterparse(self.tabular, events=("start", "end")):
-            if not seen_root:
-                seen_root = True
-                if element.tag != "ICD10CM.tabular":
-                    raise TerminologyImportError(
-                        str(self.tabular), 1, f"root element is <{element.tag}>, not <ICD10CM.tabular>"
-                    )
+        for event, element in _elements(self.tabular, "ICD10CM.tabular"):
             if element.tag != "diag":
                 continue
             depth += 1 if event == "start" else -1
@@ -142,28 +135,24 @@ class Icd10cmTabularImporter:
 
     def _leaves(self, category: _Category, noted: dict[str, list[tuple[str, DesignationKind]]]) -> Iterator[ConceptRow]:
         for code in category.order:
-            if not category.is_leaf(code):
-                continue
-            title = category.titles[code]
-            designations: list[tuple[str, DesignationKind]] = [(title, "preferred")]
-            seen = {title.lower()}
-            for term, kind in [*((t, "inclusion") for t in category.terms[code]), *noted.get(code, [])]:
-                if term.lower() not in seen:
-                    seen.add(term.lower())
-                    designations.append((term, kind))
-            yield ConceptRow(code=code, display=title, semantic_type="disorder", designations=tuple(designations))
+            if category.is_leaf(code):
+                terms = [*((t, "inclusion") for t in category.terms[code]), *noted.get(code, [])]
+                yield leaf_row(code, category.titles[code], terms)
 
     def _index_entries(self, path: Path) -> Iterator[tuple[str, str]]:
         """(name, code) for each Alphabetic Index entry with a code: main term and subterms joined."""
-        seen_root = False
-        for event, element in iterparse(path, events=("start", "end")):
-            if not seen_root:
-                seen_root = True
-                if element.tag != "ICD10CM.index":
-                    raise TerminologyImportError(str(path), 1, f"root element is <{element.tag}>, not <ICD10CM.index>")
+        for event, element in _elements(path, "ICD10CM.index"):
             if event == "end" and element.tag == "mainTerm":
                 yield from _entries(element, [])
                 element.clear()
+
+
+def _elements(path: Path, root: str) -> Iterator[tuple[str, ET.Element]]:
+    """The file's (event, element) stream, once its first element is known to be ``root``."""
+    for number, (event, element) in enumerate(iterparse(path, events=("start", "end"))):
+        if number == 0 and element.tag != root:
+            raise TerminologyImportError(str(path), 1, f"root element is <{element.tag}>, not <{root}>")
+        yield event, element
 
 
 def _entries(term: ET.Element, path: list[str]) -> Iterator[tuple[str, str]]:
