@@ -49,8 +49,7 @@ def collect(service: TerminologyService, queries: list[tuple[str, str, str]]) ->
     for number, (_, text, expected) in enumerate(queries, start=1):
         query = service.prepare(text)
         found = service.retrieve(query, [ICD10CM], (), "hybrid")
-        pool = found.pool()
-        features, _ = service.rerank_features(query, found.vector, pool)
+        features, _ = service.rerank_features(query, found)
         order = list(features)
         exact = {hit.concept_id for hit in found.exact}
         cases.append(

@@ -16,6 +16,13 @@ clash with the code's preferred name ("left knee" vs "right knee", "stage 2" vs 
 default ("unspecified", "without ...") and the closeness to the mean of all the candidate's
 designations. Fusion finds the right concept; the re-rank puts it first among
 near-identical siblings and forgives misspellings that defeat word-level FTS.
+
+Classifications name their codes by pattern: each site, side and stage of a pressure ulcer has the
+same synonyms with one word changed. So a mention that matches another code's designation but for
+a few words is also read by analogy (``TerminologyService.analogies``): that code's title, with the
+same words changed, names the code meant ("Pressure pre-ulcer skin changes ..., right elbow" is to
+"..., left elbow" as "Pressure ulcer of right elbow, stage 1" is to "Pressure ulcer of left elbow,
+stage 1"). The codes so named join the re-rank with a feature of their own.
 """
 
 from __future__ import annotations
@@ -55,9 +62,12 @@ FEATURES: Final = (
     "conflict",  # minus the qualifier groups that clash ("left" vs "right", "stage 2" vs "stage 1")
     "default",  # a mention "NOS": the designation is a default ("unspecified", "without ...")
     "centroid",  # cosine of the mention and the mean of the code's designation embeddings
+    "analogy",  # the code's title is another code's title with the words the mention changes changed
 )
 _CONFLICT: Final = FEATURES.index("conflict")
-RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 2.0, 0.1, 1.5, 0.25, 3.0])
+RERANK_WEIGHTS: Final = np.array([1.0, 0.25, 0.5, 0.1, 1.5, 0.25, 1.5, 2.0])
+ANALOGY_SOURCES: Final = 30  # of each of the lexical and semantic lists, the hits read by analogy
+ANALOGY_SPAN: Final = 4  # at most this many words in which the mention and a hit's designation differ
 EXACT_BONUS: Final = 1000.0  # above any re-rank score: a designation equal to the mention wins
 Mode = Literal["hybrid", "lexical", "semantic"]
 _RESIDUAL_SUFFIXES: Final = (", unspecified", " NOS", ", unspecified organism", ", not elsewhere classified")
@@ -119,10 +129,12 @@ class _Retrieved(msgspec.Struct):
     fused: dict[int, float] = msgspec.field(default_factory=dict)  # concept id → RRF score
     matched: dict[int, tuple[int, str]] = msgspec.field(default_factory=dict)  # best rank, designation
     similarity: dict[int, float] = msgspec.field(default_factory=dict)  # best cosine
+    analogies: dict[int, float] = msgspec.field(default_factory=dict)  # concept id → analogy feature
 
     def pool(self) -> list[int]:
-        """The fused top concepts that the re-rank orders."""
-        return sorted(self.fused, key=lambda c: -self.fused[c])[:RERANK_POOL]
+        """The concepts that the re-rank orders: the fused top ones and those named by analogy."""
+        top = sorted(self.fused, key=lambda c: -self.fused[c])[:RERANK_POOL]
+        return top + [c for c in self.analogies if c not in set(top)]
 
 
 class TerminologyService:
@@ -140,6 +152,7 @@ class TerminologyService:
         self.embedded_by: str | None = stored[0] if stored else None  # the embedding model's name
         self._matrix: _Vectors | None = None
         self._vocabulary: tuple[dict[str, float], dict[str, int]] | None = None  # stem IDF, word counts
+        self._titles: dict[str, list[int]] | None = None  # a title's key (``_key``) → concept ids
 
     def close(self) -> None:
         with self._lock:
@@ -166,7 +179,7 @@ class TerminologyService:
         found = self.retrieve(query, systems, semantic_types, mode)
         scores, matched, similarity = found.fused, found.matched, found.similarity
         if mode == "hybrid":
-            scores, best_terms, similarity = self._rerank(query, found.vector, found.pool())
+            scores, best_terms, similarity = self._rerank(query, found)
             matched = {c: (0, term) for c, term in best_terms.items()}
             for hit in found.exact:  # a designation equal to the mention outranks any near miss
                 if hit.concept_id in scores:
@@ -226,24 +239,87 @@ class TerminologyService:
         for hit in found.semantic:
             if hit.similarity is not None:
                 found.similarity[hit.concept_id] = max(found.similarity.get(hit.concept_id, -1.0), hit.similarity)
+        if mode == "hybrid" and not found.exact:  # a designation equal to the mention needs no analogy
+            sources = found.lexical[:ANALOGY_SOURCES] + found.semantic[:ANALOGY_SOURCES]
+            found.analogies = self.analogies(query, sources, systems, semantic_types)
         return found
 
-    def _rerank(
-        self, query: str, vector: np.ndarray | None, pool: list[int]
-    ) -> tuple[dict[int, float], dict[int, str], dict[int, float]]:
+    def analogies(
+        self, query: str, hits: Sequence[_Hit], systems: Sequence[str], semantic_types: Sequence[str]
+    ) -> dict[int, float]:
+        """The concepts the mention names by analogy with the hits' designations, each with
+        1 / the number of words changed (the fewer, the surer).
+
+        A hit's designation and the mention differ in a few words: those the mention lacks and
+        those it adds. The hit's title with the same words taken out and put in is the title of the
+        code meant, when one code has it: "Parkinson's disease with dyskinesia, with OFF episodes"
+        lacks only "without" of G20.A2's synonym "... without dyskinesia, with OFF episodes", and
+        G20.A2's title "Parkinson's disease without dyskinesia, with fluctuations" without it is
+        G20.B2's. Words are compared as sets, stemmed, without fillers ("of", "the").
+        """
+        mention = _key_words(query)
+        sources: dict[int, list[str]] = {}
+        for hit in hits:
+            sources.setdefault(hit.concept_id, []).append(hit.term)
+        if not sources or len(mention) < 2:
+            return {}
+        marks = ",".join("?" * len(sources))
+        titles = dict(
+            self._rows(
+                f"SELECT concept_id, term FROM designation WHERE kind = 'preferred' AND concept_id IN ({marks})",
+                list(sources),
+            )
+        )
+        by_title = self._title_keys()
+        found: dict[int, float] = {}
+        for concept_id, terms in sources.items():
+            title = _key_words(titles.get(concept_id, ""))
+            for term in terms:
+                words = _key_words(term)
+                added, taken = mention - words, words - mention
+                changed = len(added) + len(taken)
+                if not changed or changed > ANALOGY_SPAN or len(mention & words) < 2 or not taken <= title:
+                    continue
+                for target in by_title.get(_key((title - taken) | added), ()):
+                    if target != concept_id:
+                        found[target] = max(found.get(target, 0.0), 1.0 / changed)
+        if not found:
+            return {}
+        # the analogy keeps to the lookup's filters: another system may have a title of those words
+        where, parameters = self._filters(systems, semantic_types)
+        marks = ",".join("?" * len(found))
+        kept = {
+            r[0]
+            for r in self._rows(f"SELECT c.id FROM concept c WHERE c.id IN ({marks}){where}", [*found, *parameters])
+        }
+        return {c: v for c, v in found.items() if c in kept}
+
+    def _title_keys(self) -> dict[str, list[int]]:
+        """Each preferred designation's key (``_key``) → the concepts titled so (read once; ~20 MB
+        for ICD-10-CM and SNOMED CT's Global Patient Set)."""
+        with self._lock:
+            if self._titles is None:
+                titles: dict[str, list[int]] = {}
+                for concept_id, term in self._db.execute(
+                    "SELECT concept_id, term FROM designation WHERE kind = 'preferred'"
+                ):
+                    titles.setdefault(_key(_key_words(term)), []).append(concept_id)
+                self._titles = titles
+            return self._titles
+
+    def _rerank(self, query: str, found: _Retrieved) -> tuple[dict[int, float], dict[int, str], dict[int, float]]:
         """Score each pooled concept by its features: (scores, best designation, cosine)."""
-        features, best_terms = self.rerank_features(query, vector, pool)
+        features, best_terms = self.rerank_features(query, found)
         scores = {c: float(RERANK_WEIGHTS @ f) for c, f in features.items()}
         return scores, best_terms, {c: float(f[0]) for c, f in features.items() if f[0] > -1.0}
 
-    def rerank_features(
-        self, query: str, vector: np.ndarray | None, pool: list[int]
-    ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    def rerank_features(self, query: str, found: _Retrieved) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         """The re-rank features of each pooled concept (see ``FEATURES``) and its closest designation.
 
         Each feature is taken at the concept's best designation for it: a concept whose title is
         closest in meaning and whose synonym is closest in spelling has earned both.
         """
+        pool, vector = found.pool(), found.vector
         if not pool:
             return {}, {}
         marks = ",".join("?" * len(pool))
@@ -296,7 +372,7 @@ class TerminologyService:
                 best_term[concept_id] = (combined, term)
         for concept_id, conflict in title_conflict.items():
             features[concept_id][_CONFLICT] = conflict
-        result = {c: np.append(f, centroid.get(c, 0.0)) for c, f in features.items()}
+        result = {c: np.append(f, (centroid.get(c, 0.0), found.analogies.get(c, 0.0))) for c, f in features.items()}
         return result, {c: term for c, (_, term) in best_term.items()}
 
     def _word_weights(self) -> dict[str, float]:
@@ -585,6 +661,20 @@ def _stem(word: str) -> str:
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(_stem(t) for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS and len(t) > 1)
+
+
+_FILLERS: Final = frozenset({"of", "the", "a", "an", "and", "or", "to", "in", "on", "at", "by", "for", "as"})
+
+
+def _key_words(text: str) -> frozenset[str]:
+    """The stemmed words that tell one title from another: all but fillers ("of", "the"), so that,
+    unlike ``_words``, "with" and "without", "other" and "unspecified" count."""
+    return frozenset(_stem(t) for t in _TOKEN.findall(text.lower()) if t not in _FILLERS)
+
+
+def _key(words: frozenset[str]) -> str:
+    """Key words as one string (a fifth of a frozenset's memory)."""
+    return " ".join(sorted(words))
 
 
 def _coverage(words: frozenset[str], other: frozenset[str], weights: dict[str, float]) -> float:

@@ -589,3 +589,21 @@ def test_the_knn_product_runs_on_torch_and_matches_numpy() -> None:
     matrix = rng.standard_normal((1000, 384)).astype(np.float32)
     vector = rng.standard_normal(384).astype(np.float32)
     assert np.allclose(_similarities(matrix, vector), matrix @ vector, atol=1e-4)
+
+
+def test_a_mention_is_read_by_analogy_with_a_siblings_designation(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    # the index lacks this name of L89.011; its siblings have the same name with another side
+    mention = "Pressure pre-ulcer skin changes limited to persistent focal edema, right elbow"
+    index = tmp_path / "terminology.db"
+    build_index(index, embedder, [Icd10cmBuiltinImporter(prefixes=("L89.0",), held_out={("L89.011", mention)})])
+    service = TerminologyService(index, embedder)
+    ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
+    found = service.retrieve(service.prepare(mention), [ICD10CM], (), "hybrid")
+    # "..., left elbow" is L89.021's; its title "Pressure ulcer of left elbow, stage 1" with "left"
+    # changed to "right" is L89.011's (one word changed: the feature is 1 / 2 words, out and in)
+    assert found.analogies == {ids["L89.011"]: 0.5}
+    assert top_codes(service, mention, ICD10CM)[0] == "L89.011"
+    assert top_codes(service, "Healing pressure ulcer of right elbow, stage 2", ICD10CM)[0] == "L89.012"
+    # the analogy keeps to the lookup's filters, and a mention equal to a designation needs none
+    assert not service.retrieve(service.prepare(mention), [SNOMED], (), "hybrid").analogies
+    assert not service.retrieve("Pressure ulcer of left elbow, stage 1", [ICD10CM], (), "hybrid").analogies
