@@ -47,7 +47,7 @@ def collect(service: TerminologyService, queries: list[tuple[str, str, str]]) ->
     ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
     cases: list[Case] = []
     for number, (_, text, expected) in enumerate(queries, start=1):
-        query = service.prepare(text)
+        query = service.prepare(text, [ICD10CM])
         found = service.retrieve(query, [ICD10CM], (), "hybrid")
         features, _ = service.rerank_features(query, found)
         order = list(features)

@@ -115,6 +115,12 @@ class _Vectors(msgspec.Struct, frozen=True):
     row_of: dict[int, int]
 
 
+class _Vocabulary(msgspec.Struct, frozen=True):
+    weights: dict[str, float]  # word stem → inverse document frequency over all designations
+    words: dict[str, dict[str, int]]  # code system → lowercase word → designations that have it
+    known: frozenset[str]  # every system's words
+
+
 class _Hit(msgspec.Struct):
     concept_id: int
     term: str
@@ -151,7 +157,7 @@ class TerminologyService:
             raise EmbeddingModelError(f"the terminology index {path} was embedded by {stored[0]}, not {embedder.name}")
         self.embedded_by: str | None = stored[0] if stored else None  # the embedding model's name
         self._matrix: _Vectors | None = None
-        self._vocabulary: tuple[dict[str, float], dict[str, int]] | None = None  # stem IDF, word counts
+        self._vocabulary: _Vocabulary | None = None
         self._titles: dict[str, list[int]] | None = None  # a title's key (``_key``) → concept ids
 
     def close(self) -> None:
@@ -173,7 +179,7 @@ class TerminologyService:
         limit: int = 5,
         mode: Mode = "hybrid",
     ) -> list[Candidate]:
-        query = self.prepare(text)
+        query = self.prepare(text, systems)
         if not query:
             return []
         found = self.retrieve(query, systems, semantic_types, mode)
@@ -377,43 +383,54 @@ class TerminologyService:
 
     def _word_weights(self) -> dict[str, float]:
         """Inverse document frequency of each word stem over all designations (read once)."""
-        return self._read_words()[0]
+        return self._read_words().weights
 
-    def _known_words(self) -> dict[str, int]:
-        """How many designations each lowercase word appears in (read once)."""
-        return self._read_words()[1]
-
-    def _read_words(self) -> tuple[dict[str, float], dict[str, int]]:
+    def _read_words(self) -> _Vocabulary:
         with self._lock:
             if self._vocabulary is None:
                 stems: dict[str, int] = {}
-                words: dict[str, int] = {}
+                words: dict[str, dict[str, int]] = {}
                 total = 0
-                for (term,) in self._db.execute("SELECT term FROM designation"):
+                for term, system in self._db.execute(
+                    "SELECT d.term, c.system FROM designation d JOIN concept c ON c.id = d.concept_id"
+                ):
                     total += 1
                     for stem in _words(term):
                         stems[stem] = stems.get(stem, 0) + 1
+                    counts = words.setdefault(system, {})
                     for word in set(_LETTERS.findall(term.lower())):
-                        words[word] = words.get(word, 0) + 1
-                self._vocabulary = ({w: math.log(1 + total / n) for w, n in stems.items()}, words)
+                        counts[word] = counts.get(word, 0) + 1
+                self._vocabulary = _Vocabulary(
+                    weights={w: math.log(1 + total / n) for w, n in stems.items()},
+                    words=words,
+                    known=frozenset(itertools.chain.from_iterable(words.values())),
+                )
             return self._vocabulary
 
-    def prepare(self, text: str) -> str:
+    def prepare(self, text: str, systems: Sequence[str] = ()) -> str:
         """The mention as lookups read it: ``prepare_query``, then each word the index has never
-        seen replaced by the commonest one it has a single edit away ("intial" → "initial",
-        "secnd" → "second"): OCR and typing drop, add, swap or change a letter. Short words and
-        words with no such neighbour are left as they are."""
+        seen replaced by the commonest one a single edit away that the searched code systems have
+        (all when none is named): "intial" → "initial", "secnd" → "second". OCR and typing drop,
+        add, swap or change a letter. A word that any system has is left alone, and so are short
+        words and words with no such neighbour. Drawing only on the searched systems' words keeps
+        a drug name the index lacks from becoming a disease's word in a drug lookup."""
         query = prepare_query(text)
-        known = self._known_words()
+        vocabulary = self._read_words()
+        searched = [vocabulary.words[s] for s in systems if s in vocabulary.words] if systems else []
+        counts = searched or list(vocabulary.words.values())
+
+        def count(word: str) -> int:
+            return sum(c.get(word, 0) for c in counts)
 
         def corrected(match: re.Match[str]) -> str:
             word = match.group(0)
             lower = word.lower()
-            if len(lower) < _SPELL_MIN or lower in known:
+            if len(lower) < _SPELL_MIN or lower in vocabulary.known:
                 return word
             # the commonest neighbour; ties by spelling, so every process corrects alike
-            best = max((w for w in _one_edit(lower) if w in known), key=lambda w: (known[w], w), default=None)
-            if best is None:
+            neighbours = [(n, w) for w in _one_edit(lower) if (n := count(w))]
+            best = max(neighbours, default=(0, ""))[1]
+            if not best:
                 return word
             return best.upper() if word.isupper() else best.capitalize() if word[0].isupper() else best
 

@@ -69,6 +69,10 @@ def test_a_word_the_index_never_saw_is_read_as_its_nearest_known_word(service: T
     assert service.prepare("Type 2 diabetes mellitus") == "Type 2 diabetes mellitus"
     assert service.prepare("Asthma, qxz 20mg") == "Asthma, qxz 20mg"
     assert service.prepare("Furloughed") == "Furloughed"
+    # a correction draws on the searched systems' words only: a drug name the index lacks does
+    # not become a disease's word in a drug lookup (this slice's SNOMED CT says "Hypertensive")
+    assert service.prepare("Hypertensiom", [ICD10CM]) == "Hypertension"
+    assert service.prepare("Hypertensiom", [SNOMED]) == "Hypertensiom"
 
 
 def test_semantic_search_finds_what_words_do_not(service: TerminologyService) -> None:
