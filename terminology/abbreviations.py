@@ -64,6 +64,8 @@ ABBREVIATIONS: Final[dict[str, str]] = {
     "ICH": "intracerebral hemorrhage",
     "ARDS": "acute respiratory distress syndrome",
     "RSV": "respiratory syncytial virus",
+    "MRSA": "methicillin resistant Staphylococcus aureus",
+    "MSSA": "methicillin susceptible Staphylococcus aureus",
     "URI": "upper respiratory infection",
     "TB": "tuberculosis",
     "HCV": "hepatitis C",

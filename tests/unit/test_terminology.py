@@ -558,6 +558,10 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
         return _conflicts(_qualifiers(mention), _qualifiers(title))
 
     assert clash("Carcinoma in situ of colon", "Malignant neoplasm of colon") == 1
+    assert (
+        clash(expand_abbreviations("MRSA pneumonia"), "Pneumonia due to Methicillin susceptible Staphylococcus aureus")
+        == 1
+    )
     assert clash("Bilateral inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 1
     assert clash("Left inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 0
     # a code that says a qualifier is unknown does not fit a mention that names it
