@@ -783,15 +783,27 @@ _WITHOUT_USE_DISORDER: Final = re.compile(r"\bwithout use disorder\b", re.I)
 _FAILED_REMISSION: Final = re.compile(r"\b(?:with )?failed remission\b", re.I)
 
 
+# ICD-10-CM's guideline I.C.4.a.2: diabetes whose type the record does not give is type 2 (E11);
+# "Other specified diabetes" (E13), E08 and E09 are for the types they name.
+_DIABETES: Final = re.compile(r"\bdiabet(?:es|ic)\b", re.I)
+_DIABETES_KIND: Final = re.compile(
+    r"\b(?:type|insipidus|gestational|pregnan\w*|childbirth|puerperium|maternal|newborn|neonatal|due to|induced"
+    r"|secondary|specified|latent|bronzed|prediabet\w*|pre-diabet\w*|juvenile|insulin[- ]dependent|MODY)\b",
+    re.I,
+)
+
+
 def prepare_query(text: str) -> str:
     """The mention as the classification words it: spaces collapsed, clinical abbreviations
     expanded, a DSM-5 substance use disorder's severity given as ICD-10-CM's abuse or dependence,
-    "failed remission" as "not having achieved remission"."""
+    "failed remission" as "not having achieved remission", diabetes of no named type as type 2."""
     query = _FAILED_REMISSION.sub("not having achieved remission", expand_abbreviations(" ".join(text.split())))
     if _WITHOUT_USE_DISORDER.search(query):
         return f"{query} (use)"
     if match := _USE_DISORDER.search(query):
         return f"{query} ({'abuse' if match.group(1).lower() == 'mild' else 'dependence'})"
+    if _DIABETES.search(query) and not _DIABETES_KIND.search(query):
+        return f"{query} (type 2 diabetes mellitus)"
     return query
 
 

@@ -590,6 +590,25 @@ def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
     assert _conflicts(mild, _qualifiers("Cannabis abuse, uncomplicated")) == 0
 
 
+def test_diabetes_of_no_named_type_is_read_as_type_2() -> None:
+    from terminology.lookup import prepare_query
+
+    # ICD-10-CM guideline I.C.4.a.2: E11 when the record gives no type, not E13 "Other specified"
+    assert prepare_query("Diabetic nephropathy") == "Diabetic nephropathy (type 2 diabetes mellitus)"
+    assert prepare_query("DM with CKD stage 3").endswith("(type 2 diabetes mellitus)")
+    for named in (
+        "Type 1 diabetes with ketoacidosis",
+        "Gestational diabetes",
+        "Diabetes insipidus",
+        "Steroid-induced diabetes",
+        "Diabetes mellitus due to underlying condition with diabetic gangrene",
+        "Newborn affected by maternal (pre-existing) diabetes mellitus",
+        "Latent diabetes",
+        "Long term (current) use of oral antidiabetic drugs",
+    ):
+        assert prepare_query(named) == named
+
+
 def test_the_knn_product_runs_on_torch_and_matches_numpy() -> None:
     from terminology.lookup import _similarities
 
