@@ -722,6 +722,7 @@ _QUALIFIER_GROUPS: Final = (
     frozenset({"single", "recurrent"}),
     frozenset({"abuse", "dependence"}),
     frozenset({"resistant", "susceptible"}),  # MRSA against MSSA
+    frozenset({"congenital", "acquired"}),
     frozenset({"first", "second", "third", "fourth", "unspecified degree", "unspecified trimester"}),
 )
 _SIDES: Final = frozenset({"left", "right", "bilateral"})

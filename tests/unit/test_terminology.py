@@ -558,6 +558,7 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
         return _conflicts(_qualifiers(mention), _qualifiers(title))
 
     assert clash("Carcinoma in situ of colon", "Malignant neoplasm of colon") == 1
+    assert clash("Community acquired pneumonia", "Congenital pneumonia, unspecified") == 1
     assert (
         clash(expand_abbreviations("MRSA pneumonia"), "Pneumonia due to Methicillin susceptible Staphylococcus aureus")
         == 1
