@@ -4,9 +4,10 @@ Three ranked lists are fused by weighted reciprocal rank (Cormack et al., SIGIR 
 exact designation matches, lexical FTS5/BM25 matches, and semantic KNN matches (sqlite-vec,
 cosine over all-MiniLM-L6-v2 embeddings stored in the index's vec0 table, searched in memory).
 The mention is first put in the classification's words (``prepare_query``: clinical abbreviations
-expanded, a DSM-5 substance use disorder's severity given as abuse or dependence), and a word the
-index has never seen is read as its commonest known neighbour one edit away
-(``TerminologyService.prepare``: "intial" → "initial").
+expanded, a DSM-5 substance use disorder's severity given as abuse or dependence, diabetes of no
+named type as type 2), and a word the index has never seen is read as its commonest neighbour one
+edit away among the searched code systems' words (``TerminologyService.prepare``: "intial" →
+"initial").
 
 The fused top candidates are then re-ranked by a weighted sum of features (``FEATURES``): how
 close the mention is to each candidate's closest designation in meaning (cosine) and in spelling
@@ -19,7 +20,7 @@ near-identical siblings and forgives misspellings that defeat word-level FTS.
 
 Classifications name their codes by pattern: each site, side and stage of a pressure ulcer has the
 same synonyms with one word changed. So a mention that matches another code's designation but for
-a few words is also read by analogy (``TerminologyService.analogies``): that code's title, with the
+a few words is also read by analogy (``TerminologyService._analogies``): that code's title, with the
 same words changed, names the code meant ("Pressure pre-ulcer skin changes ..., right elbow" is to
 "..., left elbow" as "Pressure ulcer of right elbow, stage 1" is to "Pressure ulcer of left elbow,
 stage 1"). The codes so named join the re-rank with a feature of their own.
@@ -143,7 +144,8 @@ class _Retrieved(msgspec.Struct):
     def pool(self) -> list[int]:
         """The concepts that the re-rank orders: the fused top ones and those named by analogy."""
         top = sorted(self.fused, key=lambda c: -self.fused[c])[:RERANK_POOL]
-        return top + [c for c in self.analogies if c not in set(top)]
+        chosen = set(top)
+        return top + [c for c in self.analogies if c not in chosen]
 
 
 class TerminologyService:
@@ -250,10 +252,10 @@ class TerminologyService:
                 found.similarity[hit.concept_id] = max(found.similarity.get(hit.concept_id, -1.0), hit.similarity)
         if mode == "hybrid" and not found.exact:  # a designation equal to the mention needs no analogy
             sources = found.lexical[:ANALOGY_SOURCES] + found.semantic[:ANALOGY_SOURCES]
-            found.analogies = self.analogies(query, sources, systems, semantic_types)
+            found.analogies = self._analogies(query, sources, systems, semantic_types)
         return found
 
-    def analogies(
+    def _analogies(
         self, query: str, hits: Sequence[_Hit], systems: Sequence[str], semantic_types: Sequence[str]
     ) -> dict[int, float]:
         """The concepts the mention names by analogy with the hits' designations, each with
