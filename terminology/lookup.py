@@ -42,7 +42,7 @@ import numpy as np
 from terminology.abbreviations import expand_abbreviations
 from terminology.embed import Embedder, EmbeddingModelError
 from terminology.index import BUILTIN_CONTENT, BUILTIN_CONTENT_KEY, builtin_sources, open_index
-from terminology.model import Candidate, CodeSystemInfo, ConceptDetail
+from terminology.model import ICD10CM, Candidate, CodeSystemInfo, ConceptDetail
 
 # Weighted RRF. Tuned on 240 held-out ICD-10-CM queries (seed 11; bench/terminology.py reports on
 # seed 7): BM25 ranks add little beyond the embeddings there (top-1 falls from 47% to 43% at equal
@@ -419,7 +419,7 @@ class TerminologyService:
         add, swap or change a letter. A word that any system has is left alone, and so are short
         words and words with no such neighbour. Drawing only on the searched systems' words keeps
         a drug name the index lacks from becoming a disease's word in a drug lookup."""
-        query = prepare_query(text)
+        query = prepare_query(text, systems)
         vocabulary = self._read_words()
         searched = [vocabulary.words[s] for s in systems if s in vocabulary.words] if systems else []
         counts = searched or list(vocabulary.words.values())
@@ -796,16 +796,19 @@ _DIABETES_KIND: Final = re.compile(
 )
 
 
-def prepare_query(text: str) -> str:
+def prepare_query(text: str, systems: Sequence[str] = ()) -> str:
     """The mention as the classification words it: spaces collapsed, clinical abbreviations
     expanded, a DSM-5 substance use disorder's severity given as ICD-10-CM's abuse or dependence,
-    "failed remission" as "not having achieved remission", diabetes of no named type as type 2."""
+    "failed remission" as "not having achieved remission", and, when the lookup searches ICD-10-CM
+    (``systems`` names it, or is empty: all), diabetes of no named type as type 2. SNOMED CT has
+    concepts of no type ("Diabetic nephropathy"), so its lookups keep the mention's words."""
     query = _FAILED_REMISSION.sub("not having achieved remission", expand_abbreviations(" ".join(text.split())))
     if _WITHOUT_USE_DISORDER.search(query):
         return f"{query} (use)"
     if match := _USE_DISORDER.search(query):
         return f"{query} ({'abuse' if match.group(1).lower() == 'mild' else 'dependence'})"
-    if _DIABETES.search(query) and not _DIABETES_KIND.search(query):
+    searches_icd = not systems or ICD10CM in systems
+    if searches_icd and _DIABETES.search(query) and not _DIABETES_KIND.search(query):
         return f"{query} (type 2 diabetes mellitus)"
     return query
 

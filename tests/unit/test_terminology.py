@@ -597,6 +597,8 @@ def test_diabetes_of_no_named_type_is_read_as_type_2() -> None:
     # ICD-10-CM guideline I.C.4.a.2: E11 when the record gives no type, not E13 "Other specified"
     assert prepare_query("Diabetic nephropathy") == "Diabetic nephropathy (type 2 diabetes mellitus)"
     assert prepare_query("DM with CKD stage 3").endswith("(type 2 diabetes mellitus)")
+    assert prepare_query("Diabetic nephropathy", [ICD10CM]).endswith("(type 2 diabetes mellitus)")
+    assert prepare_query("Diabetic nephropathy", [SNOMED]) == "Diabetic nephropathy"  # an ICD-10-CM guideline
     for named in (
         "Type 1 diabetes with ketoacidosis",
         "Gestational diabetes",
