@@ -749,6 +749,9 @@ def _qualifiers(text: str) -> _Qualifiers:
     numbers = {m.group(1) if (m := _NUMBER_WITH_UNIT.match(t)) else t for t in tokens if any(c.isdigit() for c in t)}
     numbers |= {_ROMAN[t] for before, t in pairs if before in _NUMBERED and t in _ROMAN}
     numbers |= {"unspecified" for before, t in pairs if before == "unspecified" and t in _NUMBERED}
+    numbers |= {
+        "unspecified" for before, t in pairs if before in _NUMBERED and t == "unspecified"
+    }  # "grade unspecified"
     present = frozenset(tokens) | {f"{before} {t}" for before, t in pairs if before == "unspecified"}
     has_side = not _SIDES.isdisjoint(present)
     return _Qualifiers(

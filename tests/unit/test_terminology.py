@@ -567,6 +567,7 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     assert clash("Left inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 0
     # a code that says a qualifier is unknown does not fit a mention that names it
     assert clash("Pressure ulcer of right hip, stage 3", "Pressure ulcer of right hip, unspecified stage") == 1
+    assert clash("ICANS, grade 2", "Immune effector cell-associated neurotoxicity syndrome, grade unspecified") == 1
     assert clash("Pressure ulcer of right hip, stage 3", "Pressure ulcer of unspecified hip, stage 3") == 1
     assert clash("Vascular dementia, mild", "Vascular dementia, unspecified severity, with agitation") == 1
     assert clash("Burn of second degree of left hand", "Burn of unspecified degree of left hand") == 1
