@@ -748,10 +748,9 @@ def _qualifiers(text: str) -> _Qualifiers:
     # "500mg" is the number 500; "3a", "c5" and "11q23" are names
     numbers = {m.group(1) if (m := _NUMBER_WITH_UNIT.match(t)) else t for t in tokens if any(c.isdigit() for c in t)}
     numbers |= {_ROMAN[t] for before, t in pairs if before in _NUMBERED and t in _ROMAN}
+    # "unspecified stage" and "grade unspecified" both say the number is not known
     numbers |= {"unspecified" for before, t in pairs if before == "unspecified" and t in _NUMBERED}
-    numbers |= {
-        "unspecified" for before, t in pairs if before in _NUMBERED and t == "unspecified"
-    }  # "grade unspecified"
+    numbers |= {"unspecified" for before, t in pairs if before in _NUMBERED and t == "unspecified"}
     present = frozenset(tokens) | {f"{before} {t}" for before, t in pairs if before == "unspecified"}
     has_side = not _SIDES.isdisjoint(present)
     return _Qualifiers(
