@@ -193,7 +193,7 @@ def _extract(args: argparse.Namespace) -> int:
 
     from fhir_profiles import BundleContext
     from server.pipeline import software_name
-    from server.services import build_pipeline
+    from server.services import build_pipeline, build_terminology
     from server.store.sqlite import now_instant
 
     settings = load_settings()
@@ -207,7 +207,16 @@ def _extract(args: argparse.Namespace) -> int:
     if content_type is None:
         print(f"paperchart: cannot tell the type of {path.name}; pass --content-type", file=sys.stderr)
         return 2
-    pipeline = build_pipeline(settings)
+    if settings.terminology_index_path.exists():
+        terminology = build_terminology(settings)
+    else:
+        terminology = None
+        print(
+            f"paperchart: no terminology index at {settings.terminology_index_path.resolve()}: the Bundle's resources"
+            " are not coded (build one: paperchart terminology build)",
+            file=sys.stderr,
+        )
+    pipeline = build_pipeline(settings, terminology)
     document_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"file:{path.resolve()}"))
     context = BundleContext(
         bundle_id=str(uuid.uuid4()),
@@ -233,6 +242,8 @@ def _extract(args: argparse.Namespace) -> int:
         return 1
     finally:
         bar.close()
+        if terminology is not None:
+            terminology.close()
     output: Any = _page_model(result.pages) if args.pages else result.bundle
     json.dump(output, sys.stdout, indent=2 if args.pretty else None)
     sys.stdout.write("\n")

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from terminology.model import ICD10CM
 from tests.conftest import rendered
 
 PAPERCHART = [sys.executable, "-m", "server.cli"]
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PAPERCHART, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False)
+def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PAPERCHART, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+        env={**os.environ, **env} if env else None,
+    )
 
 
 def test_extract_born_digital_pdf(tmp_path: Path) -> None:
@@ -31,7 +41,26 @@ def test_extract_born_digital_pdf(tmp_path: Path) -> None:
     assert patient["name"][0]["text"] == document.truth.patient.name
     names = {r["medicationCodeableConcept"]["text"] for r in resources if r["resourceType"] == "MedicationStatement"}
     assert names == {m.name for m in document.truth.medications}
-    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+    # no progress bar when stderr is not a terminal; without an index, one line says why nothing is coded
+    assert result.stderr.splitlines() == [
+        f"paperchart: no terminology index at {tmp_path / 'data' / 'terminology.db'}: the Bundle's resources are"
+        " not coded (build one: paperchart terminology build)"
+    ]
+
+
+def test_extract_codes_with_the_terminology_index(tmp_path: Path, terminology_index: Path) -> None:
+    document = rendered("discharge_summary", seed=3)
+    path = tmp_path / "summary.pdf"
+    path.write_bytes(document.pdf)
+    result = run("extract", str(path), cwd=tmp_path, PAPERCHART_TERMINOLOGY_PATH=str(terminology_index))
+    assert result.returncode == 0, result.stderr
+    conditions = [
+        e["resource"] for e in json.loads(result.stdout)["entry"] if e["resource"]["resourceType"] == "Condition"
+    ]
+    present = {d.text for d in document.truth.diagnoses if d.assertion == "present"}
+    coded = {c["code"]["text"] for c in conditions if any(x["system"] == ICD10CM for x in c["code"].get("coding", []))}
+    # a code is kept when the match is trustworthy (exact, or close in meaning); the rest go to review
+    assert present & coded, (present, coded)
 
 
 @pytest.mark.slow
