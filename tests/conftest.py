@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,19 @@ def settings(tmp_path: Path) -> Settings:
 
 
 _rendered: dict[tuple[str, int, ScanEffects], RenderedDocument] = {}
+
+
+def paperchart(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``paperchart ARGS`` in a subprocess, run in ``cwd`` with ``env`` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+        env={**os.environ, **env},
+    )
 
 
 def rendered(kind: DocumentKind, seed: int = 1, effects: ScanEffects | None = None) -> RenderedDocument:

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from terminology.model import ICD10CM
+from tests.conftest import paperchart as run
 from tests.conftest import rendered
-
-PAPERCHART = [sys.executable, "-m", "server.cli"]
-
-
-def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PAPERCHART, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-        check=False,
-        env={**os.environ, **env} if env else None,
-    )
 
 
 def test_extract_born_digital_pdf(tmp_path: Path) -> None:

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 from server.auth.registry import AuthRegistry
 from server.crypto import LocalKeyProvider
 from server.store import SqliteStore
-
-PAPERCHART = [sys.executable, "-m", "server.cli"]
-
-
-def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PAPERCHART, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-        check=False,
-        env={**os.environ, **env},
-    )
+from tests.conftest import paperchart as run
 
 
 def test_clients_add_generates_a_private_key_and_registers_only_the_public_half(tmp_path: Path) -> None:
