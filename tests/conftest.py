@@ -40,8 +40,8 @@ def settings(tmp_path: Path) -> Settings:
 _rendered: dict[tuple[str, int, ScanEffects], RenderedDocument] = {}
 
 
-def paperchart(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """``paperchart ARGS`` in a subprocess, run in ``cwd`` with ``env`` added to the environment."""
+def paperchart(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """``paperchart ARGS`` in a process of its own, run in ``cwd`` with ``env`` added to the environment."""
     return subprocess.run(
         [sys.executable, "-m", "server.cli", *args],
         capture_output=True,

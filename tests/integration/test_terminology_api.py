@@ -26,7 +26,7 @@ from terminology.embed import (
 )
 from terminology.importers.icd10cm import Icd10cmBuiltinImporter
 from terminology.index import build_index
-from tests.conftest import document_reference, rendered
+from tests.conftest import document_reference, paperchart, rendered
 from tests.smart import authorized_client
 
 pytestmark = pytest.mark.slow
@@ -123,23 +123,11 @@ def test_an_index_built_after_start_is_attached(settings: Settings, terminology_
             raise AssertionError("the new index was not attached")
 
 
-def _terminology_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``paperchart terminology ARGS`` in a process of its own, with ``env`` added to the environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", "terminology", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=300,
-        check=False,
-    )
-
-
 def test_cli_lookup_and_info(tmp_path: Path, terminology_index: Path) -> None:
     env = {"PAPERCHART_DATA_DIR": str(tmp_path), "PAPERCHART_TERMINOLOGY_PATH": str(terminology_index)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return _terminology_cli(env, *args)
+        return paperchart("terminology", *args, **env)
 
     lookup = cli("lookup", "high blood pressure", "--system", "icd10cm", "--json")
     assert lookup.returncode == 0, lookup.stderr
@@ -170,7 +158,7 @@ def test_a_configured_embedding_model_needs_its_own_index(
             "PAPERCHART_TERMINOLOGY_PATH": str(index),
             "PAPERCHART_EMBEDDING_MODEL": model_setting,
         }
-        return _terminology_cli(env, *args)
+        return paperchart("terminology", *args, **env)
 
     lookup = cli(own_index, str(model), "lookup", "essential hypertension", "--system", "icd10cm", "--json")
     assert lookup.returncode == 0, lookup.stderr
