@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from terminology.importers.lines import read_lines
 from terminology.model import ICD10CM, CodeSystemInfo, ConceptRow, DesignationKind, TerminologyImportError
@@ -160,9 +160,24 @@ def note_key(term: str) -> str:
     return " ".join(w for w in words if w != "nos")
 
 
+# A term that points at other codes ("Conditions classifiable to D07", "Any condition in I00 with
+# pericarditis", "... not classifiable to C16.1-C16.4") is an instruction to the coder: no mention reads
+# so. "Vitamin B12 deficiency" and "LGMD R12" name no code.
+_CODE_REFERENCE: Final = re.compile(
+    r"\b(?:to|in|under|categor(?:y|ies))\s+"  # "classifiable to", "condition in", "categories"
+    r"[A-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?-?(?=[\s,.;)-]|$)"  # a code or category: "C16.4", "B85.-"
+)
+
+
 def is_term(text: str) -> bool:
-    """Tabular "inclusion terms" also carry coding instructions ("Use two codes if…"); keep names."""
-    return len(text) <= 150 and not text.endswith(".") and not text.lower().startswith(("use ", "code ", "for "))
+    """Tabular "inclusion terms" also carry coding instructions ("Use two codes if…", "Conditions
+    classifiable to D07"); keep names."""
+    return (
+        len(text) <= 150
+        and not text.endswith(".")
+        and not text.lower().startswith(("use ", "code ", "for "))
+        and not _CODE_REFERENCE.search(text)
+    )
 
 
 _RESIDUAL = re.compile(r"^unspecified\b|, (site )?unspecified\b|\bNOS$", re.I)

@@ -520,6 +520,24 @@ def test_category_inclusion_terms_go_to_the_code_for_a_plain_mention() -> None:
     assert ("Fracture of orbit NOS", "inclusion") not in {r.code: r for r in held.rows()}["S02.85XA"].designations
 
 
+def test_inclusion_terms_that_point_at_other_codes_are_not_names() -> None:
+    from terminology.importers.icd10cm import is_term
+
+    # instructions to the coder, read nowhere in a note
+    assert not is_term("Conditions classifiable to C81-C90, C96.-")
+    assert not is_term("Any condition in I00 with pericarditis")
+    assert not is_term("Malignant neoplasm of greater curvature of stomach, not classifiable to C16.0-C16.4")
+    assert not is_term("Infestation classifiable to more than one of the categories B85.0-B85.3")
+    # names that merely hold a code-like word
+    assert is_term("Vitamin B12 deficiency")
+    assert is_term("Anoctamin-5-related LGMD R12")
+    assert is_term("C6 radiculopathy due to disc disorder")
+    # Z86.002 keeps its own name but not "Conditions classifiable to D07"
+    rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("Z86.002",)).rows()}
+    terms = {term for term, _ in rows["Z86.002"].designations}
+    assert terms and not any("classifiable" in term for term in terms)
+
+
 def test_the_tabulars_includes_and_excludes_notes_name_codes_too() -> None:
     rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("R06.2", "J44.8", "J44.9")).rows()}
     # J45 Asthma: "Excludes1: wheezing NOS (R06.2)"; R06.2's title is "Wheezing" (kept once)
