@@ -23,7 +23,8 @@ same synonyms with one word changed. So a mention that matches another code's de
 a few words is also read by analogy (``TerminologyService._analogies``): that code's title, with the
 same words changed, names the code meant ("Pressure pre-ulcer skin changes ..., right elbow" is to
 "..., left elbow" as "Pressure ulcer of right elbow, stage 1" is to "Pressure ulcer of left elbow,
-stage 1"). The codes so named join the re-rank with a feature of their own.
+stage 1"). The codes so named join the re-rank with a feature of their own, and are worded at
+least as well as the designation read: that designation, with the words changed, is the mention.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ FEATURES: Final = (
     "analogy",  # the code's title is another code's title with the words the mention changes changed
 )
 _CONFLICT: Final = FEATURES.index("conflict")
+_WORDING: Final = slice(0, _CONFLICT)  # the features of how a designation reads against the mention
 RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 2.0, 0.1, 1.5, 0.25, 3.0, 5.0])
 ANALOGY_SOURCES: Final = 30  # of each of the lexical and semantic lists, the hits read by analogy
 ANALOGY_SPAN: Final = 4  # at most this many words in which the mention and a hit's designation differ
@@ -140,6 +142,7 @@ class _Retrieved(msgspec.Struct):
     matched: dict[int, tuple[int, str]] = msgspec.field(default_factory=dict)  # best rank, designation
     similarity: dict[int, float] = msgspec.field(default_factory=dict)  # best cosine
     analogies: dict[int, float] = msgspec.field(default_factory=dict)  # concept id → analogy feature
+    analogy_sources: dict[int, int] = msgspec.field(default_factory=dict)  # concept id → the hit read
 
     def pool(self) -> list[int]:
         """The concepts that the re-rank orders: the fused top ones and those named by analogy."""
@@ -252,28 +255,30 @@ class TerminologyService:
                 found.similarity[hit.concept_id] = max(found.similarity.get(hit.concept_id, -1.0), hit.similarity)
         if mode == "hybrid" and not found.exact:  # a designation equal to the mention needs no analogy
             sources = found.lexical[:ANALOGY_SOURCES] + found.semantic[:ANALOGY_SOURCES]
-            found.analogies = self._analogies(query, sources, systems, semantic_types)
+            found.analogies, found.analogy_sources = self._analogies(query, sources, systems, semantic_types)
         return found
 
     def _analogies(
         self, query: str, hits: Sequence[_Hit], systems: Sequence[str], semantic_types: Sequence[str]
-    ) -> dict[int, float]:
+    ) -> tuple[dict[int, float], dict[int, int]]:
         """The concepts the mention names by analogy with the hits' designations, each with
-        1 / the number of words changed (the fewer, the surer).
+        1 / the number of words changed (the fewer, the surer), and the hit each was read from.
 
         A hit's designation and the mention differ in a few words: those the mention lacks and
         those it adds. The hit's title with the same words taken out and put in is the title of the
         code meant, when one code has it: "Parkinson's disease with dyskinesia, with OFF episodes"
         lacks only "without" of G20.A2's synonym "... without dyskinesia, with OFF episodes", and
         G20.A2's title "Parkinson's disease without dyskinesia, with fluctuations" without it is
-        G20.B2's. Words are compared as sets, stemmed, without fillers ("of", "the").
+        G20.B2's. Words are compared as sets, stemmed, without fillers ("of", "the"). A changed title
+        that two codes share (the crude stem makes "Other thrombocytosis" and "Other thrombophilia"
+        one) names neither.
         """
         mention = _key_words(query)
         sources: dict[int, list[str]] = {}
         for hit in hits:
             sources.setdefault(hit.concept_id, []).append(hit.term)
         if not sources or len(mention) < 2:
-            return {}
+            return {}, {}
         marks = ",".join("?" * len(sources))
         titles = dict(
             self._rows(
@@ -283,6 +288,7 @@ class TerminologyService:
         )
         by_title = self._title_keys()
         found: dict[int, float] = {}
+        read_from: dict[int, int] = {}
         for concept_id, terms in sources.items():
             title = _key_words(titles.get(concept_id, ""))
             for term in terms:
@@ -291,11 +297,14 @@ class TerminologyService:
                 changed = len(added) + len(taken)
                 if not changed or changed > ANALOGY_SPAN or len(mention & words) < 2 or not taken <= title:
                     continue
-                for target in by_title.get(_key((title - taken) | added), ()):
-                    if target != concept_id:
-                        found[target] = max(found.get(target, 0.0), 1.0 / changed)
+                targets = by_title.get(_key((title - taken) | added), ())
+                if len(targets) != 1 or targets[0] == concept_id:
+                    continue
+                if 1.0 / changed > found.get(targets[0], 0.0):
+                    found[targets[0]] = 1.0 / changed
+                    read_from[targets[0]] = concept_id
         if not found:
-            return {}
+            return {}, {}
         # the analogy keeps to the lookup's filters: another system may have a title of those words
         where, parameters = self._filters(systems, semantic_types)
         marks = ",".join("?" * len(found))
@@ -303,7 +312,7 @@ class TerminologyService:
             r[0]
             for r in self._rows(f"SELECT c.id FROM concept c WHERE c.id IN ({marks}){where}", [*found, *parameters])
         }
-        return {c: v for c, v in found.items() if c in kept}
+        return {c: v for c, v in found.items() if c in kept}, {c: v for c, v in read_from.items() if c in kept}
 
     def _title_keys(self) -> dict[str, list[int]]:
         """Each preferred designation's key (``_key``) → the concepts titled so (read once; ~20 MB
@@ -383,6 +392,12 @@ class TerminologyService:
                 best_term[concept_id] = (combined, term)
         for concept_id, conflict in title_conflict.items():
             features[concept_id][_CONFLICT] = conflict
+        # a code named by analogy has, in effect, the designation read with the words changed: the
+        # mention itself; it reads at least as well as that designation ("..., head" is worded as
+        # L89.894's "..., other site" is, not as L89.814's own shorter names)
+        for target, source in found.analogy_sources.items():
+            if target in features and source in features:
+                features[target][_WORDING] = np.maximum(features[target][_WORDING], features[source][_WORDING])
         result = {c: np.append(f, (centroid.get(c, 0.0), found.analogies.get(c, 0.0))) for c, f in features.items()}
         return result, {c: term for c, (_, term) in best_term.items()}
 

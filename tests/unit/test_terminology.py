@@ -656,3 +656,35 @@ def test_a_mention_is_read_by_analogy_with_a_siblings_designation(tmp_path: Path
     # the analogy keeps to the lookup's filters, and a mention equal to a designation needs none
     assert not service.retrieve(service.prepare(mention), [SNOMED], (), "hybrid").analogies
     assert not service.retrieve("Pressure ulcer of left elbow, stage 1", [ICD10CM], (), "hybrid").analogies
+
+
+def test_a_code_named_by_analogy_reads_as_well_as_the_designation_it_was_read_from(
+    tmp_path: Path, embedder: MiniLmEmbedder
+) -> None:
+    # L89.814's own names are short ("Pressure ulcer of head, stage 4"); the mention is worded as
+    # L89.894's synonym "..., other site", which alone would win on every wording feature
+    mention = "Pressure ulcer with necrosis of soft tissues through to underlying muscle, tendon, or bone, head"
+    index = tmp_path / "terminology.db"
+    build_index(index, embedder, [Icd10cmBuiltinImporter(prefixes=("L89.8", "L89.9"), held_out={("L89.814", mention)})])
+    service = TerminologyService(index, embedder)
+    ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
+    found = service.retrieve(service.prepare(mention), [ICD10CM], (), "hybrid")
+    assert found.analogy_sources[ids["L89.814"]] == ids["L89.894"]
+    features, _ = service.rerank_features(service.prepare(mention), found)
+    assert (features[ids["L89.814"]][:3] >= features[ids["L89.894"]][:3]).all()
+    assert top_codes(service, mention, ICD10CM)[0] == "L89.814"
+
+
+def test_a_changed_title_that_two_codes_share_names_neither(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    # "Primary thrombocytopenia NOS" (D69.49, titled "Other primary thrombocytopenia") without
+    # "primary" reads "Other thromb..." under the crude stem: D68.69 "Other thrombophilia" and
+    # D75.838 "Other thrombocytosis" both; the NOS default, D75.839, is what the mention means
+    mention = "Thrombocytosis NOS"
+    index = tmp_path / "terminology.db"
+    importer = Icd10cmBuiltinImporter(prefixes=("D68.6", "D69", "D75.8"), held_out={("D75.839", mention)})
+    build_index(index, embedder, [importer])
+    service = TerminologyService(index, embedder)
+    ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
+    found = service.retrieve(service.prepare(mention), [ICD10CM], (), "hybrid")
+    assert ids["D75.838"] not in found.analogies and ids["D68.69"] not in found.analogies
+    assert top_codes(service, mention, ICD10CM)[0] == "D75.839"
