@@ -16,6 +16,7 @@ from terminology.embed import MiniLmEmbedder
 from terminology.importers import create_importer
 from terminology.importers.icd10cm import Icd10cmBuiltinImporter
 from terminology.index import build_index
+from terminology.lookup import FEATURES
 from terminology.model import ICD10CM, LOINC, RXNORM, SNOMED
 
 pytestmark = pytest.mark.slow  # the session builds a real index with real embeddings once (~20 s)
@@ -673,6 +674,25 @@ def test_a_code_named_by_analogy_reads_as_well_as_the_designation_it_was_read_fr
     features, _ = service.rerank_features(service.prepare(mention), found)
     assert (features[ids["L89.814"]][:3] >= features[ids["L89.894"]][:3]).all()
     assert top_codes(service, mention, ICD10CM)[0] == "L89.814"
+
+
+def test_a_detail_no_code_names_goes_to_the_other_code_not_the_unspecified_one(
+    tmp_path: Path, embedder: MiniLmEmbedder
+) -> None:
+    # guideline I.A.9: "reactive" is a detail D75.83- has no code for, so "Other thrombocytosis"
+    mention = "Reactive thrombocytosis"
+    index = tmp_path / "terminology.db"
+    build_index(index, embedder, [Icd10cmBuiltinImporter(prefixes=("D75.8", "N17"), held_out={("D75.838", mention)})])
+    service = TerminologyService(index, embedder)
+    ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
+    found = service.retrieve(service.prepare(mention), [ICD10CM], (), "hybrid")
+    features, _ = service.rerank_features(service.prepare(mention), found)
+    residual = FEATURES.index("residual")
+    assert features[ids["D75.838"]][residual] == 1.0 and features[ids["D75.839"]][residual] == -1.0
+    assert top_codes(service, mention, ICD10CM)[0] == "D75.838"
+    # the course of a condition is no such detail: a plain mention keeps its unspecified code
+    assert top_codes(service, "Acute kidney injury", ICD10CM)[0] == "N17.9"
+    assert top_codes(service, "Thrombocytosis", ICD10CM)[0] == "D75.839"
 
 
 def test_a_changed_title_that_two_codes_share_names_neither(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
