@@ -16,7 +16,7 @@ from terminology.embed import MiniLmEmbedder
 from terminology.importers import create_importer
 from terminology.importers.icd10cm import Icd10cmBuiltinImporter
 from terminology.index import build_index
-from terminology.lookup import FEATURES
+from terminology.lookup import FEATURES, _Retrieved
 from terminology.model import ICD10CM, LOINC, RXNORM, SNOMED
 
 pytestmark = pytest.mark.slow  # the session builds a real index with real embeddings once (~20 s)
@@ -641,14 +641,22 @@ def test_the_knn_product_runs_on_torch_and_matches_numpy() -> None:
     assert np.allclose(_similarities(matrix, vector), matrix @ vector, atol=1e-4)
 
 
+def held_out_lookup(
+    tmp_path: Path, embedder: MiniLmEmbedder, prefixes: tuple[str, ...], code: str, mention: str
+) -> tuple[TerminologyService, dict[str, int], _Retrieved]:
+    """An index of the ICD-10-CM codes under ``prefixes`` that lacks ``mention`` as a name of
+    ``code``: the service, each code's concept id, and what the hybrid lookup retrieves for it."""
+    index = tmp_path / "terminology.db"
+    build_index(index, embedder, [Icd10cmBuiltinImporter(prefixes=prefixes, held_out={(code, mention)})])
+    service = TerminologyService(index, embedder)
+    ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
+    return service, ids, service.retrieve(service.prepare(mention), [ICD10CM], (), "hybrid")
+
+
 def test_a_mention_is_read_by_analogy_with_a_siblings_designation(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
     # the index lacks this name of L89.011; its siblings have the same name with another side
     mention = "Pressure pre-ulcer skin changes limited to persistent focal edema, right elbow"
-    index = tmp_path / "terminology.db"
-    build_index(index, embedder, [Icd10cmBuiltinImporter(prefixes=("L89.0",), held_out={("L89.011", mention)})])
-    service = TerminologyService(index, embedder)
-    ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
-    found = service.retrieve(service.prepare(mention), [ICD10CM], (), "hybrid")
+    service, ids, found = held_out_lookup(tmp_path, embedder, ("L89.0",), "L89.011", mention)
     # "..., left elbow" is L89.021's; its title "Pressure ulcer of left elbow, stage 1" with "left"
     # changed to "right" is L89.011's (one word changed: the feature is 1 / 2 words, out and in)
     assert found.analogies == {ids["L89.011"]: 0.5}
@@ -665,11 +673,7 @@ def test_a_code_named_by_analogy_reads_as_well_as_the_designation_it_was_read_fr
     # L89.814's own names are short ("Pressure ulcer of head, stage 4"); the mention is worded as
     # L89.894's synonym "..., other site", which alone would win on every wording feature
     mention = "Pressure ulcer with necrosis of soft tissues through to underlying muscle, tendon, or bone, head"
-    index = tmp_path / "terminology.db"
-    build_index(index, embedder, [Icd10cmBuiltinImporter(prefixes=("L89.8", "L89.9"), held_out={("L89.814", mention)})])
-    service = TerminologyService(index, embedder)
-    ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
-    found = service.retrieve(service.prepare(mention), [ICD10CM], (), "hybrid")
+    service, ids, found = held_out_lookup(tmp_path, embedder, ("L89.8", "L89.9"), "L89.814", mention)
     assert found.analogy_sources[ids["L89.814"]] == ids["L89.894"]
     features, _ = service.rerank_features(service.prepare(mention), found)
     assert (features[ids["L89.814"]][:3] >= features[ids["L89.894"]][:3]).all()
@@ -681,11 +685,7 @@ def test_a_detail_no_code_names_goes_to_the_other_code_not_the_unspecified_one(
 ) -> None:
     # guideline I.A.9: "reactive" is a detail D75.83- has no code for, so "Other thrombocytosis"
     mention = "Reactive thrombocytosis"
-    index = tmp_path / "terminology.db"
-    build_index(index, embedder, [Icd10cmBuiltinImporter(prefixes=("D75.8", "N17"), held_out={("D75.838", mention)})])
-    service = TerminologyService(index, embedder)
-    ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
-    found = service.retrieve(service.prepare(mention), [ICD10CM], (), "hybrid")
+    service, ids, found = held_out_lookup(tmp_path, embedder, ("D75.8", "N17"), "D75.838", mention)
     features, _ = service.rerank_features(service.prepare(mention), found)
     residual = FEATURES.index("residual")
     assert features[ids["D75.838"]][residual] == 1.0 and features[ids["D75.839"]][residual] == -1.0
@@ -700,11 +700,6 @@ def test_a_changed_title_that_two_codes_share_names_neither(tmp_path: Path, embe
     # "primary" reads "Other thromb..." under the crude stem: D68.69 "Other thrombophilia" and
     # D75.838 "Other thrombocytosis" both; the NOS default, D75.839, is what the mention means
     mention = "Thrombocytosis NOS"
-    index = tmp_path / "terminology.db"
-    importer = Icd10cmBuiltinImporter(prefixes=("D68.6", "D69", "D75.8"), held_out={("D75.839", mention)})
-    build_index(index, embedder, [importer])
-    service = TerminologyService(index, embedder)
-    ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
-    found = service.retrieve(service.prepare(mention), [ICD10CM], (), "hybrid")
+    service, ids, found = held_out_lookup(tmp_path, embedder, ("D68.6", "D69", "D75.8"), "D75.839", mention)
     assert ids["D75.838"] not in found.analogies and ids["D68.69"] not in found.analogies
     assert top_codes(service, mention, ICD10CM)[0] == "D75.839"
