@@ -649,7 +649,7 @@ def held_out_lookup(
     index = tmp_path / "terminology.db"
     build_index(index, embedder, [Icd10cmBuiltinImporter(prefixes=prefixes, held_out={(code, mention)})])
     service = TerminologyService(index, embedder)
-    ids = {code: concept_id for concept_id, code in service._rows("SELECT id, code FROM concept")}
+    ids = {row_code: concept_id for concept_id, row_code in service._rows("SELECT id, code FROM concept")}
     return service, ids, service.retrieve(service.prepare(mention), [ICD10CM], (), "hybrid")
 
 
