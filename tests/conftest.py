@@ -24,9 +24,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine")
     has_gpu = shutil.which("nvidia-smi") is not None
     for item in items:
-        if "browser" in item.keywords and shutil.which("chromium") is None:
+        if item.get_closest_marker("browser") and shutil.which("chromium") is None:
             item.add_marker(skip_browser)
-        if "gpu" in item.keywords and not has_gpu:
+        if item.get_closest_marker("gpu") and not has_gpu:
             item.add_marker(skip_gpu)
 
 

@@ -190,6 +190,17 @@ def test_a_configured_embedding_model_needs_its_own_index(
     assert "does not exist" in missing.stderr
 
 
+def test_an_embedding_device_torch_does_not_see_is_refused_before_any_work(
+    tmp_path: Path, terminology_index: Path
+) -> None:
+    env = {"PAPERCHART_DATA_DIR": str(tmp_path), "PAPERCHART_TERMINOLOGY_PATH": str(terminology_index)}
+    missing = paperchart("terminology", "lookup", "asthma", **env, PAPERCHART_EMBEDDING_DEVICE="cuda:99")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "PAPERCHART_EMBEDDING_DEVICE: embedding device cuda:99: torch sees" in missing.stderr
+    misnamed = paperchart("terminology", "lookup", "asthma", **env, PAPERCHART_EMBEDDING_DEVICE="gpu")
+    assert misnamed.returncode == 1 and "invalid setting PAPERCHART_EMBEDDING_DEVICE" in misnamed.stderr
+
+
 def test_an_embedding_models_identity_is_its_weights(tmp_path: Path) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
