@@ -139,6 +139,11 @@ class _Hit(msgspec.Struct):
     similarity: float | None = None
 
 
+class _Analogy(msgspec.Struct, frozen=True):
+    strength: float  # 1 / the number of words changed
+    source: int  # the concept whose designation was read
+
+
 class _Retrieved(msgspec.Struct):
     exact: list[_Hit] = msgspec.field(default_factory=list)
     lexical: list[_Hit] = msgspec.field(default_factory=list)
@@ -147,8 +152,7 @@ class _Retrieved(msgspec.Struct):
     fused: dict[int, float] = msgspec.field(default_factory=dict)  # concept id → RRF score
     matched: dict[int, tuple[int, str]] = msgspec.field(default_factory=dict)  # best rank, designation
     similarity: dict[int, float] = msgspec.field(default_factory=dict)  # best cosine
-    analogies: dict[int, float] = msgspec.field(default_factory=dict)  # concept id → analogy feature
-    analogy_sources: dict[int, int] = msgspec.field(default_factory=dict)  # concept id → the hit read
+    analogies: dict[int, _Analogy] = msgspec.field(default_factory=dict)  # concept id → how it was named
 
     def pool(self) -> list[int]:
         """The concepts that the re-rank orders: the fused top ones and those named by analogy."""
@@ -261,14 +265,14 @@ class TerminologyService:
                 found.similarity[hit.concept_id] = max(found.similarity.get(hit.concept_id, -1.0), hit.similarity)
         if mode == "hybrid" and not found.exact:  # a designation equal to the mention needs no analogy
             sources = found.lexical[:ANALOGY_SOURCES] + found.semantic[:ANALOGY_SOURCES]
-            found.analogies, found.analogy_sources = self._analogies(query, sources, systems, semantic_types)
+            found.analogies = self._analogies(query, sources, systems, semantic_types)
         return found
 
     def _analogies(
         self, query: str, hits: Sequence[_Hit], systems: Sequence[str], semantic_types: Sequence[str]
-    ) -> tuple[dict[int, float], dict[int, int]]:
+    ) -> dict[int, _Analogy]:
         """The concepts the mention names by analogy with the hits' designations, each with
-        1 / the number of words changed (the fewer, the surer), and the hit each was read from.
+        1 / the number of words changed (the fewer, the surer) and the hit it was read from.
 
         A hit's designation and the mention differ in a few words: those the mention lacks and
         those it adds. The hit's title with the same words taken out and put in is the title of the
@@ -284,7 +288,7 @@ class TerminologyService:
         for hit in hits:
             sources.setdefault(hit.concept_id, []).append(hit.term)
         if not sources or len(mention) < 2:
-            return {}, {}
+            return {}
         marks = ",".join("?" * len(sources))
         titles = dict(
             self._rows(
@@ -293,8 +297,7 @@ class TerminologyService:
             )
         )
         by_title = self._title_keys()
-        found: dict[int, float] = {}
-        read_from: dict[int, int] = {}
+        found: dict[int, _Analogy] = {}
         for concept_id, terms in sources.items():
             title = _key_words(titles.get(concept_id, ""))
             for term in terms:
@@ -306,11 +309,10 @@ class TerminologyService:
                 targets = by_title.get(_key((title - taken) | added), ())
                 if len(targets) != 1 or targets[0] == concept_id:
                     continue
-                if 1.0 / changed > found.get(targets[0], 0.0):
-                    found[targets[0]] = 1.0 / changed
-                    read_from[targets[0]] = concept_id
+                if targets[0] not in found or 1.0 / changed > found[targets[0]].strength:
+                    found[targets[0]] = _Analogy(strength=1.0 / changed, source=concept_id)
         if not found:
-            return {}, {}
+            return {}
         # the analogy keeps to the lookup's filters: another system may have a title of those words
         where, parameters = self._filters(systems, semantic_types)
         marks = ",".join("?" * len(found))
@@ -318,7 +320,7 @@ class TerminologyService:
             r[0]
             for r in self._rows(f"SELECT c.id FROM concept c WHERE c.id IN ({marks}){where}", [*found, *parameters])
         }
-        return {c: v for c, v in found.items() if c in kept}, {c: v for c, v in read_from.items() if c in kept}
+        return {c: analogy for c, analogy in found.items() if c in kept}
 
     def _title_keys(self) -> dict[str, list[int]]:
         """Each preferred designation's key (``_key``) → the concepts titled so (read once; ~20 MB
@@ -406,16 +408,16 @@ class TerminologyService:
         # a code named by analogy has, in effect, the designation read with the words changed: the
         # mention itself; it reads at least as well as that designation ("..., head" is worded as
         # L89.894's "..., other site" is, not as L89.814's own shorter names)
-        for target, source in found.analogy_sources.items():
-            if target in features and source in features:
-                features[target][_WORDING] = np.maximum(features[target][_WORDING], features[source][_WORDING])
+        for target, analogy in found.analogies.items():
+            if target in features and analogy.source in features:
+                features[target][_WORDING] = np.maximum(features[target][_WORDING], features[analogy.source][_WORDING])
         details = query_words - _NOT_A_DETAIL
         result = {
             c: np.append(
                 f,
                 (
                     centroid.get(c, 0.0),
-                    found.analogies.get(c, 0.0),
+                    found.analogies[c].strength if c in found.analogies else 0.0,
                     residual_kind.get(c, 0.0) if details - named.get(c, set()) else 0.0,
                 ),
             )
