@@ -39,7 +39,7 @@ from terminology.embed import Embedder, MiniLmEmbedder, SentenceTransformerEmbed
 from terminology.importers.icd10cm import Icd10cmBuiltinImporter, is_term
 from terminology.index import build_index, open_index
 from terminology.lookup import TerminologyService
-from terminology.model import ICD10CM
+from terminology.model import ICD10CM, Candidate
 
 _REVERSE_ABBREVIATIONS = {long: short for short, long in ABBREVIATIONS.items() if not short.islower()}
 
@@ -182,6 +182,29 @@ def llm_choice(
     return [coding.code, *(c for c in codes if c != coding.code)]
 
 
+REVIEW_THRESHOLDS: tuple[float, ...] = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def print_review_table(tops: dict[str, Candidate], held_out: list[tuple[str, str]]) -> None:
+    """How many mentions the pipeline would code without review at each similarity threshold
+    (``PAPERCHART_CODE_ACCEPT_SIMILARITY``: an exact match, or the top candidate this close), and
+    how many of those codes are right; the rest go to a reviewer as code-unresolved."""
+    from server.pipeline.code import ACCEPT_SIMILARITY, accepted
+
+    print(
+        "\nCoded without review by the pipeline's rule (exact match, or similarity >= threshold; "
+        f"default {ACCEPT_SIMILARITY}):"
+    )
+    print(f"{'threshold':>9} {'held-out coded':>15} {'right':>7} {'common coded':>13} {'right':>7}")
+    for threshold in REVIEW_THRESHOLDS:
+        cells: list[str] = []
+        for group in (held_out, list(COMMON_MENTIONS)):
+            coded = [(q, code) for q, code in group if q in tops and accepted(tops[q], threshold)]
+            right = sum(tops[q].code == code for q, code in coded)
+            cells += [f"{len(coded) / len(group):.1%}", f"{right / len(coded) if coded else 0.0:.1%}"]
+        print(f"{threshold:>9} {cells[0]:>15} {cells[1]:>7} {cells[2]:>13} {cells[3]:>7}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=400, help="inclusion-term queries (plus half as many variants)")
@@ -216,8 +239,16 @@ def main() -> None:
     results: dict[str, dict[str, list[bool]]] = {}
     latencies: dict[str, list[float]] = {}
     db = open_index(index, readonly=True)
+    tops: dict[str, Candidate] = {}  # each query's top hybrid candidate, for the review table
+
+    def hybrid(query: str) -> list[str]:
+        found = service.lookup(query, systems=[ICD10CM], limit=3)
+        if found:
+            tops[query] = found[0]
+        return [c.code for c in found]
+
     methods = {
-        "hybrid (paperchart)": lambda q: [c.code for c in service.lookup(q, systems=[ICD10CM], limit=3)],
+        "hybrid (paperchart)": hybrid,
         "lexical only (FTS5/BM25)": lambda q: [
             c.code for c in service.lookup(q, systems=[ICD10CM], limit=3, mode="lexical")
         ],
@@ -276,6 +307,7 @@ def main() -> None:
         )
         top3 = statistics.mean(code in codes[:3] for codes, (_, code) in zip(found, COMMON_MENTIONS, strict=True))
         print(f"{name:<28} {top1:>6.1%} {top3:>6.1%}")
+    print_review_table(tops, [(q, code) for _, q, code in queries])
     ours = statistics.mean(results["hybrid (paperchart)"]["top1"])
     peer = statistics.mean(results["SQL LIKE scan (peer)"]["top1"])
     speed = sum(latencies["SQL LIKE scan (peer)"]) / sum(latencies["hybrid (paperchart)"])

@@ -49,6 +49,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # who picks a mention's code among the index's candidates: "similarity" (a threshold), "llm" (the
     # LLM server, constrained to the candidates); "auto": the LLM when it is the extractor
     code_chooser: Literal["auto", "similarity", "llm"] = "auto"
+    # "similarity": a top candidate this close in meaning (cosine), or equal to a designation, is
+    # coded; the rest go to review as code-unresolved. Higher: fewer wrong codes, more review
+    code_accept_similarity: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.8
     date_order: Literal["DMY", "MDY"] = "DMY"
     # how medications are written: R4's MedicationStatement, or US Core's MedicationRequest
     medication_resource: Literal["MedicationStatement", "MedicationRequest"] = "MedicationStatement"

@@ -4,7 +4,9 @@ Every mention (diagnosis, medication, allergy substance, procedure) gets ranked 
 the index. Which of them, if any, becomes the code:
 
 - without a chooser (the rules extractor): the top candidate, only when the match is trustworthy —
-  an exact designation match, or a semantic similarity above ``ACCEPT_SIMILARITY``;
+  an exact designation match, or a semantic similarity of at least ``ACCEPT_SIMILARITY``
+  (``PAPERCHART_CODE_ACCEPT_SIMILARITY``: higher sends more mentions to review and releases fewer
+  wrong codes; ``bench/terminology.py`` measures both at several thresholds);
 - with a chooser (the LLM extractor): an exact match is taken as it is; otherwise the top
   ``CANDIDATES`` go to the chooser, which may pick one of them or none (retrieval-augmented
   coding: the model sees the index's candidates and can only choose among them, never invent a
@@ -27,7 +29,7 @@ from terminology import Candidate, TerminologyService
 from terminology.model import ICD10CM, RXNORM, SNOMED
 
 logger = logging.getLogger(__name__)
-ACCEPT_SIMILARITY: Final = 0.8
+ACCEPT_SIMILARITY: Final = 0.8  # the default of Settings.code_accept_similarity
 CANDIDATES: Final = 5  # shown to a chooser per mention
 
 
@@ -52,8 +54,8 @@ class CodeChooser(Protocol):
     def choose(self, questions: Sequence[CodeQuestion]) -> list[str | None]: ...
 
 
-def accepted(candidate: Candidate) -> bool:
-    return candidate.exact or (candidate.similarity is not None and candidate.similarity >= ACCEPT_SIMILARITY)
+def accepted(candidate: Candidate, threshold: float = ACCEPT_SIMILARITY) -> bool:
+    return candidate.exact or (candidate.similarity is not None and candidate.similarity >= threshold)
 
 
 class _Slot(msgspec.Struct, frozen=True):
@@ -96,7 +98,7 @@ def _coding(candidate: Candidate) -> Coding:
 
 
 def _decide(
-    slots: Sequence[_Slot], found: Sequence[Sequence[Candidate]], chooser: CodeChooser | None
+    slots: Sequence[_Slot], found: Sequence[Sequence[Candidate]], chooser: CodeChooser | None, threshold: float
 ) -> tuple[list[Coding | None], list[ReviewReason]]:
     """The coding for each slot, and any review reasons the deciding raised."""
     decided: list[Coding | None] = [None] * len(slots)
@@ -105,7 +107,7 @@ def _decide(
         if not candidates:
             continue
         if chooser is None or candidates[0].exact:
-            decided[i] = _coding(candidates[0]) if accepted(candidates[0]) else None
+            decided[i] = _coding(candidates[0]) if accepted(candidates[0], threshold) else None
         else:
             asked.append(i)
     if not asked or chooser is None:
@@ -124,7 +126,7 @@ def _decide(
     except ChooserUnavailable:
         logger.warning("the code chooser %s is unavailable; codes decided by similarity instead", chooser.name)
         for i in asked:
-            decided[i] = _coding(found[i][0]) if accepted(found[i][0]) else None
+            decided[i] = _coding(found[i][0]) if accepted(found[i][0], threshold) else None
         reason = ReviewReason(
             code="code-chooser-unavailable",
             message="The model that chooses codes did not answer; codes were decided by similarity alone.",
@@ -138,13 +140,17 @@ def _decide(
 
 
 def decide_diagnosis_codes(
-    mentions: Sequence[str], system: str, found: Sequence[Sequence[Candidate]], chooser: CodeChooser | None
+    mentions: Sequence[str],
+    system: str,
+    found: Sequence[Sequence[Candidate]],
+    chooser: CodeChooser | None,
+    threshold: float = ACCEPT_SIMILARITY,
 ) -> list[Coding | None]:
     """The code the pipeline gives each diagnosis mention in ``system`` from its candidates (the
     same rule as for a document: an exact match kept, the rest to the chooser, similarity if it is
     down). For measuring the coding outside a document (``bench/terminology.py --llm-url``)."""
     slots = [_Slot("diagnoses", i, system, text, ()) for i, text in enumerate(mentions)]
-    return _decide(slots, found, chooser)[0]
+    return _decide(slots, found, chooser, threshold)[0]
 
 
 class _HasCodings(Protocol):
@@ -166,8 +172,13 @@ def _with_codes(added: dict[tuple[str, int], list[Coding]], family: str, items: 
 
 
 def code_extraction(
-    extraction: Extraction, terminology: TerminologyService, chooser: CodeChooser | None = None
+    extraction: Extraction,
+    terminology: TerminologyService,
+    chooser: CodeChooser | None = None,
+    threshold: float = ACCEPT_SIMILARITY,
 ) -> Extraction:
+    """``extraction`` with the codes decided for its mentions; ``threshold``: the similarity at
+    which a top candidate is taken without a chooser (see the module's docstring)."""
     systems = {summary.info.system for summary in terminology.code_systems()}
     slots = list(_slots(extraction, systems))
     limit = CANDIDATES if chooser is not None else 1
@@ -175,7 +186,7 @@ def code_extraction(
         terminology.lookup(slot.text, systems=[slot.system], semantic_types=slot.semantic_types, limit=limit)
         for slot in slots
     ]
-    decided, reasons = _decide(slots, found, chooser)
+    decided, reasons = _decide(slots, found, chooser, threshold)
     added: dict[tuple[str, int], list[Coding]] = {}
     for slot, coding in zip(slots, decided, strict=True):
         if coding is not None:

@@ -166,7 +166,9 @@ class Pipeline:
 
         started = time.perf_counter()
         if self.terminology is not None:
-            extraction = code_extraction(extraction, self.terminology, self.code_chooser)
+            extraction = code_extraction(
+                extraction, self.terminology, self.code_chooser, self.settings.code_accept_similarity
+            )
         seconds["code"] = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -47,3 +47,10 @@ def test_the_code_chooser_follows_the_extractor_unless_told() -> None:
     assert create_code_chooser(load_settings({**llm, "PAPERCHART_CODE_CHOOSER": "similarity"})) is None
     with pytest.raises(ConfigurationError, match="PAPERCHART_LLM_BASE_URL"):
         create_code_chooser(load_settings({"PAPERCHART_CODE_CHOOSER": "llm"}))
+
+
+def test_the_code_acceptance_threshold_is_a_similarity() -> None:
+    assert load_settings({}).code_accept_similarity == 0.8
+    assert load_settings({"PAPERCHART_CODE_ACCEPT_SIMILARITY": "0.9"}).code_accept_similarity == 0.9
+    with pytest.raises(ConfigurationError, match="PAPERCHART_CODE_ACCEPT_SIMILARITY"):
+        load_settings({"PAPERCHART_CODE_ACCEPT_SIMILARITY": "1.5"})
