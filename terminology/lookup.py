@@ -762,6 +762,7 @@ _QUALIFIER_GROUPS: Final = (
     frozenset({"mild", "moderate", "severe", "unspecified severity"}),
     frozenset({"single", "recurrent"}),
     frozenset({"abuse", "dependence"}),
+    frozenset({"remission", "relapse", "uncomplicated"}),
     frozenset({"resistant", "susceptible"}),  # MRSA against MSSA
     frozenset({"congenital", "acquired"}),
     frozenset({"first", "second", "third", "fourth", "unspecified degree", "unspecified trimester"}),

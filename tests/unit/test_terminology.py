@@ -609,6 +609,11 @@ def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
     mild = _qualifiers(prepare_query("Cannabis use disorder, mild"))
     assert _conflicts(mild, _qualifiers("Cannabis dependence, uncomplicated")) == 1
     assert _conflicts(mild, _qualifiers("Cannabis abuse, uncomplicated")) == 0
+    # remission is a status like severity: "in sustained remission" is not "uncomplicated"
+    remitted = _qualifiers(prepare_query("Opioid use disorder, severe, in sustained remission"))
+    assert _conflicts(remitted, _qualifiers("Opioid dependence, uncomplicated")) == 1
+    assert _conflicts(remitted, _qualifiers("Opioid dependence, in remission")) == 0
+    assert _conflicts(_qualifiers("Multiple myeloma in remission"), _qualifiers("Multiple myeloma in relapse")) == 1
 
 
 def test_diabetes_of_no_named_type_is_read_as_type_2() -> None:
