@@ -761,7 +761,7 @@ _QUALIFIER_GROUPS: Final = (
     frozenset({"anterior", "posterior"}),
     frozenset({"mild", "moderate", "severe", "unspecified severity"}),
     frozenset({"single", "recurrent"}),
-    frozenset({"abuse", "dependence"}),
+    frozenset({"abuse", "dependence", "use unspecified"}),  # F1x.1, F1x.2, F1x.9
     frozenset({"remission", "relapse", "uncomplicated"}),
     frozenset({"resistant", "susceptible"}),  # MRSA against MSSA
     frozenset({"congenital", "acquired"}),
@@ -792,6 +792,7 @@ def _qualifiers(text: str) -> _Qualifiers:
     numbers |= {"unspecified" for before, t in pairs if before == "unspecified" and t in _NUMBERED}
     numbers |= {"unspecified" for before, t in pairs if before in _NUMBERED and t == "unspecified"}
     present = frozenset(tokens) | {f"{before} {t}" for before, t in pairs if before == "unspecified"}
+    present |= {"use unspecified"} if ("use", "unspecified") in pairs else set()  # "Alcohol use, unspecified"
     has_side = not _SIDES.isdisjoint(present)
     return _Qualifiers(
         groups=tuple(group & present for group in _QUALIFIER_GROUPS),
@@ -846,7 +847,7 @@ def prepare_query(text: str, systems: Sequence[str] = ()) -> str:
     concepts of no type ("Diabetic nephropathy"), so its lookups keep the mention's words."""
     query = _FAILED_REMISSION.sub("not having achieved remission", expand_abbreviations(" ".join(text.split())))
     if _WITHOUT_USE_DISORDER.search(query):
-        return f"{query} (use)"
+        return f"{query} (use, unspecified)"
     if match := _USE_DISORDER.search(query):
         return f"{query} ({'abuse' if match.group(1).lower() == 'mild' else 'dependence'})"
     searches_icd = not systems or ICD10CM in systems

@@ -601,7 +601,10 @@ def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
     assert prepare_query("Alcohol use disorder, severe, with alcohol-induced mild neurocognitive disorder").endswith(
         "(dependence)"
     )  # the use disorder's severity, not the other disorder's
-    assert prepare_query("Cannabis-induced anxiety disorder, without use disorder").endswith("(use)")
+    induced = prepare_query("Cannabis-induced anxiety disorder, without use disorder")
+    assert induced.endswith("(use, unspecified)")  # F12.9-, "Cannabis use, unspecified with ..."
+    assert _conflicts(_qualifiers(induced), _qualifiers("Cannabis abuse with cannabis-induced anxiety disorder")) == 1
+    assert _conflicts(_qualifiers(induced), _qualifiers("Cannabis use, unspecified with anxiety disorder")) == 0
     assert prepare_query("Alcohol dependence") == "Alcohol dependence"
     assert prepare_query("Hepatosplenic T-cell lymphoma with failed remission") == (
         "Hepatosplenic T-cell lymphoma not having achieved remission"
