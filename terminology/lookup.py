@@ -200,7 +200,7 @@ class TerminologyService:
         query = self.prepare(text, systems)
         if not query:
             return []
-        found = self.retrieve(query, systems, semantic_types, mode)
+        found = self.retrieve(query, systems, semantic_types, mode, written=" ".join(text.split()))
         scores, matched, similarity = found.fused, found.matched, found.similarity
         if mode == "hybrid":
             scores, best_terms, similarity = self._rerank(query, found)
@@ -238,12 +238,16 @@ class TerminologyService:
             for c in top
         ]
 
-    def retrieve(self, query: str, systems: Sequence[str], semantic_types: Sequence[str], mode: Mode) -> _Retrieved:
-        """The exact, lexical and semantic hit lists for an (expanded) query, fused by weighted RRF."""
+    def retrieve(
+        self, query: str, systems: Sequence[str], semantic_types: Sequence[str], mode: Mode, written: str = ""
+    ) -> _Retrieved:
+        """The exact, lexical and semantic hit lists for a prepared query, fused by weighted RRF. A
+        designation equal to the mention as ``written`` is an exact hit too: "Opioid-induced
+        delirium" is one, though its query reads "... (use, unspecified)"."""
         found = _Retrieved()
         lists: list[tuple[float, list[_Hit]]] = []
         if mode in ("hybrid", "lexical"):
-            found.exact = self._exact(query, systems, semantic_types)
+            found.exact = self._exact(query, systems, semantic_types, written)
             lists.append((WEIGHTS["exact"], found.exact))
             found.lexical = self._lexical(query, systems, semantic_types)
             lists.append((WEIGHTS["lexical"], found.lexical))
@@ -492,10 +496,12 @@ class TerminologyService:
             parameters.extend(semantic_types)
         return "".join(f" AND {c}" for c in clauses), parameters
 
-    def _exact(self, query: str, systems: Sequence[str], semantic_types: Sequence[str]) -> list[_Hit]:
+    def _exact(
+        self, query: str, systems: Sequence[str], semantic_types: Sequence[str], written: str = ""
+    ) -> list[_Hit]:
         where, parameters = self._filters(systems, semantic_types)
         # ICD-style titles add a residual qualifier to the plain name ("Heart failure, unspecified")
-        variants = [query, *(query + suffix for suffix in _RESIDUAL_SUFFIXES)]
+        variants = [query, *(query + suffix for suffix in _RESIDUAL_SUFFIXES), *([written] if written else [])]
         rows = self._rows(
             # CROSS JOIN keeps the term index in front: joined plainly, SQLite walks every concept of
             # the system first (30 ms on ICD-10-CM instead of 0.1 ms)
@@ -824,6 +830,15 @@ def _without_denials(term: str) -> str:
 # "without use disorder" under use (F1x.9-).
 _USE_DISORDER: Final = re.compile(r"\buse disorder,?\s+(mild|moderate|severe)\b", re.I)
 _WITHOUT_USE_DISORDER: Final = re.compile(r"\bwithout use disorder\b", re.I)
+# A substance-induced mental disorder that names no use of the substance is, by the Alphabetic
+# Index, the "use, unspecified" code (F1x.9-): "Opioid-induced delirium" is F11.921.
+_SUBSTANCE_INDUCED: Final = re.compile(
+    r"\b(?:alcohol|opioid|cannabis|sedative|hypnotic|anxiolytic|cocaine|amphetamine|stimulant|hallucinogen"
+    r"|phencyclidine|inhalant|caffeine|nicotine|tobacco|substance)[- ]induced\b(?:[\s,-]+[\w-]+){0,5}?"
+    r"[\s,-]+(?:delirium|disorder|psychosis|dementia|dysfunction)\b",
+    re.I,
+)
+_USE_NAMED: Final = re.compile(r"\b(?:use|abuse|dependence|addiction)\b", re.I)
 # The tabular's inclusion terms say "with failed remission" where the code's title says "not having
 # achieved remission" (leukemias, lymphomas, myeloma): the same state in the title's words.
 _FAILED_REMISSION: Final = re.compile(r"\b(?:with )?failed remission\b", re.I)
@@ -846,7 +861,7 @@ def prepare_query(text: str, systems: Sequence[str] = ()) -> str:
     (``systems`` names it, or is empty: all), diabetes of no named type as type 2. SNOMED CT has
     concepts of no type ("Diabetic nephropathy"), so its lookups keep the mention's words."""
     query = _FAILED_REMISSION.sub("not having achieved remission", expand_abbreviations(" ".join(text.split())))
-    if _WITHOUT_USE_DISORDER.search(query):
+    if _WITHOUT_USE_DISORDER.search(query) or (_SUBSTANCE_INDUCED.search(query) and not _USE_NAMED.search(query)):
         return f"{query} (use, unspecified)"
     if match := _USE_DISORDER.search(query):
         return f"{query} ({'abuse' if match.group(1).lower() == 'mild' else 'dependence'})"

@@ -605,6 +605,10 @@ def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
     assert induced.endswith("(use, unspecified)")  # F12.9-, "Cannabis use, unspecified with ..."
     assert _conflicts(_qualifiers(induced), _qualifiers("Cannabis abuse with cannabis-induced anxiety disorder")) == 1
     assert _conflicts(_qualifiers(induced), _qualifiers("Cannabis use, unspecified with anxiety disorder")) == 0
+    # the Alphabetic Index: a substance-induced mental disorder that names no use is "use, unspecified"
+    assert prepare_query("Opioid-induced delirium") == "Opioid-induced delirium (use, unspecified)"
+    for unchanged in ("Alcohol-induced chronic pancreatitis", "Alcohol abuse with alcohol-induced mood disorder"):
+        assert prepare_query(unchanged) == unchanged
     assert prepare_query("Alcohol dependence") == "Alcohol dependence"
     assert prepare_query("Hepatosplenic T-cell lymphoma with failed remission") == (
         "Hepatosplenic T-cell lymphoma not having achieved remission"
@@ -714,3 +718,13 @@ def test_a_changed_title_that_two_codes_share_names_neither(tmp_path: Path, embe
     service, ids, found = held_out_lookup(tmp_path, embedder, ("D68.6", "D69", "D75.8"), "D75.839", mention)
     assert ids["D75.838"] not in found.analogies and ids["D68.69"] not in found.analogies
     assert top_codes(service, mention, ICD10CM)[0] == "D75.839"
+
+
+def test_a_mention_equal_to_a_designation_is_exact_though_its_query_is_reworded(
+    tmp_path: Path, embedder: MiniLmEmbedder
+) -> None:
+    mention = "Opioid-induced delirium"  # an inclusion term of F11.921; read as "... (use, unspecified)"
+    service, _, _ = held_out_lookup(tmp_path, embedder, ("F11.9",), "F11.90", "nothing held out")
+    assert service.prepare(mention, [ICD10CM]) != mention
+    top = service.lookup(mention, systems=[ICD10CM], limit=1)[0]
+    assert (top.code, top.exact, top.matched) == ("F11.921", True, mention)
