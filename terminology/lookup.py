@@ -904,8 +904,21 @@ def _asks_default(mention: str) -> bool:
     return bool(_NOS.search(mention))
 
 
+_WITH_CLAUSE: Final = re.compile(r"\bwith\b([^,;()]*)", re.I)
+
+
+def _names_a_complication(term: str, mention: str) -> bool:
+    """Whether ``term`` has a "with ..." the mention does not name ("with crisis" against "Sickle-cell
+    disorder NOS"; not "with status migrainosus" against "Status migrainosus NOS")."""
+    named = _words(mention)
+    return any(not _words(clause) <= named for clause in _WITH_CLAUSE.findall(term))
+
+
 def _is_default(term: str, mention: str = "") -> bool:
     """Whether ``term`` is its category's default for a mention "NOS" (see above)."""
+    # "Other sickle-cell disorders with crisis, unspecified" is no default of "Sickle-cell disorder NOS"
+    if not _WITH.search(mention) and _names_a_complication(term, mention):
+        return False
     if _DEFAULT.search(term):
         return True
     if _WITH.search(mention):

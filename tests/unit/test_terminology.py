@@ -572,6 +572,10 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     )
     assert not _is_default("Mild persistent asthma, uncomplicated", "Mild persistent asthma with exacerbation NOS")
     assert _is_default("Mild persistent asthma, uncomplicated", "Mild persistent asthma NOS")
+    # a complication ("with ...") the mention does not name is no default, "unspecified" or not
+    assert not _is_default("Other sickle-cell disorders with crisis, unspecified", "Sickle-cell disorder NOS")
+    assert _is_default("Sickle-cell disease without crisis", "Sickle-cell disorder NOS")
+    assert _is_default("Migraine, unspecified, not intractable, with status migrainosus", "Status migrainosus NOS")
 
     def clash(mention: str, title: str) -> float:
         return _conflicts(_qualifiers(mention), _qualifiers(title))
