@@ -13,7 +13,8 @@ The fused top candidates are then re-ranked by a weighted sum of features (``FEA
 close the mention is to each candidate's closest designation in meaning (cosine) and in spelling
 (character trigrams), how many of its words the designation has and the reverse, qualifiers that
 clash with the code's preferred name ("left knee" vs "right knee", "stage 2" vs "stage 1",
-"mild" vs "unspecified severity"), for a mention "NOS" whether the candidate is its category's
+"mild" vs "unspecified severity") or a setting the name needs and the mention does not state (a
+newborn, a pregnancy, a family or personal history), for a mention "NOS" whether the candidate is its category's
 default ("unspecified", "without ...") and the closeness to the mean of all the candidate's
 designations, and, when the mention names a detail none of the candidate's names has, whether the
 candidate is the "Other ..." code such details go to or the "unspecified" one they do not
@@ -779,6 +780,27 @@ _NUMBER_WITH_UNIT: Final = re.compile(r"^(\d+(?:\.\d+)?)[a-z]{2,}$")
 _NUMBERED: Final = frozenset({"type", "stage", "grade", "class", "degree", "phase", "level"})
 
 
+# Settings a code's title makes part of what it is and a mention must state to be coded so: a
+# newborn, a pregnancy, a history, a sequela, an underdosing, long-term use. A code that needs one
+# the mention does not name clashes ("Pulmonary hemorrhage" is not "... originating in the
+# perinatal period"); a mention that names one a code lacks is left to the word features.
+_CONTEXTS: Final = tuple(
+    re.compile(rf"\b(?:{words})\b", re.I)
+    for words in (
+        r"newborn|neonat\w*|perinatal|fetus|fetal|liveborn|stillbirth|infant",
+        r"pregnan\w*|puerper\w*|postpartum|antepartum|intrapartum|childbirth|deliver\w*|labou?r|maternal"
+        r"|obstetric\w*|gestation\w*|trimester|abortion|miscarriage|ectopic|molar|gravid\w*|placenta\w*"
+        r"|eclampsia|pre-?eclampsia|hyperemesis|amniotic|chorioamnionitis|hydatidiform|cesarean|caesarean",
+        r"history",
+        r"family",  # "History of stroke" is the patient's own, not "Family history of stroke"
+        r"sequela\w*|late effects?",
+        r"underdos\w*",
+        r"long[- ]term",
+    )
+)
+_NEWBORN, _PREGNANCY = 0, 1  # in _CONTEXTS
+
+
 class _Qualifiers(msgspec.Struct, frozen=True):
     """What a text says about each qualifier group, its numbers, and which of its parts have a side."""
 
@@ -786,6 +808,7 @@ class _Qualifiers(msgspec.Struct, frozen=True):
     numbers: frozenset[str]  # "stage II" → "2"; "unspecified stage" → "unspecified"
     sided: frozenset[str]  # the word after a side: "hip" in "right hip"
     unsided: frozenset[str]  # the word after "unspecified", in a text that names no side: "hip"
+    contexts: frozenset[int] = frozenset()  # the _CONTEXTS the text names
 
 
 def _qualifiers(text: str) -> _Qualifiers:
@@ -805,16 +828,22 @@ def _qualifiers(text: str) -> _Qualifiers:
         numbers=frozenset(numbers),
         sided=frozenset(t for before, t in pairs if before in _SIDES),
         unsided=frozenset() if has_side else frozenset(t for before, t in pairs if before == "unspecified"),
+        contexts=frozenset(i for i, context in enumerate(_CONTEXTS) if context.search(text)),
     )
 
 
 def _conflicts(mention: _Qualifiers, term: _Qualifiers) -> float:
     """How many qualifier groups the mention and the term both fill, differently ("right hip"
-    against "unspecified hip" counts too)."""
+    against "unspecified hip" counts too), and how many settings (``_CONTEXTS``) the term needs
+    that the mention does not name."""
     count = sum(1 for a, b in zip(mention.groups, term.groups, strict=True) if a and b and a != b)
     numbers, other = mention.numbers, term.numbers
     count += 1 if numbers - other and other - numbers else 0
     count += 1 if mention.sided & term.unsided or term.sided & mention.unsided else 0
+    missing = term.contexts - mention.contexts
+    if _NEWBORN in mention.contexts & term.contexts:
+        missing -= {_PREGNANCY}  # "Newborn affected by (maternal) chorioamnionitis": the mother's
+    count += len(missing)
     return float(count)
 
 

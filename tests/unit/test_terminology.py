@@ -588,6 +588,18 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     )
     assert clash("Bilateral inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 1
     assert clash("Left inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 0
+    # a setting the code needs and the mention does not state clashes; one the mention adds does not
+    assert (
+        clash("Pulmonary hemorrhage NOS", "Unspecified pulmonary hemorrhage originating in the perinatal period") == 1
+    )
+    assert clash("Varicose veins NOS", "Varicose veins of lower extremity in pregnancy, unspecified trimester") == 1
+    assert (
+        clash("Varicose veins in pregnancy", "Varicose veins of lower extremity in pregnancy, unspecified trimester")
+        == 0
+    )
+    assert clash("Varicose veins in pregnancy", "Varicose veins of unspecified lower extremity") == 0
+    assert clash("History of stroke", "Family history of stroke") == 1
+    assert clash("Newborn affected by membranitis", "Newborn affected by other conditions from chorioamnionitis") == 0
     # a code that says a qualifier is unknown does not fit a mention that names it
     assert clash("Pressure ulcer of right hip, stage 3", "Pressure ulcer of right hip, unspecified stage") == 1
     assert clash("ICANS, grade 2", "Immune effector cell-associated neurotoxicity syndrome, grade unspecified") == 1
