@@ -781,24 +781,31 @@ _NUMBERED: Final = frozenset({"type", "stage", "grade", "class", "degree", "phas
 
 
 # Settings a code's title makes part of what it is and a mention must state to be coded so: a
-# newborn, a pregnancy, a history, a sequela, an underdosing, long-term use. A code that needs one
-# the mention does not name clashes ("Pulmonary hemorrhage" is not "... originating in the
-# perinatal period"); a mention that names one a code lacks is left to the word features.
+# newborn, a pregnancy, a history, a sequela, an underdosing, long-term use, a cause it follows or
+# is a manifestation of. A code that needs one the mention does not name clashes ("Pulmonary
+# hemorrhage" is not "... originating in the perinatal period"); a mention that names one a code
+# lacks is left to the word features. Each is (what a title needs it by, what a mention states it by).
+_AFTER: Final = r"following|after|post-?(?:procedural|operative|surgical|stroke|traumatic|infectious|infective|viral)"
+_CONTEXT_WORDS: Final = (
+    r"newborn|neonat\w*|perinatal|fetus|fetal|liveborn|stillbirth|infant",
+    r"pregnan\w*|puerper\w*|postpartum|antepartum|intrapartum|childbirth|deliver\w*|labou?r|maternal"
+    r"|obstetric\w*|gestation\w*|trimester|abortion|miscarriage|ectopic|molar|gravid\w*|placenta\w*"
+    r"|eclampsia|pre-?eclampsia|hyperemesis|amniotic|chorioamnionitis|hydatidiform|cesarean|caesarean",
+    r"history",
+    r"family",  # "History of stroke" is the patient's own, not "Family history of stroke"
+    r"sequela\w*|late effects?",
+    r"underdos\w*",
+    r"long[- ]term",
+    (_AFTER, _AFTER + r"|due to"),  # "Retarded development following malnutrition": "... due to malnutrition"
+    # a manifestation, coded with its cause: "Myocarditis in diseases classified elsewhere"
+    (r"classified elsewhere", r"classified elsewhere|due to"),
+)
 _CONTEXTS: Final = tuple(
-    re.compile(rf"\b(?:{words})\b", re.I)
-    for words in (
-        r"newborn|neonat\w*|perinatal|fetus|fetal|liveborn|stillbirth|infant",
-        r"pregnan\w*|puerper\w*|postpartum|antepartum|intrapartum|childbirth|deliver\w*|labou?r|maternal"
-        r"|obstetric\w*|gestation\w*|trimester|abortion|miscarriage|ectopic|molar|gravid\w*|placenta\w*"
-        r"|eclampsia|pre-?eclampsia|hyperemesis|amniotic|chorioamnionitis|hydatidiform|cesarean|caesarean",
-        r"history",
-        r"family",  # "History of stroke" is the patient's own, not "Family history of stroke"
-        r"sequela\w*|late effects?",
-        r"underdos\w*",
-        r"long[- ]term",
-    )
+    tuple(re.compile(rf"\b(?:{words})\b", re.I) for words in (pair if isinstance(pair, tuple) else (pair, pair)))
+    for pair in _CONTEXT_WORDS
 )
 _NEWBORN, _PREGNANCY = 0, 1  # in _CONTEXTS
+_PARENTHESES: Final = re.compile(r"\([^()]*\)")
 
 
 class _Qualifiers(msgspec.Struct, frozen=True):
@@ -808,7 +815,8 @@ class _Qualifiers(msgspec.Struct, frozen=True):
     numbers: frozenset[str]  # "stage II" → "2"; "unspecified stage" → "unspecified"
     sided: frozenset[str]  # the word after a side: "hip" in "right hip"
     unsided: frozenset[str]  # the word after "unspecified", in a text that names no side: "hip"
-    contexts: frozenset[int] = frozenset()  # the _CONTEXTS the text names
+    needs: frozenset[int] = frozenset()  # the _CONTEXTS the text, as a code's name, needs
+    states: frozenset[int] = frozenset()  # the _CONTEXTS the text, as a mention, states
 
 
 def _qualifiers(text: str) -> _Qualifiers:
@@ -823,12 +831,14 @@ def _qualifiers(text: str) -> _Qualifiers:
     present = frozenset(tokens) | {f"{before} {t}" for before, t in pairs if before == "unspecified"}
     present |= {"use unspecified"} if ("use", "unspecified") in pairs else set()  # "Alcohol use, unspecified"
     has_side = not _SIDES.isdisjoint(present)
+    essential = _PARENTHESES.sub("", text)  # a parenthesized setting is nonessential: "adhesions (postprocedural)"
     return _Qualifiers(
         groups=tuple(group & present for group in _QUALIFIER_GROUPS),
         numbers=frozenset(numbers),
         sided=frozenset(t for before, t in pairs if before in _SIDES),
         unsided=frozenset() if has_side else frozenset(t for before, t in pairs if before == "unspecified"),
-        contexts=frozenset(i for i, context in enumerate(_CONTEXTS) if context.search(text)),
+        needs=frozenset(i for i, (needs, _) in enumerate(_CONTEXTS) if needs.search(essential)),
+        states=frozenset(i for i, (_, states) in enumerate(_CONTEXTS) if states.search(essential)),
     )
 
 
@@ -840,8 +850,8 @@ def _conflicts(mention: _Qualifiers, term: _Qualifiers) -> float:
     numbers, other = mention.numbers, term.numbers
     count += 1 if numbers - other and other - numbers else 0
     count += 1 if mention.sided & term.unsided or term.sided & mention.unsided else 0
-    missing = term.contexts - mention.contexts
-    if _NEWBORN in mention.contexts & term.contexts:
+    missing = term.needs - mention.states
+    if _NEWBORN in mention.states & term.needs:
         missing -= {_PREGNANCY}  # "Newborn affected by (maternal) chorioamnionitis": the mother's
     count += len(missing)
     return float(count)

@@ -599,6 +599,15 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     )
     assert clash("Varicose veins in pregnancy", "Varicose veins of unspecified lower extremity") == 0
     assert clash("History of stroke", "Family history of stroke") == 1
+    assert (
+        clash("Fever", "Postprocedural fever") == 1
+        and clash("Myocardial disease", "Myocarditis in diseases classified elsewhere") == 1
+    )
+    assert (
+        clash("Physical retardation due to malnutrition", "Retarded development following protein-calorie malnutrition")
+        == 0
+    )
+    assert clash("Adhesions of omentum", "Peritoneal adhesions (postprocedural) (postinfection)") == 0  # nonessential
     assert clash("Newborn affected by membranitis", "Newborn affected by other conditions from chorioamnionitis") == 0
     # a code that says a qualifier is unknown does not fit a mention that names it
     assert clash("Pressure ulcer of right hip, stage 3", "Pressure ulcer of right hip, unspecified stage") == 1
