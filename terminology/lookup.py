@@ -13,7 +13,7 @@ The fused top candidates are then re-ranked by a weighted sum of features (``FEA
 close the mention is to each candidate's closest designation in meaning (cosine) and in spelling
 (character trigrams), how many of its words the designation has and the reverse, qualifiers that
 clash with the code's preferred name ("left knee" vs "right knee", "stage 2" vs "stage 1",
-"mild" vs "unspecified severity") or a setting the name needs and the mention does not state (a
+"mild" vs "unspecified severity") or a setting that one of them states and the other does not (a
 newborn, a pregnancy, a family or personal history), for a mention "NOS" whether the candidate is its category's
 default ("unspecified", "without ...") and the closeness to the mean of all the candidate's
 designations, and, when the mention names a detail none of the candidate's names has, whether the
@@ -780,13 +780,11 @@ _NUMBER_WITH_UNIT: Final = re.compile(r"^(\d+(?:\.\d+)?)[a-z]{2,}$")
 _NUMBERED: Final = frozenset({"type", "stage", "grade", "class", "degree", "phase", "level"})
 
 
-# Settings a code's title makes part of what it is and a mention must state to be coded so: a
-# newborn, a pregnancy, a history, a sequela, an underdosing, long-term use, a cause it follows or
-# is a manifestation of. A code that needs one the mention does not name clashes ("Pulmonary
-# hemorrhage" is not "... originating in the perinatal period"); a mention that names one a code
-# lacks is left to the word features. Each is (what a title needs it by, what a mention states it by).
-_AFTER: Final = r"following|after|post-?(?:procedural|operative|surgical|stroke|traumatic|infectious|infective|viral)"
-_CONTEXT_WORDS: Final = (
+# Settings a code's title makes part of what it is: a newborn, a pregnancy, a history, a family
+# member's, a sequela, an underdosing, long-term use. A code that needs one the mention does not
+# state clashes ("Pulmonary hemorrhage" is not P26.9 "... originating in the perinatal period"),
+# and so does a mention that states one the code lacks ("Neonatal petechiae" is P54.5, not R23.3).
+_SETTINGS: Final = (
     r"newborn|neonat\w*|perinatal|fetus|fetal|liveborn|stillbirth|infant",
     r"pregnan\w*|puerper\w*|postpartum|antepartum|intrapartum|childbirth|deliver\w*|labou?r|maternal"
     r"|obstetric\w*|gestation\w*|trimester|abortion|miscarriage|ectopic|molar|gravid\w*|placenta\w*"
@@ -796,15 +794,21 @@ _CONTEXT_WORDS: Final = (
     r"sequela\w*|late effects?",
     r"underdos\w*",
     r"long[- ]term",
+)
+# Causes a title names and a mention must state too, though one that states a cause may be coded
+# to a code that names none: (what a title needs it by, what a mention states it by).
+_AFTER: Final = r"following|after|post-?(?:procedural|operative|surgical|stroke|traumatic|infectious|infective|viral)"
+_CAUSES: Final = (
     (_AFTER, _AFTER + r"|due to"),  # "Retarded development following malnutrition": "... due to malnutrition"
     # a manifestation, coded with its cause: "Myocarditis in diseases classified elsewhere"
     (r"classified elsewhere", r"classified elsewhere|due to"),
 )
 _CONTEXTS: Final = tuple(
-    tuple(re.compile(rf"\b(?:{words})\b", re.I) for words in (pair if isinstance(pair, tuple) else (pair, pair)))
-    for pair in _CONTEXT_WORDS
+    tuple(re.compile(rf"\b(?:{words})\b", re.I) for words in pair)
+    for pair in [*((words, words) for words in _SETTINGS), *_CAUSES]
 )
 _NEWBORN, _PREGNANCY = 0, 1  # in _CONTEXTS
+_BOTH_WAYS: Final = frozenset(range(len(_SETTINGS)))
 _PARENTHESES: Final = re.compile(r"\([^()]*\)")
 
 
@@ -844,16 +848,19 @@ def _qualifiers(text: str) -> _Qualifiers:
 
 def _conflicts(mention: _Qualifiers, term: _Qualifiers) -> float:
     """How many qualifier groups the mention and the term both fill, differently ("right hip"
-    against "unspecified hip" counts too), and how many settings (``_CONTEXTS``) the term needs
-    that the mention does not name."""
+    against "unspecified hip" counts too), how many settings and causes (``_CONTEXTS``) the term
+    needs that the mention does not state, and how many settings the mention states and the term
+    lacks."""
     count = sum(1 for a, b in zip(mention.groups, term.groups, strict=True) if a and b and a != b)
     numbers, other = mention.numbers, term.numbers
     count += 1 if numbers - other and other - numbers else 0
     count += 1 if mention.sided & term.unsided or term.sided & mention.unsided else 0
     missing = term.needs - mention.states
+    unmet = (mention.states - term.needs) & _BOTH_WAYS
     if _NEWBORN in mention.states & term.needs:
         missing -= {_PREGNANCY}  # "Newborn affected by (maternal) chorioamnionitis": the mother's
-    count += len(missing)
+        unmet -= {_PREGNANCY}
+    count += len(missing) + len(unmet)
     return float(count)
 
 

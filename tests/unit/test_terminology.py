@@ -588,7 +588,7 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     )
     assert clash("Bilateral inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 1
     assert clash("Left inguinal hernia", "Unilateral inguinal hernia, without obstruction or gangrene") == 0
-    # a setting the code needs and the mention does not state clashes; one the mention adds does not
+    # a setting the code needs and the mention does not state clashes, and the reverse; a cause only one way
     assert (
         clash("Pulmonary hemorrhage NOS", "Unspecified pulmonary hemorrhage originating in the perinatal period") == 1
     )
@@ -597,7 +597,13 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
         clash("Varicose veins in pregnancy", "Varicose veins of lower extremity in pregnancy, unspecified trimester")
         == 0
     )
-    assert clash("Varicose veins in pregnancy", "Varicose veins of unspecified lower extremity") == 0
+    assert clash("Varicose veins in pregnancy", "Varicose veins of unspecified lower extremity") == 1
+    assert clash("Neonatal petechiae", "Spontaneous ecchymoses") == 1
+    assert (
+        clash("Newborn affected by maternal hypertension", "Newborn affected by maternal hypertensive disorders") == 0
+    )
+    assert clash("Pneumonia due to pneumococcus", "Pneumonia due to Streptococcus pneumoniae") == 0
+    assert clash("Anemia due to chronic kidney disease", "Anemia in chronic kidney disease") == 0
     assert clash("History of stroke", "Family history of stroke") == 1
     assert (
         clash("Fever", "Postprocedural fever") == 1
