@@ -388,20 +388,21 @@ class TerminologyService:
             if kind == "preferred":
                 residual_kind[concept_id] = _residual_kind(term)
             cosine = cosines.get(designation_id, -1.0)
-            trigram = _dice(query_grams, _trigrams(_without_residual(term)))
-            coverage = _coverage(query_words, _words(_without_residual(term)), weights)
+            wording = _wording(term, query_grams, query_words, weights)
+            # words in parentheses are nonessential modifiers: "Hypertension (arterial) (benign)
+            # (essential) ..." names plain "Hypertension" too (though their qualifiers still clash:
+            # "Cor pulmonale (chronic)" is not "acute cor pulmonale")
+            if (essential := " ".join(_PARENTHESES.sub(" ", term).split())) != term and essential:
+                wording = np.maximum(wording, _wording(essential, query_grams, query_words, weights))
             values = np.array(
                 [
                     cosine,
-                    trigram,
-                    coverage,
-                    # what the term denies ("without cataplexy", "not having achieved remission") is
-                    # the default a mention that names neither gets: not an excess
-                    _coverage(_words(_without_denials(_without_residual(term))), query_words, weights) - 1.0,
+                    *wording,
                     -_conflicts(query_qualifiers, _qualifiers(term)),
                     float(asks_default and _is_default(term, query)),
                 ]
             )
+            trigram = values[1]
             features[concept_id] = np.maximum(features[concept_id], values) if concept_id in features else values
             if kind == "preferred":
                 title_conflict[concept_id] = values[_CONFLICT]
@@ -502,7 +503,9 @@ class TerminologyService:
     ) -> list[_Hit]:
         where, parameters = self._filters(systems, semantic_types)
         # ICD-style titles add a residual qualifier to the plain name ("Heart failure, unspecified")
-        variants = [query, *(query + suffix for suffix in _RESIDUAL_SUFFIXES), *([written] if written else [])]
+        variants = [
+            base + suffix for base in dict.fromkeys((query, written or query)) for suffix in ("", *_RESIDUAL_SUFFIXES)
+        ]
         rows = self._rows(
             # CROSS JOIN keeps the term index in front: joined plainly, SQLite walks every concept of
             # the system first (30 ms on ICD-10-CM instead of 0.1 ms)
@@ -666,6 +669,21 @@ class TerminologyService:
         ]
 
 
+def _wording(
+    term: str, query_grams: frozenset[str], query_words: frozenset[str], weights: dict[str, float]
+) -> np.ndarray:
+    """How ``term`` reads against the mention: the trigram, coverage and excess features."""
+    return np.array(
+        [
+            _dice(query_grams, _trigrams(_without_residual(term))),
+            _coverage(query_words, _words(_without_residual(term)), weights),
+            # what the term denies ("without cataplexy", "not having achieved remission") is the
+            # default a mention that names neither gets: not an excess
+            _coverage(_words(_without_denials(_without_residual(term))), query_words, weights) - 1.0,
+        ]
+    )
+
+
 def _similarities(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """``matrix @ vector``, on torch's threads when torch is loaded (it is, with any embedder).
 
@@ -802,6 +820,8 @@ _CAUSES: Final = (
     (_AFTER, _AFTER + r"|due to"),  # "Retarded development following malnutrition": "... due to malnutrition"
     # a manifestation, coded with its cause: "Myocarditis in diseases classified elsewhere"
     (r"classified elsewhere", r"classified elsewhere|due to"),
+    # a neoplasm is primary unless the record says otherwise: "Lung cancer" is not C78.0-
+    (r"secondary (?:malignant|carcinoid|neuroendocrine)", r"secondary|metasta\w*"),
 )
 _CONTEXTS: Final = tuple(
     tuple(re.compile(rf"\b(?:{words})\b", re.I) for words in pair)
@@ -900,6 +920,13 @@ _DIABETES_KIND: Final = re.compile(
 )
 
 
+# The Alphabetic Index: "Cancer - see Neoplasm, malignant, by site". The classification names no
+# code "cancer", so "Colon cancer" found a benign neoplasm of the colon and "Breast cancer" a
+# receptor status.
+_CANCER: Final = re.compile(r"\bcancers?\b", re.I)
+_MALIGNANT: Final = re.compile(r"\bmalignan", re.I)
+
+
 def prepare_query(text: str, systems: Sequence[str] = ()) -> str:
     """The mention as the classification words it: spaces collapsed, clinical abbreviations
     expanded, a DSM-5 substance use disorder's severity given as ICD-10-CM's abuse or dependence,
@@ -907,6 +934,8 @@ def prepare_query(text: str, systems: Sequence[str] = ()) -> str:
     (``systems`` names it, or is empty: all), diabetes of no named type as type 2. SNOMED CT has
     concepts of no type ("Diabetic nephropathy"), so its lookups keep the mention's words."""
     query = _FAILED_REMISSION.sub("not having achieved remission", expand_abbreviations(" ".join(text.split())))
+    if not _MALIGNANT.search(query):
+        query = _CANCER.sub("malignant neoplasm", query)
     if _WITHOUT_USE_DISORDER.search(query) or (_SUBSTANCE_INDUCED.search(query) and not _USE_NAMED.search(query)):
         return f"{query} (use, unspecified)"
     if match := _USE_DISORDER.search(query):

@@ -759,3 +759,25 @@ def test_a_mention_equal_to_a_designation_is_exact_though_its_query_is_reworded(
     assert service.prepare(mention, [ICD10CM]) != mention
     top = service.lookup(mention, systems=[ICD10CM], limit=1)[0]
     assert (top.code, top.exact, top.matched) == ("F11.921", True, mention)
+
+
+def test_cancer_is_a_primary_malignant_neoplasm_and_parenthesized_words_are_nonessential(
+    tmp_path: Path, embedder: MiniLmEmbedder
+) -> None:
+    from terminology.lookup import _conflicts, _qualifiers, prepare_query
+
+    # the Alphabetic Index: "Cancer - see Neoplasm, malignant"; a neoplasm is primary unless stated
+    assert prepare_query("Colon cancer") == "Colon malignant neoplasm"
+    assert prepare_query("Malignant cancer of colon") == "Malignant cancer of colon"
+    lung = _qualifiers(prepare_query("Lung cancer"))
+    assert _conflicts(lung, _qualifiers("Secondary malignant neoplasm of unspecified lung")) == 1
+    assert _conflicts(_qualifiers("Metastatic lung cancer"), _qualifiers("Secondary malignant neoplasm of lung")) == 0
+    assert _conflicts(_qualifiers("Emotional polycythemia"), _qualifiers("Secondary polycythemia")) == 0
+
+    prefixes = ("I10", "I1A", "I97", "C18", "D12", "C34", "C78", "C80")
+    service, _, _ = held_out_lookup(tmp_path, embedder, prefixes, "C80.0", "nothing held out")
+    # "Hypertension (arterial) (benign) (essential) (malignant) (primary) (systemic)" names plain hypertension
+    assert top_codes(service, "Hypertension", ICD10CM)[0] == "I10"
+    assert top_codes(service, "Colon cancer", ICD10CM)[0] == "C18.9"  # not D12.6, a benign neoplasm
+    assert top_codes(service, "Lung cancer", ICD10CM)[0] == "C34.90"
+    assert top_codes(service, "Metastatic lung cancer", ICD10CM)[0] == "C78.00"
