@@ -394,6 +394,9 @@ class TerminologyService:
             # "Cor pulmonale (chronic)" is not "acute cor pulmonale")
             if (essential := " ".join(_PARENTHESES.sub(" ", term).split())) != term and essential:
                 wording = np.maximum(wording, _wording(essential, query_grams, query_words, weights))
+            if either := _EITHER.fullmatch(essential or term):
+                for side in either.groups():
+                    wording = np.maximum(wording, _wording(side, query_grams, query_words, weights))
             values = np.array(
                 [
                     cosine,
@@ -667,6 +670,11 @@ class TerminologyService:
                 "SELECT system, name, version, licence, source, concepts, imported_at FROM code_system ORDER BY name"
             )
         ]
+
+
+# Guideline I.A.14: "and" in a title means "and/or". A title of two short names joined by it
+# ("Syncope and collapse", "Dizziness and giddiness") names each alone.
+_EITHER: Final = re.compile(r"((?:[\w'-]+ ){0,2}[\w'-]+) and ((?:[\w'-]+ ){0,2}[\w'-]+)", re.I)
 
 
 def _wording(

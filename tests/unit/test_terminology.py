@@ -781,3 +781,9 @@ def test_cancer_is_a_primary_malignant_neoplasm_and_parenthesized_words_are_none
     assert top_codes(service, "Colon cancer", ICD10CM)[0] == "C18.9"  # not D12.6, a benign neoplasm
     assert top_codes(service, "Lung cancer", ICD10CM)[0] == "C34.90"
     assert top_codes(service, "Metastatic lung cancer", ICD10CM)[0] == "C78.00"
+
+
+def test_and_in_a_short_title_means_and_or(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    # guideline I.A.14: "Syncope and collapse" (R55) names syncope alone, as "Cough syncope" does not
+    service, _, _ = held_out_lookup(tmp_path, embedder, ("R05", "R55", "T67", "F48"), "R55", "nothing held out")
+    assert top_codes(service, "Syncope", ICD10CM)[0] == "R55"
