@@ -33,6 +33,7 @@ least as well as the designation read: that designation, with the words changed,
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -851,6 +852,7 @@ class _Qualifiers(msgspec.Struct, frozen=True):
     states: frozenset[int] = frozenset()  # the _CONTEXTS the text, as a mention, states
 
 
+@functools.lru_cache(maxsize=16_384)  # the same designations recur across lookups; ~1 KB each
 def _qualifiers(text: str) -> _Qualifiers:
     tokens = _TOKEN.findall(text.lower())
     pairs = list(itertools.pairwise(tokens))
