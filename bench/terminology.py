@@ -189,7 +189,11 @@ def print_review_table(tops: dict[str, Candidate], held_out: list[tuple[str, str
     """How many mentions the pipeline would code without review at each similarity threshold
     (``PAPERCHART_CODE_ACCEPT_SIMILARITY``: an exact match, or the top candidate this close), and
     how many of those codes are right; the rest go to a reviewer as code-unresolved."""
-    from server.pipeline.code import ACCEPT_SIMILARITY, accepted
+    try:
+        from server.pipeline.code import ACCEPT_SIMILARITY, accepted
+    except ImportError:  # a GPU machine with the terminology package's dependencies alone
+        print("\n(no review table: the server package's dependencies are not installed)")
+        return
 
     print(
         "\nCoded without review by the pipeline's rule (exact match, or similarity >= threshold; "
