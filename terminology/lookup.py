@@ -831,6 +831,8 @@ _CAUSES: Final = (
     (r"classified elsewhere", r"classified elsewhere|due to"),
     # a neoplasm is primary unless the record says otherwise: "Lung cancer" is not C78.0-
     (r"secondary (?:malignant|carcinoid|neuroendocrine)", r"secondary|metasta\w*"),
+    # a single episode is the default: "Mild depression" is F32.0, not F33.0 "..., recurrent, mild"
+    (r"recurren\w*", r"recurren\w*"),
 )
 _CONTEXTS: Final = tuple(
     tuple(re.compile(rf"\b(?:{words})\b", re.I) for words in pair)

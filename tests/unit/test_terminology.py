@@ -606,6 +606,10 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     assert clash("Anemia due to chronic kidney disease", "Anemia in chronic kidney disease") == 0
     assert clash("History of stroke", "Family history of stroke") == 1
     assert (
+        clash("Mild depression", "Major depressive disorder, recurrent, mild") == 1
+    )  # a single episode is the default
+    assert clash("Recurrent mild depression", "Major depressive disorder, recurrent, mild") == 0
+    assert (
         clash("Fever", "Postprocedural fever") == 1
         and clash("Myocardial disease", "Myocarditis in diseases classified elsewhere") == 1
     )
