@@ -393,7 +393,7 @@ class TerminologyService:
             # words in parentheses are nonessential modifiers: "Hypertension (arterial) (benign)
             # (essential) ..." names plain "Hypertension" too (though their qualifiers still clash:
             # "Cor pulmonale (chronic)" is not "acute cor pulmonale")
-            if (essential := " ".join(_PARENTHESES.sub(" ", term).split())) != term and essential:
+            if (essential := _essential(term)) != term and essential:
                 wording = np.maximum(wording, _wording(essential, query_grams, query_words, weights))
             if either := _EITHER.fullmatch(essential or term):
                 for side in either.groups():
@@ -843,6 +843,12 @@ _BOTH_WAYS: Final = frozenset(range(len(_SETTINGS)))
 _PARENTHESES: Final = re.compile(r"\([^()]*\)")
 
 
+def _essential(text: str) -> str:
+    """``text`` without its nonessential modifiers, the words in parentheses ("Peritoneal adhesions
+    (postprocedural)" → "Peritoneal adhesions")."""
+    return " ".join(_PARENTHESES.sub(" ", text).split())
+
+
 class _Qualifiers(msgspec.Struct, frozen=True):
     """What a text says about each qualifier group, its numbers, and which of its parts have a side."""
 
@@ -867,7 +873,7 @@ def _qualifiers(text: str) -> _Qualifiers:
     present = frozenset(tokens) | {f"{before} {t}" for before, t in pairs if before == "unspecified"}
     present |= {"use unspecified"} if ("use", "unspecified") in pairs else set()  # "Alcohol use, unspecified"
     has_side = not _SIDES.isdisjoint(present)
-    essential = _PARENTHESES.sub("", text)  # a parenthesized setting is nonessential: "adhesions (postprocedural)"
+    essential = _essential(text)  # a parenthesized setting is nonessential: "adhesions (postprocedural)"
     return _Qualifiers(
         groups=tuple(group & present for group in _QUALIFIER_GROUPS),
         numbers=frozenset(numbers),
