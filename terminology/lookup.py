@@ -133,6 +133,7 @@ class _Vocabulary(msgspec.Struct, frozen=True):
     weights: dict[str, float]  # word stem → inverse document frequency over all designations
     words: dict[str, dict[str, int]]  # code system → lowercase word → designations that have it
     known: frozenset[str]  # every system's words
+    compounds: dict[str, str]  # a hyphenated word without its hyphens → the word: "preeclampsia" → "pre-eclampsia"
 
 
 class _Hit(msgspec.Struct):
@@ -395,6 +396,10 @@ class TerminologyService:
             # "Cor pulmonale (chronic)" is not "acute cor pulmonale")
             if (essential := _essential(term)) != term and essential:
                 wording = np.maximum(wording, _wording(essential, query_grams, query_words, weights))
+            # "unspecified control" says the axis is open: a mention that names no control reads
+            # "Gestational diabetes mellitus in pregnancy, unspecified control" without it
+            if (opened := _without_open_axes(term)) != term and opened:
+                wording = np.maximum(wording, _wording(opened, query_grams, query_words, weights))
             if either := _EITHER.fullmatch(essential or term):
                 for side in either.groups():
                     wording = np.maximum(wording, _wording(side, query_grams, query_words, weights))
@@ -445,6 +450,7 @@ class TerminologyService:
                 stems: dict[str, int] = {}
                 words: dict[str, dict[str, int]] = {}
                 total = 0
+                compounds: dict[str, dict[str, int]] = {}  # joined → hyphenated spellings → count
                 for term, system in self._db.execute(
                     "SELECT d.term, c.system FROM designation d JOIN concept c ON c.id = d.concept_id"
                 ):
@@ -454,20 +460,29 @@ class TerminologyService:
                     counts = words.setdefault(system, {})
                     for word in set(_LETTERS.findall(term.lower())):
                         counts[word] = counts.get(word, 0) + 1
+                    for compound in _COMPOUND.findall(term.lower()):
+                        spellings = compounds.setdefault(compound.replace("-", ""), {})
+                        spellings[compound] = spellings.get(compound, 0) + 1
                 self._vocabulary = _Vocabulary(
                     weights={w: math.log(1 + total / n) for w, n in stems.items()},
                     words=words,
                     known=frozenset(itertools.chain.from_iterable(words.values())),
+                    compounds={
+                        joined: max(spellings, key=lambda s: (spellings[s], s))  # the commonest; ties by spelling
+                        for joined, spellings in compounds.items()
+                    },
                 )
             return self._vocabulary
 
     def prepare(self, text: str, systems: Sequence[str] = ()) -> str:
         """The mention as lookups read it: ``prepare_query``, then each word the index has never
-        seen replaced by the commonest one a single edit away that the searched code systems have
-        (all when none is named): "intial" → "initial", "secnd" → "second". OCR and typing drop,
-        add, swap or change a letter. A word that any system has is left alone, and so are short
-        words and words with no such neighbour. Drawing only on the searched systems' words keeps
-        a drug name the index lacks from becoming a disease's word in a drug lookup."""
+        seen written as the index writes it: with the hyphens of a compound the index has
+        ("Preeclampsia" → "Pre-eclampsia"), or else replaced by the commonest word a single edit
+        away that the searched code systems have (all when none is named): "intial" → "initial",
+        "secnd" → "second". OCR and typing drop, add, swap or change a letter. A word that any
+        system has is left alone, and so are short words and words with no such neighbour. Drawing
+        only on the searched systems' words keeps a drug name the index lacks from becoming a
+        disease's word in a drug lookup."""
         query = prepare_query(text, systems)
         vocabulary = self._read_words()
         searched = [vocabulary.words[s] for s in systems if s in vocabulary.words] if systems else []
@@ -481,6 +496,8 @@ class TerminologyService:
             lower = word.lower()
             if len(lower) < _SPELL_MIN or lower in vocabulary.known:
                 return word
+            if compound := vocabulary.compounds.get(lower):
+                return compound.capitalize() if word[0].isupper() else compound
             # the commonest neighbour; ties by spelling, so every process corrects alike
             neighbours = [(n, w) for w in _one_edit(lower) if (n := count(w))]
             best = max(neighbours, default=(0, ""))[1]
@@ -693,6 +710,20 @@ def _wording(
     )
 
 
+# An axis a title leaves open: "unspecified site", "unspecified control". Only words that name an
+# axis, not a part: "unspecified knee" is still a knee.
+_OPEN_AXIS: Final = re.compile(
+    r",?\s*\bunspecified\s+(?:site|sites|part|parts|side|type|stage|degree|trimester|organism|region|level"
+    r"|location|laterality|severity|control|cause|kind|grade|episode|duration)\b",
+    re.I,
+)
+
+
+def _without_open_axes(term: str) -> str:
+    """``term`` without the axes it leaves open ("..., unspecified trimester" → "...")."""
+    return " ".join(_OPEN_AXIS.sub(" ", term).split()).strip(" ,")
+
+
 def _similarities(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """``matrix @ vector``, on torch's threads when torch is loaded (it is, with any embedder).
 
@@ -718,6 +749,7 @@ def _without_residual(term: str) -> str:
 
 
 _LETTERS: Final = re.compile(r"[^\W\d_]+")
+_COMPOUND: Final = re.compile(r"\b[^\W\d_]+(?:-[^\W\d_]+)+\b")  # "pre-eclampsia", "non-st-elevation"
 _SPELL_MIN: Final = 5  # shorter unknown words are more often abbreviations than misspellings
 _ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz"
 
@@ -754,8 +786,75 @@ def _stem(word: str) -> str:
     return word[:6] if len(word) > 6 else word.removesuffix("s")
 
 
+# An organ's adjective is its noun: the classification says "Malignant neoplasm of unspecified
+# ovary" where notes say "ovarian cancer", "Kidney failure" and "renal failure" alike. Only
+# adjectives that name one organ ("cervical" is the neck's and the cervix's).
+_ORGAN_ADJECTIVES: Final = {
+    "abdominal": "abdomen",
+    "aortic": "aorta",
+    "appendiceal": "appendix",
+    "bronchial": "bronchus",
+    "cardiac": "heart",
+    "cecal": "cecum",
+    "cerebral": "brain",
+    "coccygeal": "coccyx",
+    "colonic": "colon",
+    "conjunctival": "conjunctiva",
+    "corneal": "cornea",
+    "cutaneous": "skin",
+    "duodenal": "duodenum",
+    "esophageal": "esophagus",
+    "gastric": "stomach",
+    "hepatic": "liver",
+    "hypopharyngeal": "hypopharynx",
+    "ileal": "ileum",
+    "intestinal": "intestine",
+    "jejunal": "jejunum",
+    "laryngeal": "larynx",
+    "lingual": "tongue",
+    "mammary": "breast",
+    "mandibular": "mandible",
+    "maxillary": "maxilla",
+    "nasal": "nose",
+    "nasopharyngeal": "nasopharynx",
+    "ocular": "eye",
+    "oropharyngeal": "oropharynx",
+    "osseous": "bone",
+    "ovarian": "ovary",
+    "ovaries": "ovary",
+    "pancreatic": "pancreas",
+    "pelvic": "pelvis",
+    "penile": "penis",
+    "pharyngeal": "pharynx",
+    "prostatic": "prostate",
+    "pulmonary": "lung",
+    "rectal": "rectum",
+    "renal": "kidney",
+    "retinal": "retina",
+    "sacral": "sacrum",
+    "scrotal": "scrotum",
+    "splenic": "spleen",
+    "sternal": "sternum",
+    "testes": "testis",
+    "testicular": "testis",
+    "tonsillar": "tonsil",
+    "tracheal": "trachea",
+    "umbilical": "umbilicus",
+    "ureteral": "ureter",
+    "ureteric": "ureter",
+    "urethral": "urethra",
+    "uterine": "uterus",
+    "vaginal": "vagina",
+    "vesical": "bladder",
+    "vulvar": "vulva",
+}
+
+
 def _words(text: str) -> frozenset[str]:
-    return frozenset(_stem(t) for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS and len(t) > 1)
+    """The stems that the wording features compare, an organ's adjective as its noun."""
+    return frozenset(
+        _stem(_ORGAN_ADJECTIVES.get(t, t)) for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS and len(t) > 1
+    )
 
 
 _FILLERS: Final = frozenset({"of", "the", "a", "an", "and", "or", "to", "in", "on", "at", "by", "for", "as"})
@@ -802,6 +901,8 @@ _QUALIFIER_GROUPS: Final = (
     frozenset({"first", "second", "third", "fourth", "unspecified degree", "unspecified trimester"}),
 )
 _SIDES: Final = frozenset({"left", "right", "bilateral"})
+_SIDE_GROUP: Final = _QUALIFIER_GROUPS.index(_SIDES)
+_UNSTATED_SIDE: Final = 0.5  # a side the code names and the mention does not: half a clash
 _ROMAN: Final = {"i": "1", "ii": "2", "iii": "3", "iv": "4", "v": "5", "vi": "6"}
 _NUMBER_WITH_UNIT: Final = re.compile(r"^(\d+(?:\.\d+)?)[a-z]{2,}$")
 _NUMBERED: Final = frozenset({"type", "stage", "grade", "class", "degree", "phase", "level"})
@@ -850,12 +951,15 @@ def _essential(text: str) -> str:
 
 
 class _Qualifiers(msgspec.Struct, frozen=True):
-    """What a text says about each qualifier group, its numbers, and which of its parts have a side."""
+    """What a text says about each qualifier group, its numbers, which of its parts have a side,
+    and what it denies."""
 
     groups: tuple[frozenset[str], ...]  # per _QUALIFIER_GROUPS, the members the text names
     numbers: frozenset[str]  # "stage II" → "2"; "unspecified stage" → "unspecified"
     sided: frozenset[str]  # the word after a side: "hip" in "right hip"
     unsided: frozenset[str]  # the word after "unspecified", in a text that names no side: "hip"
+    denied: frozenset[str] = frozenset()  # words it says are absent: "esophagitis" in "... without esophagitis"
+    affirmed: frozenset[str] = frozenset()  # its other words
     needs: frozenset[int] = frozenset()  # the _CONTEXTS the text, as a code's name, needs
     states: frozenset[int] = frozenset()  # the _CONTEXTS the text, as a mention, states
 
@@ -870,26 +974,43 @@ def _qualifiers(text: str) -> _Qualifiers:
     # "unspecified stage" and "grade unspecified" both say the number is not known
     numbers |= {"unspecified" for before, t in pairs if before == "unspecified" and t in _NUMBERED}
     numbers |= {"unspecified" for before, t in pairs if before in _NUMBERED and t == "unspecified"}
-    present = frozenset(tokens) | {f"{before} {t}" for before, t in pairs if before == "unspecified"}
-    present |= {"use unspecified"} if ("use", "unspecified") in pairs else set()  # "Alcohol use, unspecified"
+    present = _qualifier_words(tokens)
     has_side = not _SIDES.isdisjoint(present)
     essential = _essential(text)  # a parenthesized setting is nonessential: "adhesions (postprocedural)"
+    # so is a parenthesized qualifier, where the essential words fill its group: "Chronic
+    # obstructive pulmonary disease with (acute) exacerbation" is chronic, its exacerbation acute;
+    # but "Cor pulmonale (chronic)" is chronic, and no acute cor pulmonale
+    stated = _qualifier_words(_TOKEN.findall(essential.lower()))
     return _Qualifiers(
-        groups=tuple(group & present for group in _QUALIFIER_GROUPS),
+        groups=tuple(group & stated or group & present for group in _QUALIFIER_GROUPS),
         numbers=frozenset(numbers),
         sided=frozenset(t for before, t in pairs if before in _SIDES),
         unsided=frozenset() if has_side else frozenset(t for before, t in pairs if before == "unspecified"),
+        denied=_plain_words(" ".join(m.group(0) for m in _DENIAL.finditer(text))),
+        affirmed=_plain_words(_without_denials(text)),
         needs=frozenset(i for i, (needs, _) in enumerate(_CONTEXTS) if needs.search(essential)),
         states=frozenset(i for i, (_, states) in enumerate(_CONTEXTS) if states.search(essential)),
     )
 
 
+def _qualifier_words(tokens: Sequence[str]) -> frozenset[str]:
+    """The tokens, and the pairs that say a value is not known: "unspecified severity"."""
+    pairs = list(itertools.pairwise(tokens))
+    present = frozenset(tokens) | {f"{before} {t}" for before, t in pairs if before == "unspecified"}
+    return present | ({"use unspecified"} if ("use", "unspecified") in pairs else set())  # "Alcohol use, unspecified"
+
+
 def _conflicts(mention: _Qualifiers, term: _Qualifiers) -> float:
     """How many qualifier groups the mention and the term both fill, differently ("right hip"
     against "unspecified hip" counts too), how many settings and causes (``_CONTEXTS``) the term
-    needs that the mention does not state, and how many settings the mention states and the term
-    lacks."""
-    count = sum(1 for a, b in zip(mention.groups, term.groups, strict=True) if a and b and a != b)
+    needs that the mention does not state, how many settings the mention states and the term
+    lacks, and whether one denies what the other has ("with esophagitis" against "without
+    esophagitis"). A side that the term names and the mention does not is half a clash: laterality
+    the record does not give is coded as unspecified ("Ovarian cancer" is C56.9, not C56.3
+    "... of bilateral ovaries")."""
+    count: float = sum(1 for a, b in zip(mention.groups, term.groups, strict=True) if a and b and a != b)
+    if term.groups[_SIDE_GROUP] and not mention.groups[_SIDE_GROUP]:
+        count += _UNSTATED_SIDE
     numbers, other = mention.numbers, term.numbers
     count += 1 if numbers - other and other - numbers else 0
     count += 1 if mention.sided & term.unsided or term.sided & mention.unsided else 0
@@ -899,7 +1020,23 @@ def _conflicts(mention: _Qualifiers, term: _Qualifiers) -> float:
         missing -= {_PREGNANCY}  # "Newborn affected by (maternal) chorioamnionitis": the mother's
         unmet -= {_PREGNANCY}
     count += len(missing) + len(unmet)
+    if mention.affirmed & (term.denied - term.affirmed) or term.affirmed & (mention.denied - mention.affirmed):
+        count += 1
     return float(count)
+
+
+# words of a denial that name nothing denied: "without mention of fluctuations", "not having achieved remission"
+_DENIAL_FILLERS: Final = frozenset({"mention", "having", "achieved", "without", "not", "no"})
+
+
+def _plain_words(text: str) -> frozenset[str]:
+    """Whole words, not stems, for what a text denies: under the crude stem "esophagitis" is
+    "esophageal" ("Gastro-esophageal reflux disease without esophagitis")."""
+    return frozenset(
+        t.removesuffix("s")
+        for t in _TOKEN.findall(text.lower())
+        if len(t) > 2 and t not in _STOPWORDS and t not in _FILLERS and t not in _DENIAL_FILLERS
+    )
 
 
 _DENIAL: Final = re.compile(r"\b(?:without|not|no)\b[^,;()]*?(?=,|;|\(|\bwith\b|$)", re.I)

@@ -629,6 +629,44 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     assert clash("Neoplasm of right bronchus", "Neoplasm of unspecified part of right bronchus") == 0
 
 
+def test_denials_parenthesized_qualifiers_and_an_unstated_side() -> None:
+    from terminology.lookup import _conflicts, _qualifiers
+
+    def clash(mention: str, title: str) -> float:
+        return _conflicts(_qualifiers(mention), _qualifiers(title))
+
+    # what one denies and the other has clashes, though the crude stem makes esophagitis esophageal
+    gerd = "Gastro-esophageal reflux disease"
+    assert clash(f"{gerd} with esophagitis", f"{gerd} without esophagitis") == 1
+    assert clash(f"{gerd} with esophagitis", f"{gerd} with esophagitis, without bleeding") == 0
+    parkinsons = "Parkinson's disease without dyskinesia, with fluctuations"
+    assert clash("Parkinson's disease with dyskinesia", parkinsons) == 1
+    assert clash("Parkinson's disease with fluctuations", parkinsons) == 0
+    assert clash("Type 2 diabetes without complications", "Type 2 diabetes mellitus with unspecified complications")
+    # a parenthesized qualifier counts where the essential words leave its group empty
+    copd = "Chronic obstructive pulmonary disease"
+    assert clash(f"{copd} exacerbation", f"{copd} with (acute) exacerbation") == 0
+    assert clash("Acute cor pulmonale", "Cor pulmonale (chronic)") == 1
+    # a side the record does not give is coded as unspecified: half a clash with a sided code
+    assert clash("Malignant neoplasm of ovary", "Malignant neoplasm of bilateral ovaries") == 0.5
+    assert clash("Malignant neoplasm of ovary", "Malignant neoplasm of unspecified ovary") == 0
+    assert clash("Malignant neoplasm of left ovary", "Malignant neoplasm of left ovary") == 0
+
+
+def test_plain_mentions_read_as_the_classification_words_them(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    prefixes = ("O14", "O24.4", "C44.5", "C50.9", "C56", "C57", "J44", "K21")
+    service, _, _ = held_out_lookup(tmp_path, embedder, prefixes, "O14.90", "nothing held out")
+    # a hyphenated compound written without its hyphen is the index's word
+    assert service.prepare("Preeclampsia", [ICD10CM]) == "Pre-eclampsia"
+    assert top_codes(service, "Preeclampsia", ICD10CM)[0] == "O14.90"
+    # an axis the title leaves open ("unspecified control") is no excess word
+    assert top_codes(service, "Gestational diabetes", ICD10CM)[0] == "O24.419"
+    # an organ's adjective is its noun, and an unstated side is the unspecified one
+    assert top_codes(service, "Ovarian cancer", ICD10CM)[0] == "C56.9"
+    assert top_codes(service, "COPD exacerbation", ICD10CM)[0] == "J44.1"
+    assert top_codes(service, "GERD with esophagitis", ICD10CM)[0] == "K21.00"
+
+
 def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
     from terminology.lookup import _conflicts, _qualifiers, prepare_query
 
