@@ -139,6 +139,21 @@ COMMON_MENTIONS: tuple[tuple[str, str], ...] = (
     ("Nausea with vomiting", "R11.2"),
     ("Right hip fracture", "S72.001A"),
     ("Fracture of left wrist, initial encounter", "S62.102A"),
+    # added later, plain mentions checked by hand whatever the lookup then answered (the first
+    # three it got wrong, the next four it got right only after the change that added them)
+    ("Breast cancer", "C50.919"),
+    ("Deep vein thrombosis", "I82.409"),
+    ("Family history of colon cancer", "Z80.0"),
+    ("Preeclampsia", "O14.90"),
+    ("Gestational diabetes", "O24.419"),
+    ("Ovarian cancer", "C56.9"),
+    ("COPD exacerbation", "J44.1"),
+    ("Prostate cancer", "C61"),
+    ("Atrial fibrillation", "I48.91"),
+    ("Migraine", "G43.909"),
+    ("Asthma", "J45.909"),
+    ("Anemia", "D64.9"),
+    ("Congestive heart failure", "I50.9"),
 )
 
 
