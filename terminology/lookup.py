@@ -934,6 +934,11 @@ _CAUSES: Final = (
     (r"secondary (?:malignant|carcinoid|neuroendocrine)", r"secondary|metasta\w*"),
     # a single episode is the default: "Mild depression" is F32.0, not F33.0 "..., recurrent, mild"
     (r"recurren\w*", r"recurren\w*"),
+    # the Alphabetic Index: "Infection, staphylococcal, aureus (methicillin susceptible)": methicillin
+    # resistance is coded only where the record says so ("Staph aureus sepsis" is A41.01, not A41.02)
+    (r"methicillin resistant", r"resistant"),
+    # the Alphabetic Index: "Embolism, vein, ... chronic" is a subterm; a plain thrombosis is acute
+    (r"chronic embolism", r"chronic"),
 )
 _CONTEXTS: Final = tuple(
     tuple(re.compile(rf"\b(?:{words})\b", re.I) for words in pair)

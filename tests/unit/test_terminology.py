@@ -647,6 +647,13 @@ def test_denials_parenthesized_qualifiers_and_an_unstated_side() -> None:
     copd = "Chronic obstructive pulmonary disease"
     assert clash(f"{copd} exacerbation", f"{copd} with (acute) exacerbation") == 0
     assert clash("Acute cor pulmonale", "Cor pulmonale (chronic)") == 1
+    # methicillin resistance and a chronic embolism are coded only where the record says so
+    mrsa = "Sepsis due to Methicillin resistant Staphylococcus aureus"
+    assert clash("Staphylococcus aureus sepsis", mrsa) == 1
+    assert clash(expand_abbreviations("MRSA sepsis"), mrsa) == 0
+    chronic = "Chronic embolism and thrombosis of unspecified deep veins of unspecified lower extremity"
+    assert clash("Deep vein thrombosis", chronic) == 1
+    assert clash("Chronic deep vein thrombosis", chronic) == 0
     # a side the record does not give is coded as unspecified: half a clash with a sided code
     assert clash("Malignant neoplasm of ovary", "Malignant neoplasm of bilateral ovaries") == 0.5
     assert clash("Malignant neoplasm of ovary", "Malignant neoplasm of unspecified ovary") == 0
