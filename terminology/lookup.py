@@ -702,7 +702,7 @@ def _wording(
     return np.array(
         [
             _dice(query_grams, _trigrams(_without_residual(term))),
-            _coverage(query_words, _words(_without_residual(term)), weights),
+            _coverage(query_words, _with_organs(_words(_without_residual(term))), weights),
             # what the term denies ("without cataplexy", "not having achieved remission") is the
             # default a mention that names neither gets: not an excess
             _coverage(_words(_without_denials(_without_residual(term))), query_words, weights) - 1.0,
@@ -848,6 +848,32 @@ _ORGAN_ADJECTIVES: Final = {
     "vesical": "bladder",
     "vulvar": "vulva",
 }
+
+
+# The organs a title's organ system covers: "Family history of malignant neoplasm of digestive
+# organs" (Z80.0) is the code of a family history of colon cancer. They count for the mention's
+# words the title has (coverage), not for the title's words the mention lacks (excess).
+_ORGAN_SYSTEMS: Final = {
+    "digestive": (
+        "anal anus appendix bowel cecum colon duodenum esophagus gallbladder ileum intestine jejunum liver"
+        " pancreas rectum sigmoid stomach"
+    ),
+    "respiratory": "bronchi bronchus larynx lung lungs pleura trachea",
+    "urinary": "bladder kidney kidneys ureter urethra",
+    "genital": "cervix endometrial endometrium ovary penis prostate scrotum testis uterus vagina vulva",
+}
+
+
+@functools.cache
+def _organ_stems() -> dict[str, frozenset[str]]:
+    """Each organ system's stem → its organs' stems."""
+    return {_stem(system): _words(organs) for system, organs in _ORGAN_SYSTEMS.items()}
+
+
+def _with_organs(words: frozenset[str]) -> frozenset[str]:
+    """``words`` and the organs of each organ system they name."""
+    organs = [members for system, members in _organ_stems().items() if system in words]
+    return words.union(*organs) if organs else words
 
 
 def _words(text: str) -> frozenset[str]:

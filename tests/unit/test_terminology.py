@@ -661,7 +661,7 @@ def test_denials_parenthesized_qualifiers_and_an_unstated_side() -> None:
 
 
 def test_plain_mentions_read_as_the_classification_words_them(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
-    prefixes = ("O14", "O24.4", "C44.5", "C50.9", "C56", "C57", "J44", "K21")
+    prefixes = ("O14", "O24.4", "C44.5", "C50.9", "C56", "C57", "J44", "K21", "Z80")
     service, _, _ = held_out_lookup(tmp_path, embedder, prefixes, "O14.90", "nothing held out")
     # a hyphenated compound written without its hyphen is the index's word
     assert service.prepare("Preeclampsia", [ICD10CM]) == "Pre-eclampsia"
@@ -672,6 +672,8 @@ def test_plain_mentions_read_as_the_classification_words_them(tmp_path: Path, em
     assert top_codes(service, "Ovarian cancer", ICD10CM)[0] == "C56.9"
     assert top_codes(service, "COPD exacerbation", ICD10CM)[0] == "J44.1"
     assert top_codes(service, "GERD with esophagitis", ICD10CM)[0] == "K21.00"
+    # an organ system names its organs: colon is one of Z80.0's "digestive organs"
+    assert top_codes(service, "Family history of colon cancer", ICD10CM)[0] == "Z80.0"
 
 
 def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
