@@ -1025,9 +1025,12 @@ def _qualifiers(text: str) -> _Qualifiers:
 
 
 def _qualifier_words(tokens: Sequence[str]) -> frozenset[str]:
-    """The tokens, and the pairs that say a value is not known: "unspecified severity"."""
+    """The tokens, and the pairs that say a value is not known: "unspecified severity"; "both"
+    ("both knees", not "both cervix and uterus") is bilateral."""
     pairs = list(itertools.pairwise(tokens))
     present = frozenset(tokens) | {f"{before} {t}" for before, t in pairs if before == "unspecified"}
+    if any(t == "both" and "and" not in tokens[i + 1 :] for i, t in enumerate(tokens)):
+        present |= {"bilateral"}
     return present | ({"use unspecified"} if ("use", "unspecified") in pairs else set())  # "Alcohol use, unspecified"
 
 

@@ -658,6 +658,10 @@ def test_denials_parenthesized_qualifiers_and_an_unstated_side() -> None:
     assert clash("Malignant neoplasm of ovary", "Malignant neoplasm of bilateral ovaries") == 0.5
     assert clash("Malignant neoplasm of ovary", "Malignant neoplasm of unspecified ovary") == 0
     assert clash("Malignant neoplasm of left ovary", "Malignant neoplasm of left ovary") == 0
+    # "both" is bilateral
+    assert clash("Osteoarthritis of both knees", "Other unilateral secondary osteoarthritis of knee") == 1
+    assert clash("Osteoarthritis of both knees", "Bilateral primary osteoarthritis of knee") == 0
+    assert clash("Acquired absence of uterus", "Acquired absence of both cervix and uterus") == 0
 
 
 def test_plain_mentions_read_as_the_classification_words_them(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
