@@ -1060,7 +1060,7 @@ def _conflicts(mention: _Qualifiers, term: _Qualifiers) -> float:
 
 
 # words of a denial that name nothing denied: "without mention of fluctuations", "not having achieved remission"
-_DENIAL_FILLERS: Final = frozenset({"mention", "having", "achieved", "without", "not", "no"})
+_DENIAL_FILLERS: Final = frozenset({"mention", "having", "achieved"})
 
 
 def _plain_words(text: str) -> frozenset[str]:

@@ -554,8 +554,15 @@ def test_the_tabulars_includes_and_excludes_notes_name_codes_too() -> None:
     assert next(iter(held.rows())).designations == (("Wheezing", "preferred"),)
 
 
+def clash(mention: str, title: str) -> float:
+    """How much a mention and a code's title clash (``_conflicts`` of their qualifiers)."""
+    from terminology.lookup import _conflicts, _qualifiers
+
+    return _conflicts(_qualifiers(mention), _qualifiers(title))
+
+
 def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
-    from terminology.lookup import _asks_default, _conflicts, _is_default, _qualifiers
+    from terminology.lookup import _asks_default, _is_default
 
     assert _asks_default("Femoral hernia NOS")
     assert not _asks_default("Femoral hernia")
@@ -576,9 +583,6 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     assert not _is_default("Other sickle-cell disorders with crisis, unspecified", "Sickle-cell disorder NOS")
     assert _is_default("Sickle-cell disease without crisis", "Sickle-cell disorder NOS")
     assert _is_default("Migraine, unspecified, not intractable, with status migrainosus", "Status migrainosus NOS")
-
-    def clash(mention: str, title: str) -> float:
-        return _conflicts(_qualifiers(mention), _qualifiers(title))
 
     assert clash("Carcinoma in situ of colon", "Malignant neoplasm of colon") == 1
     assert clash("Community acquired pneumonia", "Congenital pneumonia, unspecified") == 1
@@ -630,11 +634,6 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
 
 
 def test_denials_parenthesized_qualifiers_and_an_unstated_side() -> None:
-    from terminology.lookup import _conflicts, _qualifiers
-
-    def clash(mention: str, title: str) -> float:
-        return _conflicts(_qualifiers(mention), _qualifiers(title))
-
     # what one denies and the other has clashes, though the crude stem makes esophagitis esophageal
     gerd = "Gastro-esophageal reflux disease"
     assert clash(f"{gerd} with esophagitis", f"{gerd} without esophagitis") == 1
@@ -642,7 +641,8 @@ def test_denials_parenthesized_qualifiers_and_an_unstated_side() -> None:
     parkinsons = "Parkinson's disease without dyskinesia, with fluctuations"
     assert clash("Parkinson's disease with dyskinesia", parkinsons) == 1
     assert clash("Parkinson's disease with fluctuations", parkinsons) == 0
-    assert clash("Type 2 diabetes without complications", "Type 2 diabetes mellitus with unspecified complications")
+    complications = "Type 2 diabetes mellitus with unspecified complications"
+    assert clash("Type 2 diabetes without complications", complications) == 1
     # a parenthesized qualifier counts where the essential words leave its group empty
     copd = "Chronic obstructive pulmonary disease"
     assert clash(f"{copd} exacerbation", f"{copd} with (acute) exacerbation") == 0
