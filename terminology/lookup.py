@@ -382,13 +382,23 @@ class TerminologyService:
         best_term: dict[int, tuple[float, str]] = {}
         # qualifiers clash with what the code is, as its preferred name says: a synonym that leaves
         # the stage out does not make "stage 2" fit a "stage 3" mention
-        title_conflict: dict[int, float] = {}
+        title_conflict = {
+            concept_id: _conflicts(query_qualifiers, _qualifiers(term))
+            for _, concept_id, term, kind in designations
+            if kind == "preferred"
+        }
         named: dict[int, set[str]] = {}
         residual_kind: dict[int, float] = {}
         for designation_id, concept_id, term, kind in designations:
             named.setdefault(concept_id, set()).update(_words(term))
             if kind == "preferred":
                 residual_kind[concept_id] = _residual_kind(term)
+            conflict = _conflicts(query_qualifiers, _qualifiers(term))
+            # and a name that clashes more than the title does names something else: I50.82's
+            # "Right heart failure with but not due to left heart failure" is no name of "Left
+            # heart failure", nor "VAIN, grade II" of "VAIN, grade I", though it has all their words
+            if conflict > title_conflict.get(concept_id, conflict):
+                continue
             cosine = cosines.get(designation_id, -1.0)
             wording = _wording(term, query_grams, query_words, weights)
             # words in parentheses are nonessential modifiers: "Hypertension (arterial) (benign)
@@ -407,19 +417,17 @@ class TerminologyService:
                 [
                     cosine,
                     *wording,
-                    -_conflicts(query_qualifiers, _qualifiers(term)),
+                    -conflict,
                     float(asks_default and _is_default(term, query)),
                 ]
             )
             trigram = values[1]
             features[concept_id] = np.maximum(features[concept_id], values) if concept_id in features else values
-            if kind == "preferred":
-                title_conflict[concept_id] = values[_CONFLICT]
             combined = max(cosine, 0.0) + TRIGRAM_WEIGHT * trigram
             if concept_id not in best_term or combined > best_term[concept_id][0]:
                 best_term[concept_id] = (combined, term)
-        for concept_id, conflict in title_conflict.items():
-            features[concept_id][_CONFLICT] = conflict
+        for concept_id, clash in title_conflict.items():
+            features[concept_id][_CONFLICT] = -clash
         # a code named by analogy has, in effect, the designation read with the words changed: the
         # mention itself; it reads at least as well as that designation ("..., head" is worded as
         # L89.894's "..., other site" is, not as L89.814's own shorter names)
@@ -876,10 +884,26 @@ def _with_organs(words: frozenset[str]) -> frozenset[str]:
     return words.union(*organs) if organs else words
 
 
+# Words the Alphabetic Index sends to another word ("Bleeding - see Hemorrhage", "Stone(s) - see
+# Calculus", "Seizure(s) - see also Convulsions"): the classification's titles use both, so the
+# wording features count them as one ("Personal history of kidney stones" is Z87.442 "... urinary
+# calculi", not Z85.528 "... malignant neoplasm of kidney").
+_SEE_ALSO: Final = {
+    "bleed": "hemorrhage",
+    "bleeding": "hemorrhage",
+    "stone": "calculus",
+    "stones": "calculus",
+    "seizure": "convulsion",
+    "seizures": "convulsion",
+}
+_SAME_WORD: Final = {**_ORGAN_ADJECTIVES, **_SEE_ALSO}
+
+
 def _words(text: str) -> frozenset[str]:
-    """The stems that the wording features compare, an organ's adjective as its noun."""
+    """The stems that the wording features compare, an organ's adjective as its noun and a word the
+    Index sends elsewhere as that word."""
     return frozenset(
-        _stem(_ORGAN_ADJECTIVES.get(t, t)) for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS and len(t) > 1
+        _stem(_SAME_WORD.get(t, t)) for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS and len(t) > 1
     )
 
 
@@ -965,6 +989,14 @@ _CAUSES: Final = (
     (r"methicillin resistant", r"resistant"),
     # the Alphabetic Index: "Embolism, vein, ... chronic" is a subterm; a plain thrombosis is acute
     (r"chronic embolism", r"chronic"),
+    # the Alphabetic Index codes a neoplasm of a site to the organ, and to its skin only where the
+    # record says skin ("Neoplasm, breast" is C50.-, "..., skin of breast" C44.5-) or names a
+    # tumour of the skin or a site whose neoplasms the Index files as skin (eyelid, scalp, anal margin)
+    (
+        r"skin of",
+        r"skin|cutaneous|derm\w*|melanoma|basal cell|naev(?:us|i)|nev(?:us|i)|keratos\w*|merkel"
+        r"|eyelid|canthus|scalp|auricle|auricular|anal margin|perianal",
+    ),
 )
 _CONTEXTS: Final = tuple(
     tuple(re.compile(rf"\b(?:{words})\b", re.I) for words in pair)

@@ -662,6 +662,12 @@ def test_denials_parenthesized_qualifiers_and_an_unstated_side() -> None:
     assert clash("Osteoarthritis of both knees", "Other unilateral secondary osteoarthritis of knee") == 1
     assert clash("Osteoarthritis of both knees", "Bilateral primary osteoarthritis of knee") == 0
     assert clash("Acquired absence of uterus", "Acquired absence of both cervix and uterus") == 0
+    # a neoplasm of a site is the organ's, its skin's only where the record says skin
+    skin = "Unspecified malignant neoplasm of skin of breast"
+    assert clash("Malignant neoplasm of breast", skin) == 1
+    assert clash("Basal cell carcinoma of breast", "Basal cell carcinoma of skin of breast") == 0
+    assert clash("Carcinoma in situ of anal margin", "Carcinoma in situ of skin of trunk") == 0
+    assert clash("Malignant neoplasm of breast", "Malignant neoplasm of unspecified site of female breast") == 0
 
 
 def test_plain_mentions_read_as_the_classification_words_them(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
@@ -678,6 +684,29 @@ def test_plain_mentions_read_as_the_classification_words_them(tmp_path: Path, em
     assert top_codes(service, "GERD with esophagitis", ICD10CM)[0] == "K21.00"
     # an organ system names its organs: colon is one of Z80.0's "digestive organs"
     assert top_codes(service, "Family history of colon cancer", ICD10CM)[0] == "Z80.0"
+    # the breast's, not its skin's
+    assert top_codes(service, "Breast cancer", ICD10CM)[0] == "C50.919"
+
+
+def test_a_word_the_index_sends_elsewhere_is_that_word(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    from terminology.lookup import _words
+
+    # "Bleeding - see Hemorrhage", "Stone(s) - see Calculus" (the Alphabetic Index)
+    assert _words("Rectal bleeding") == _words("Hemorrhage of rectum")
+    assert _words("Kidney stones") == _words("Calculus of kidney")
+    mention = "Personal history of kidney stones"
+    service, _, _ = held_out_lookup(tmp_path, embedder, ("Z87.44", "Z85.5"), "Z87.442", mention)
+    assert top_codes(service, mention, ICD10CM)[0] == "Z87.442"  # not Z85.528, "... malignant neoplasm of kidney"
+
+
+def test_a_name_that_clashes_more_than_the_title_names_something_else(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    # N89.1's "Vaginal intraepithelial neoplasia [VAIN], grade II" has every word of the mention
+    # and one more letter: it is no name of grade I, as its title "Moderate vaginal dysplasia" says
+    mention = "Vaginal intraepithelial neoplasia [VAIN], grade I"
+    service, ids, found = held_out_lookup(tmp_path, embedder, ("N89", "D07.2"), "N89.0", mention)
+    _, terms = service.rerank_features(service.prepare(mention), found)
+    assert "grade" not in terms[ids["N89.1"]] and "grade" not in terms[ids["D07.2"]]  # "..., grade II"
+    assert top_codes(service, mention, ICD10CM)[0] == "N89.0"
 
 
 def test_a_dsm5_use_disorder_is_coded_by_its_severity() -> None:
