@@ -75,7 +75,8 @@ FEATURES: Final = (
     "default",  # a mention "NOS": the designation is a default ("unspecified", "without ...")
     "centroid",  # cosine of the mention and the mean of the code's designation embeddings
     "analogy",  # the code's title is another code's title with the words the mention changes changed
-    "residual",  # the mention has a detail none of the code's names has: +1 "Other ...", -1 "unspecified"
+    "residual",  # the mention has a detail none of the code's names has: +1 "Other ...", -1 "unspecified";
+    # it has none, and the code is "Other X" with X all it says: -1
 )
 _CONFLICT: Final = FEATURES.index("conflict")
 _WORDING: Final = slice(0, _CONFLICT)  # the features of how a designation reads against the mention
@@ -389,10 +390,13 @@ class TerminologyService:
         }
         named: dict[int, set[str]] = {}
         residual_kind: dict[int, float] = {}
+        restated: set[int] = set()  # "Other low back pain" for "Acute low back pain"
         for designation_id, concept_id, term, kind in designations:
             named.setdefault(concept_id, set()).update(_words(term))
             if kind == "preferred":
                 residual_kind[concept_id] = _residual_kind(term)
+                if residual_kind[concept_id] > 0 and _words(term) <= query_words:
+                    restated.add(concept_id)
             conflict = _conflicts(query_qualifiers, _qualifiers(term))
             # and a name that clashes more than the title does names something else: I50.82's
             # "Right heart failure with but not due to left heart failure" is no name of "Left
@@ -441,7 +445,7 @@ class TerminologyService:
                 (
                     centroid.get(c, 0.0),
                     found.analogies[c].strength if c in found.analogies else 0.0,
-                    residual_kind.get(c, 0.0) if details - named.get(c, set()) else 0.0,
+                    residual_kind.get(c, 0.0) if details - named.get(c, set()) else -float(c in restated),
                 ),
             )
             for c, f in features.items()
@@ -1181,7 +1185,10 @@ _UNCOMPLICATED: Final = re.compile(r"\b(?:uncomplicated|without)\b", re.I)
 # ICD-10-CM guideline I.A.9: a condition the record details but no code names goes to the
 # category's "Other ..." or "other specified" code, not to "unspecified". Words that describe the
 # course or the setting rather than the condition are no such detail: "acute low back pain" is
-# low back pain, "community acquired pneumonia" pneumonia.
+# low back pain, "community acquired pneumonia" pneumonia. So a mention with no detail that says
+# all an "Other X" title says but "Other" is X not otherwise specified: "Acute low back pain" is
+# M54.50 "Low back pain, unspecified", not M54.59 "Other low back pain" (though the course is the
+# detail for some: "Chronic appendicitis" is K36 "Other appendicitis").
 _OTHER_TITLE: Final = re.compile(r"^other\b|\bother specified\b", re.I)
 _UNSPECIFIED_TITLE: Final = re.compile(r"\bunspecified\b", re.I)
 _NOT_A_DETAIL: Final = frozenset(

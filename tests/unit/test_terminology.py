@@ -815,7 +815,7 @@ def test_a_detail_no_code_names_goes_to_the_other_code_not_the_unspecified_one(
 ) -> None:
     # guideline I.A.9: "reactive" is a detail D75.83- has no code for, so "Other thrombocytosis"
     mention = "Reactive thrombocytosis"
-    service, ids, found = held_out_lookup(tmp_path, embedder, ("D75.8", "N17"), "D75.838", mention)
+    service, ids, found = held_out_lookup(tmp_path, embedder, ("D75.8", "N17", "M54.5"), "D75.838", mention)
     features, _ = service.rerank_features(service.prepare(mention), found)
     residual = FEATURES.index("residual")
     assert features[ids["D75.838"]][residual] == 1.0 and features[ids["D75.839"]][residual] == -1.0
@@ -823,6 +823,11 @@ def test_a_detail_no_code_names_goes_to_the_other_code_not_the_unspecified_one(
     # the course of a condition is no such detail: a plain mention keeps its unspecified code
     assert top_codes(service, "Acute kidney injury", ICD10CM)[0] == "N17.9"
     assert top_codes(service, "Thrombocytosis", ICD10CM)[0] == "D75.839"
+    # and a mention that says all "Other low back pain" says but "Other" is not otherwise specified
+    plain = "Acute low back pain"
+    features, _ = service.rerank_features(plain, service.retrieve(plain, [ICD10CM], (), "hybrid"))
+    assert features[ids["M54.59"]][residual] == -1.0 and features[ids["M54.50"]][residual] == 0.0
+    assert top_codes(service, plain, ICD10CM)[0] == "M54.50"
 
 
 def test_a_changed_title_that_two_codes_share_names_neither(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
