@@ -488,7 +488,8 @@ class TerminologyService:
 
     def prepare(self, text: str, systems: Sequence[str] = ()) -> str:
         """The mention as lookups read it: ``prepare_query``, then each word the index has never
-        seen written as the index writes it: with the hyphens of a compound the index has
+        seen written as the index writes it: an everyday word as the Alphabetic Index sends it on
+        ("Hives" → "Urticaria"), with the hyphens of a compound the index has
         ("Preeclampsia" → "Pre-eclampsia"), or else replaced by the commonest word a single edit
         away that the searched code systems have (all when none is named): "intial" → "initial",
         "secnd" → "second". OCR and typing drop, add, swap or change a letter. A word that any
@@ -506,7 +507,11 @@ class TerminologyService:
         def corrected(match: re.Match[str]) -> str:
             word = match.group(0)
             lower = word.lower()
-            if len(lower) < _SPELL_MIN or lower in vocabulary.known:
+            if lower in vocabulary.known:
+                return word
+            if lay := _LAY_WORDS.get(lower):
+                return lay.capitalize() if word[0].isupper() else lay
+            if len(lower) < _SPELL_MIN:
                 return word
             if compound := vocabulary.compounds.get(lower):
                 return compound.capitalize() if word[0].isupper() else compound
@@ -763,6 +768,21 @@ def _without_residual(term: str) -> str:
 _LETTERS: Final = re.compile(r"[^\W\d_]+")
 _COMPOUND: Final = re.compile(r"\b[^\W\d_]+(?:-[^\W\d_]+)+\b")  # "pre-eclampsia", "non-st-elevation"
 _SPELL_MIN: Final = 5  # shorter unknown words are more often abbreviations than misspellings
+# Everyday words no name in the index uses, as the Alphabetic Index sends them on ("Hives - see
+# Urticaria", "Stomachache - see Pain, abdominal"). Read before the spelling correction, which
+# would make "hives" "lives".
+_LAY_WORDS: Final = {
+    "bedsore": "pressure ulcer",
+    "bedsores": "pressure ulcers",
+    "bellyache": "abdominal pain",
+    "earache": "otalgia",
+    "hives": "urticaria",
+    "itching": "pruritus",
+    "lice": "pediculosis",
+    "lockjaw": "tetanus",
+    "pinkeye": "conjunctivitis",
+    "stomachache": "abdominal pain",
+}
 _ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -1150,22 +1170,44 @@ _DIABETES_KIND: Final = re.compile(
 # receptor status.
 _CANCER: Final = re.compile(r"\bcancers?\b", re.I)
 _MALIGNANT: Final = re.compile(r"\bmalignan", re.I)
+# The Alphabetic Index: "Fracture, traumatic, hip - see Fracture, femur, neck". The classification
+# has no "hip fracture", so "Right hip fracture" found "Pain in right hip". A stress or
+# pathological fracture of the hip has codes of its own ("Stress fracture, hip").
+_HIP_FRACTURE: Final = re.compile(
+    r"\b(?:(?P<side>right|left)\s+)?hip\s+fracture\b|\bfracture(?:d)?\s+(?:of\s+)?(?:the\s+)?(?:(?P<side2>right|left)\s+)?hip\b",
+    re.I,
+)
+
+
+_NOT_TRAUMATIC: Final = re.compile(
+    r"\b(?:stress|fatigue|patholog\w*|osteoporo\w*|insufficiency|fragility|(?:peri)?prosthetic)\W*$", re.I
+)
+
+
+def _femoral_neck(match: re.Match[str]) -> str:
+    if _NOT_TRAUMATIC.search(match.string[: match.start()]):
+        return match.group(0)
+    side = (match["side"] or match["side2"] or "").lower()
+    return f"fracture of neck of {side} femur" if side else "fracture of neck of femur"
 
 
 def prepare_query(text: str, systems: Sequence[str] = ()) -> str:
     """The mention as the classification words it: spaces collapsed, clinical abbreviations
     expanded, a DSM-5 substance use disorder's severity given as ICD-10-CM's abuse or dependence,
     "failed remission" as "not having achieved remission", and, when the lookup searches ICD-10-CM
-    (``systems`` names it, or is empty: all), diabetes of no named type as type 2. SNOMED CT has
-    concepts of no type ("Diabetic nephropathy"), so its lookups keep the mention's words."""
+    (``systems`` names it, or is empty: all), diabetes of no named type as type 2 and a hip fracture
+    as the femoral neck's. SNOMED CT has concepts of no type ("Diabetic nephropathy") and names hip
+    fractures, so its lookups keep the mention's words."""
     query = _FAILED_REMISSION.sub("not having achieved remission", expand_abbreviations(" ".join(text.split())))
     if not _MALIGNANT.search(query):
         query = _CANCER.sub("malignant neoplasm", query)
+    searches_icd = not systems or ICD10CM in systems
+    if searches_icd:
+        query = _HIP_FRACTURE.sub(_femoral_neck, query)
     if _WITHOUT_USE_DISORDER.search(query) or (_SUBSTANCE_INDUCED.search(query) and not _USE_NAMED.search(query)):
         return f"{query} (use, unspecified)"
     if match := _USE_DISORDER.search(query):
         return f"{query} ({'abuse' if match.group(1).lower() == 'mild' else 'dependence'})"
-    searches_icd = not systems or ICD10CM in systems
     if searches_icd and _DIABETES.search(query) and not _DIABETES_KIND.search(query):
         return f"{query} (type 2 diabetes mellitus)"
     return query

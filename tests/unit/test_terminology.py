@@ -671,10 +671,15 @@ def test_denials_parenthesized_qualifiers_and_an_unstated_side() -> None:
 
 
 def test_plain_mentions_read_as_the_classification_words_them(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
-    prefixes = ("O14", "O24.4", "C44.5", "C50.9", "C56", "C57", "J44", "K21", "Z80")
+    prefixes = ("O14", "O24.4", "C44.5", "C50.9", "C56", "C57", "J44", "K21", "Z80", "B02", "L50", "S72.0", "M25.5")
     service, _, _ = held_out_lookup(tmp_path, embedder, prefixes, "O14.90", "nothing held out")
     # a hyphenated compound written without its hyphen is the index's word
     assert service.prepare("Preeclampsia", [ICD10CM]) == "Pre-eclampsia"
+    # an everyday word no name has is the Index's word for it, not a misspelling ("lives")
+    assert service.prepare("Hives", [ICD10CM]) == "Urticaria"
+    assert top_codes(service, "Hives", ICD10CM)[0] == "L50.9"
+    # "Fracture, hip - see Fracture, femur, neck", not "Pain in right hip"
+    assert top_codes(service, "Right hip fracture", ICD10CM)[0] == "S72.001A"
     assert top_codes(service, "Preeclampsia", ICD10CM)[0] == "O14.90"
     # an axis the title leaves open ("unspecified control") is no excess word
     assert top_codes(service, "Gestational diabetes", ICD10CM)[0] == "O24.419"
@@ -757,6 +762,18 @@ def test_diabetes_of_no_named_type_is_read_as_type_2() -> None:
         "Long term (current) use of oral antidiabetic drugs",
     ):
         assert prepare_query(named) == named
+
+
+def test_a_hip_fracture_is_the_femoral_necks() -> None:
+    from terminology.lookup import prepare_query
+
+    assert prepare_query("Right hip fracture") == "fracture of neck of right femur"
+    assert (
+        prepare_query("Fracture of left hip, initial encounter") == "fracture of neck of left femur, initial encounter"
+    )
+    assert prepare_query("Hip fracture") == "fracture of neck of femur"
+    for own in ("Stress fracture of hip", "Pathological hip fracture", "Hip fracture"):
+        assert prepare_query(own, [SNOMED] if own == "Hip fracture" else [ICD10CM]) == own
 
 
 def test_the_knn_product_runs_on_torch_and_matches_numpy() -> None:
