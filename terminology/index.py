@@ -249,7 +249,10 @@ def build_index(
 # What the built-in importers yield, as a number raised whenever it changes, so that an index
 # built by an older paperchart can say what `paperchart terminology build` would add to it.
 # 2: ICD-10-CM names from the tabular's Includes and Excludes notes.
-BUILTIN_CONTENT: Final = 2
+# 3: a name that notes point at several codes names none of them ("herpes zoster", "tuberculosis"),
+#    and a category with no "unspecified" code puts its own names at its "without complications"
+#    one ("shingles" at B02.9).
+BUILTIN_CONTENT: Final = 3
 BUILTIN_CONTENT_KEY: Final = "builtin_content"
 
 

@@ -105,11 +105,16 @@ class Placements:
     default leaf (``default_leaf``). Notes that point at a range or at several codes ("(O10-O11,
     O13-O16)") name no one code. Where one name is placed in several ways, the most specific wins:
     a billable code's own inclusion term (rank 0), then a pointer at a billable code (1), then a
-    default leaf (2); names of equal rank are all kept.
+    default leaf (2); names of equal rank are all kept, but for one case. Notes that point one name
+    at different billable codes are read in the context of the code each sits under ("herpes
+    zoster (B02.8)" under otitis externa, "herpes zoster (B02.29)" under the auditory nerve's
+    disorders; "tuberculosis" at nine manifestations): the name then names none of them, and goes
+    to the default leaf a category pointer gives it, if one does ("syphilis (A52.-)").
     """
 
     def __init__(self) -> None:
-        self._placed: dict[str, tuple[int, list[tuple[str, str, DesignationKind]]]] = {}
+        # name key → rank → the codes it is placed at, with the name as written and its kind
+        self._placed: dict[str, dict[int, list[tuple[str, str, DesignationKind]]]] = {}
 
     def own(self, code: str, term: str) -> None:
         """A billable code's own inclusion term: its importer keeps it; here it only outranks."""
@@ -118,12 +123,7 @@ class Placements:
     def place(self, rank: int, code: str | None, term: str, kind: DesignationKind) -> None:
         if code is None or not is_term(term):
             return
-        key = note_key(term)
-        best, entries = self._placed.get(key, (rank, []))
-        if rank < best:
-            entries = []
-        if rank <= best:
-            self._placed[key] = (rank, [*entries, (code, term, kind)])
+        self._placed.setdefault(note_key(term), {}).setdefault(rank, []).append((code, term, kind))
 
     def pointer(self, name: str, code: str, resolve: Callable[[str], str | None]) -> None:
         """``name`` is coded at ``code`` ("S36.1-": somewhere under S36.1); ``resolve`` gives the
@@ -141,10 +141,13 @@ class Placements:
     def noted(self) -> dict[str, list[tuple[str, DesignationKind]]]:
         """Billable code → the names placed there (its own inclusion terms left to its importer)."""
         noted: dict[str, list[tuple[str, DesignationKind]]] = {}
-        for rank, entries in self._placed.values():
+        for ranks in self._placed.values():
+            if 0 in ranks:
+                continue
+            pointed = ranks.get(1, [])
+            entries = pointed if len({code for code, _, _ in pointed}) == 1 else ranks.get(2, [])
             for code, term, kind in entries:
-                if rank > 0:
-                    noted.setdefault(code, []).append((term, kind))
+                noted.setdefault(code, []).append((term, kind))
         return noted
 
 
@@ -181,6 +184,7 @@ def is_term(text: str) -> bool:
 
 
 _RESIDUAL = re.compile(r"^unspecified\b|, (site )?unspecified\b|\bNOS$", re.I)
+_UNCOMPLICATED = re.compile(r"\bwithout complications?$", re.I)
 
 
 def default_leaf(icd: Any, code: str) -> str | None:
@@ -188,7 +192,11 @@ def default_leaf(icd: Any, code: str) -> str | None:
     while not icd.is_leaf(code):
         children = icd.get_children(code)
         parent = icd.get_description(code).lower()
-        unspecified = [c for c in children if _RESIDUAL.search(icd.get_description(c))]
+        # else the uncomplicated one: "B02 Zoster" (includes "shingles") → "B02.9 Zoster without
+        # complications", as the Alphabetic Index has it ("Zoster (herpes) B02.9")
+        unspecified = [c for c in children if _RESIDUAL.search(icd.get_description(c))] or [
+            c for c in children if _UNCOMPLICATED.search(icd.get_description(c))
+        ]
         # "I50 Heart failure" → "I50.9 Heart failure, unspecified", not "I50.1 Left ventricular
         # failure, unspecified": the residual that keeps the parent's words, then the x9/x0 code
         unspecified.sort(key=lambda c: (not icd.get_description(c).lower().startswith(parent), c[-1] not in "90"))

@@ -514,7 +514,9 @@ def test_category_inclusion_terms_go_to_the_code_for_a_plain_mention() -> None:
     assert default_leaf(icd, "I50") == "I50.9"  # not I50.1 "Left ventricular failure, unspecified"
     assert default_leaf(icd, "S02.85") == "S02.85XA"  # the initial encounter
     assert default_leaf(icd, "H44.52") == "H44.529"  # "…, unspecified eye"
-    assert default_leaf(icd, "E11") is None  # no residual child: left alone rather than guessed
+    assert default_leaf(icd, "E11") == "E11.9"  # no "unspecified": the one "without complications"
+    assert default_leaf(icd, "B02") == "B02.9"  # "Zoster [herpes zoster]", which includes "shingles"
+    assert default_leaf(icd, "A15") is None  # neither: left alone rather than guessed
     rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("S02.85",)).rows()}
     assert ("Fracture of orbit NOS", "inclusion") in rows["S02.85XA"].designations
     held = Icd10cmBuiltinImporter(prefixes=("S02.85",), held_out={("S02.85XA", "Fracture of orbit NOS")})
@@ -552,6 +554,16 @@ def test_the_tabulars_includes_and_excludes_notes_name_codes_too() -> None:
     # a held-out term is held out wherever the tabular names it, brackets, case and "NOS" aside
     held = Icd10cmBuiltinImporter(prefixes=("R06.2",), held_out={("R06.2", "Wheezing (NOS)")})
     assert next(iter(held.rows())).designations == (("Wheezing", "preferred"),)
+
+
+def test_a_name_notes_point_at_several_codes_names_none_of_them() -> None:
+    # "herpes zoster (B02.8)" under H62.4 means its otitis externa, "(B02.29)" under H94.0 its
+    # auditory nerve disorder; B10's "herpes zoster (B02.-)" points at the category, whose default
+    # is B02.9; "syphilis" points at seven manifestations and, from A50, at A52.-
+    rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("B02", "A52")).rows()}
+    named = {code: {term.lower() for term, _ in row.designations} for code, row in rows.items()}
+    assert [code for code, terms in named.items() if "herpes zoster" in terms] == ["B02.9"]
+    assert [code for code, terms in named.items() if "syphilis" in terms] == ["A52.10"]
 
 
 def clash(mention: str, title: str) -> float:
@@ -678,6 +690,8 @@ def test_plain_mentions_read_as_the_classification_words_them(tmp_path: Path, em
     # an everyday word no name has is the Index's word for it, not a misspelling ("lives")
     assert service.prepare("Hives", [ICD10CM]) == "Urticaria"
     assert top_codes(service, "Hives", ICD10CM)[0] == "L50.9"
+    # B02 "Zoster [herpes zoster]" includes "shingles": a name of B02.9 "Zoster without complications"
+    assert top_codes(service, "Shingles", ICD10CM)[0] == "B02.9"
     # "Fracture, hip - see Fracture, femur, neck", not "Pain in right hip"
     assert top_codes(service, "Right hip fracture", ICD10CM)[0] == "S72.001A"
     assert top_codes(service, "Preeclampsia", ICD10CM)[0] == "O14.90"
