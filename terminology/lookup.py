@@ -1174,11 +1174,10 @@ _MALIGNANT: Final = re.compile(r"\bmalignan", re.I)
 # has no "hip fracture", so "Right hip fracture" found "Pain in right hip". A stress or
 # pathological fracture of the hip has codes of its own ("Stress fracture, hip").
 _HIP_FRACTURE: Final = re.compile(
-    r"\b(?:(?P<side>right|left)\s+)?hip\s+fracture\b|\bfracture(?:d)?\s+(?:of\s+)?(?:the\s+)?(?:(?P<side2>right|left)\s+)?hip\b",
+    r"\b(?:(?P<side>right|left)\s+)?hip\s+fracture\b"  # "right hip fracture"
+    r"|\bfractured?\s+(?:of\s+)?(?:the\s+)?(?:(?P<side2>right|left)\s+)?hip\b",  # "fracture of the left hip"
     re.I,
 )
-
-
 _NOT_TRAUMATIC: Final = re.compile(
     r"\b(?:stress|fatigue|patholog\w*|osteoporo\w*|insufficiency|fragility|(?:peri)?prosthetic)\W*$", re.I
 )
