@@ -383,24 +383,17 @@ class TerminologyService:
         best_term: dict[int, tuple[float, str]] = {}
         # qualifiers clash with what the code is, as its preferred name says: a synonym that leaves
         # the stage out does not make "stage 2" fit a "stage 3" mention
-        title_conflict = {
-            concept_id: _conflicts(query_qualifiers, _qualifiers(term))
-            for _, concept_id, term, kind in designations
-            if kind == "preferred"
-        }
+        title_conflict: dict[int, float] = {}
         named: dict[int, set[str]] = {}
         residual_kind: dict[int, float] = {}
         restated: set[int] = set()  # "Other low back pain" for "Acute low back pain"
         for designation_id, concept_id, term, kind in designations:
-            named.setdefault(concept_id, set()).update(_words(term))
+            words = _words(term)
+            named.setdefault(concept_id, set()).update(words)
             if kind == "preferred":
                 residual_kind[concept_id] = _residual_kind(term)
-                if residual_kind[concept_id] > 0 and _words(term) <= query_words:
+                if residual_kind[concept_id] > 0 and words <= query_words:
                     restated.add(concept_id)
-            # a name that clashes more than the title does still speaks for the code: ICD-10-CM
-            # files DSM-5's "moderate" and "severe" use disorders under one code, so skipping such
-            # names lost 11 queries of the 2,000-query sample for 3 won (VAIN, grade I / II)
-            conflict = _conflicts(query_qualifiers, _qualifiers(term))
             cosine = cosines.get(designation_id, -1.0)
             wording = _wording(term, query_grams, query_words, weights)
             # words in parentheses are nonessential modifiers: "Hypertension (arterial) (benign)
@@ -419,17 +412,19 @@ class TerminologyService:
                 [
                     cosine,
                     *wording,
-                    -conflict,
+                    -_conflicts(query_qualifiers, _qualifiers(term)),
                     float(asks_default and _is_default(term, query)),
                 ]
             )
             trigram = values[1]
             features[concept_id] = np.maximum(features[concept_id], values) if concept_id in features else values
+            if kind == "preferred":
+                title_conflict[concept_id] = values[_CONFLICT]
             combined = max(cosine, 0.0) + TRIGRAM_WEIGHT * trigram
             if concept_id not in best_term or combined > best_term[concept_id][0]:
                 best_term[concept_id] = (combined, term)
-        for concept_id, clash in title_conflict.items():
-            features[concept_id][_CONFLICT] = -clash
+        for concept_id, conflict in title_conflict.items():
+            features[concept_id][_CONFLICT] = conflict
         # a code named by analogy has, in effect, the designation read with the words changed: the
         # mention itself; it reads at least as well as that designation ("..., head" is worded as
         # L89.894's "..., other site" is, not as L89.814's own shorter names)

@@ -184,7 +184,7 @@ def is_term(text: str) -> bool:
 
 
 _RESIDUAL = re.compile(r"^unspecified\b|, (site )?unspecified\b|\bNOS$", re.I)
-_UNCOMPLICATED = re.compile(r"\bwithout complications?$", re.I)
+_WITHOUT_COMPLICATIONS = re.compile(r"\bwithout complications?$", re.I)
 
 
 def default_leaf(icd: Any, code: str) -> str | None:
@@ -195,7 +195,7 @@ def default_leaf(icd: Any, code: str) -> str | None:
         # else the uncomplicated one: "B02 Zoster" (includes "shingles") → "B02.9 Zoster without
         # complications", as the Alphabetic Index has it ("Zoster (herpes) B02.9")
         unspecified = [c for c in children if _RESIDUAL.search(icd.get_description(c))] or [
-            c for c in children if _UNCOMPLICATED.search(icd.get_description(c))
+            c for c in children if _WITHOUT_COMPLICATIONS.search(icd.get_description(c))
         ]
         # "I50 Heart failure" → "I50.9 Heart failure, unspecified", not "I50.1 Left ventricular
         # failure, unspecified": the residual that keeps the parent's words, then the x9/x0 code
