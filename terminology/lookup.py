@@ -315,6 +315,10 @@ class TerminologyService:
                 if not changed or changed > ANALOGY_SPAN or len(mention & words) < 2 or not taken <= title:
                     continue
                 targets = by_title.get(_key((title - taken) | added), ())
+                if len(targets) != 1 and taken and _NOS_KEY in added:
+                    # "NOS" is "unspecified": "Mental subnormality NOS" lacks "mild" of F70's "Mild
+                    # mental subnormality", and F70's title without "mild", with "unspecified", is F79's
+                    targets = by_title.get(_key((title - taken) | (added - {_NOS_KEY}) | {_UNSPECIFIED_KEY}), ())
                 if len(targets) != 1 or targets[0] == concept_id:
                     continue
                 if targets[0] not in found or 1.0 / changed > found[targets[0]].strength:
@@ -811,6 +815,10 @@ def _stem(word: str) -> str:
     return word[:6] if len(word) > 6 else word.removesuffix("s")
 
 
+_NOS_KEY: Final = _stem("nos")
+_UNSPECIFIED_KEY: Final = _stem("unspecified")
+
+
 # An organ's adjective is its noun: the classification says "Malignant neoplasm of unspecified
 # ovary" where notes say "ovarian cancer", "Kidney failure" and "renal failure" alike. Only
 # adjectives that name one organ ("cervical" is the neck's and the cervix's).
@@ -1006,6 +1014,9 @@ _CAUSES: Final = (
     (r"methicillin resistant", r"resistant"),
     # the Alphabetic Index: "Embolism, vein, ... chronic" is a subterm; a plain thrombosis is acute
     (r"chronic embolism", r"chronic"),
+    # a remission is coded only where the record documents one: "Tobacco use disorder, moderate" is
+    # F17.200 "..., uncomplicated", not F17.201 "..., in remission"
+    (r"in (?:\w+ )?remission", r"remission"),
     # the Alphabetic Index codes a neoplasm of a site to the organ, and to its skin only where the
     # record says skin ("Neoplasm, breast" is C50.-, "..., skin of breast" C44.5-) or names a
     # tumour of the skin or a site whose neoplasms the Index files as skin (eyelid, scalp, anal margin)

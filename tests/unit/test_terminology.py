@@ -625,6 +625,10 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
         clash("Mild depression", "Major depressive disorder, recurrent, mild") == 1
     )  # a single episode is the default
     assert clash("Recurrent mild depression", "Major depressive disorder, recurrent, mild") == 0
+    # a remission is coded where the record documents one
+    assert clash("Tobacco use disorder, moderate (dependence)", "Nicotine dependence, unspecified, in remission") == 1
+    assert clash("Tobacco use disorder, in early remission", "Nicotine dependence, unspecified, in remission") == 0
+    assert clash("Acute myeloblastic leukemia", "Acute myeloblastic leukemia, not having achieved remission") == 0
     assert (
         clash("Fever", "Postprocedural fever") == 1
         and clash("Myocardial disease", "Myocarditis in diseases classified elsewhere") == 1
@@ -849,6 +853,17 @@ def test_a_detail_no_code_names_goes_to_the_other_code_not_the_unspecified_one(
     features, _ = service.rerank_features(plain, service.retrieve(plain, [ICD10CM], (), "hybrid"))
     assert features[ids["M54.59"]][residual] == -1.0 and features[ids["M54.50"]][residual] == 0.0
     assert top_codes(service, plain, ICD10CM)[0] == "M54.50"
+
+
+def test_a_mention_nos_is_read_by_analogy_as_the_unspecified_code(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    # "Mental subnormality NOS" is F79's; the index has only "Mild mental subnormality" (F70),
+    # "Moderate ..." (F71) and so on: F70's title "Mild intellectual disabilities" without "mild"
+    # and with "unspecified" for "NOS" is F79's "Unspecified intellectual disabilities"
+    mention = "Mental subnormality NOS"
+    service, ids, found = held_out_lookup(tmp_path, embedder, ("F7",), "F79", mention)
+    assert ids["F79"] in found.analogies
+    assert top_codes(service, mention, ICD10CM)[0] == "F79"
+    assert top_codes(service, "Moderate mental subnormality", ICD10CM)[0] == "F71"
 
 
 def test_a_changed_title_that_two_codes_share_names_neither(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
