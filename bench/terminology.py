@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from terminology.abbreviations import ABBREVIATIONS
 from terminology.embed import Embedder, MiniLmEmbedder, SentenceTransformerEmbedder
 from terminology.importers.icd10cm import Icd10cmBuiltinImporter, is_term
-from terminology.index import build_index, open_index
+from terminology.index import BUILTIN_CONTENT, BUILTIN_CONTENT_KEY, build_index, open_index
 from terminology.lookup import TerminologyService
 from terminology.model import ICD10CM, Candidate
 
@@ -157,6 +157,14 @@ COMMON_MENTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _outdated(index: Path, embedder: Embedder) -> bool:
+    service = TerminologyService(index, embedder)
+    try:
+        return service.builtins_outdated()
+    finally:
+        service.close()
+
+
 def embedder_for(model: Path | None, cache: Path, device: str = "cpu") -> tuple[Embedder, str]:
     """The embedder to bench, and the suffix that keeps its cached indexes apart from the built-in's."""
     if model is None:
@@ -248,9 +256,10 @@ def main() -> None:
         index = args.cache / f"icd10cm-held-out-{args.seed}-{args.queries}{suffix}.db"
         importer = Icd10cmBuiltinImporter(held_out=held_out)
     build_seconds = None
-    if not index.exists():
+    # an index cached by an older importer would measure names the importer no longer gives
+    if not index.exists() or _outdated(index, embedder):
         started = time.perf_counter()
-        build_index(index, embedder, [importer], fresh=True)
+        build_index(index, embedder, [importer], fresh=True, meta={BUILTIN_CONTENT_KEY: str(BUILTIN_CONTENT)})
         build_seconds = time.perf_counter() - started
     service = TerminologyService(index, embedder)
     service.lookup("warm up", systems=[ICD10CM])

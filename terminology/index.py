@@ -252,7 +252,11 @@ def build_index(
 # 3: a name that notes point at several codes names none of them ("herpes zoster", "tuberculosis"),
 #    and a category with no "unspecified" code puts its own names at its "without complications"
 #    one ("shingles" at B02.9).
-BUILTIN_CONTENT: Final = 3
+# 4: a category's default leaf is also its title with an axis left open ("... of unspecified lower
+#    extremity": "Deep vein thrombosis NOS" at I82.409) or its "uncomplicated" code; the synonym in
+#    a category title's brackets names it ("chickenpox" at B01.9); a name read in context goes to
+#    a category pointer only if that category holds all its codes ("syphilis" no longer at A52.10).
+BUILTIN_CONTENT: Final = 4
 BUILTIN_CONTENT_KEY: Final = "builtin_content"
 
 

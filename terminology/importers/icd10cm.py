@@ -12,6 +12,7 @@ tabular's Excludes notes name conditions and say where they are coded instead ("
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -90,8 +91,10 @@ def _noted_terms(icd: Any) -> dict[str, list[tuple[str, DesignationKind]]]:
             for term in [*icd.get_inclusion_term(code), *icd.get_includes(code)]:
                 placements.own(code, term)
         elif icd.is_category_or_subcategory(code):
+            leaf = default_leaf(icd, code)
             for term in [*icd.get_inclusion_term(code), *icd.get_includes(code)]:
-                placements.place(2, default_leaf(icd, code), term, "inclusion")
+                placements.place(2, leaf, term, "inclusion", scope=code)
+            placements.title(code, icd.get_description(code), leaf)
         for note in [*icd.get_excludes1(code), *icd.get_excludes2(code)]:
             placements.note(note, resolve)
     return placements.noted()
@@ -109,28 +112,34 @@ class Placements:
     at different billable codes are read in the context of the code each sits under ("herpes
     zoster (B02.8)" under otitis externa, "herpes zoster (B02.29)" under the auditory nerve's
     disorders; "tuberculosis" at nine manifestations): the name then names none of them, and goes
-    to the default leaf a category pointer gives it, if one does ("syphilis (A52.-)").
+    to the default leaf a category pointer gives it, if that category holds them all ("herpes
+    zoster (B02.-)"); "syphilis (A52.1-)" under the nervous system's disorders is neurosyphilis
+    there, not the "syphilis" that "(A52.03)" and "(A52.75)" place elsewhere in A52.
     """
 
     def __init__(self) -> None:
-        # name key → rank → the codes it is placed at, with the name as written and its kind
-        self._placed: dict[str, dict[int, list[tuple[str, str, DesignationKind]]]] = {}
+        # name key → rank → the codes it is placed at, with the name as written, its kind and the
+        # code it was given for (a category, for a default leaf)
+        self._placed: dict[str, dict[int, list[tuple[str, str, DesignationKind, str]]]] = {}
+        self._categories: set[str] = set()  # three-character categories' titles, brackets aside
+        self._bracketed: list[tuple[str, str, str, str]] = []  # (category, default leaf, synonym, title)
 
     def own(self, code: str, term: str) -> None:
         """A billable code's own inclusion term: its importer keeps it; here it only outranks."""
         self.place(0, code, term, "inclusion")
 
-    def place(self, rank: int, code: str | None, term: str, kind: DesignationKind) -> None:
+    def place(self, rank: int, code: str | None, term: str, kind: DesignationKind, scope: str = "") -> None:
+        """``term`` names billable ``code``, given for ``scope`` (the category whose default leaf it is)."""
         if code is None or not is_term(term):
             return
-        self._placed.setdefault(note_key(term), {}).setdefault(rank, []).append((code, term, kind))
+        self._placed.setdefault(note_key(term), {}).setdefault(rank, []).append((code, term, kind, scope or code))
 
     def pointer(self, name: str, code: str, resolve: Callable[[str], str | None]) -> None:
         """``name`` is coded at ``code`` ("S36.1-": somewhere under S36.1); ``resolve`` gives the
         billable code for a code (itself, a category's default leaf, or None if unknown)."""
         code = code.rstrip(".-")
         leaf = resolve(code)
-        self.place(1 if leaf == code else 2, leaf, name, "synonym")
+        self.place(1 if leaf == code else 2, leaf, name, "synonym", scope=code)
 
     def note(self, note: str, resolve: Callable[[str], str | None]) -> None:
         """An Excludes note: "wheezing NOS (R06.2)"."""
@@ -138,15 +147,33 @@ class Placements:
         if match is not None and not match["name"].lower().startswith(_FRAGMENT):
             self.pointer(match["name"], match["code"], resolve)
 
+    def title(self, code: str, title: str, leaf: str | None) -> None:
+        """A category's title, whose synonym in brackets names its default ``leaf`` ("Varicella
+        [chickenpox]"), unless that synonym holds another category's title: "Rubella [German
+        measles]" would take plain "Measles" from B05."""
+        plain = " ".join(_BRACKETS.sub(" ", title).lower().split())
+        if len(code) == 3:
+            self._categories.add(plain)
+        if leaf is not None and (synonym := bracketed_synonym(title)) is not None:
+            self._bracketed.append((code, leaf, synonym, plain))
+
     def noted(self) -> dict[str, list[tuple[str, DesignationKind]]]:
         """Billable code → the names placed there (its own inclusion terms left to its importer)."""
+        for code, leaf, synonym, plain in self._bracketed:
+            words = f" {' '.join(_WORD.findall(synonym.lower()))} "
+            if not any(f" {other} " in words for other in self._categories - {plain}):
+                self.place(2, leaf, synonym, "synonym", scope=code)
+        self._bracketed.clear()
         noted: dict[str, list[tuple[str, DesignationKind]]] = {}
         for ranks in self._placed.values():
             if 0 in ranks:
                 continue
             pointed = ranks.get(1, [])
-            entries = pointed if len({code for code, _, _ in pointed}) == 1 else ranks.get(2, [])
-            for code, term, kind in entries:
+            codes = {code for code, *_ in pointed}
+            entries = pointed
+            if len(codes) != 1:  # a name read in context (several codes): only a category that holds them all
+                entries = [entry for entry in ranks.get(2, []) if all(c.startswith(entry[3]) for c in codes)]
+            for code, term, kind, _ in entries:
                 noted.setdefault(code, []).append((term, kind))
         return noted
 
@@ -155,6 +182,24 @@ class Placements:
 _POINTER = re.compile(r"^(?P<name>.+?)\s*\((?P<code>[A-Z]\d[0-9A-Z](?:\.[0-9A-Z]{0,4})?-?)\)$")
 # Notes that only make sense under the code they sit in: "that complicating pregnancy (O99.4)"
 _FRAGMENT = ("that ", "those ", "when ", "in ", "with ", "due to ", "of ", "by ")
+
+
+# "Varicella [chickenpox]", "Leprosy [Hansen's disease]": a category's title with a synonym in
+# brackets. Not an eponym alone ("Synovial cyst of popliteal space [Baker]": a Baker cyst) nor an
+# abbreviation ("[HES]"), which name nothing by themselves.
+_BRACKETED = re.compile(r"^[^\[\]]+ \[(?P<synonym>[^\[\]]+)\]$")
+_BRACKETS = re.compile(r"\[[^\[\]]*\]")
+
+
+def bracketed_synonym(title: str) -> str | None:
+    """The synonym a category's title gives in brackets, where it names the category by itself."""
+    match = _BRACKETED.match(title.strip())
+    if match is None:
+        return None
+    synonym = match["synonym"].strip()
+    if synonym.isupper() or (" " not in synonym and synonym[:1].isupper()):
+        return None
+    return synonym
 
 
 def note_key(term: str) -> str:
@@ -184,7 +229,16 @@ def is_term(text: str) -> bool:
 
 
 _RESIDUAL = re.compile(r"^unspecified\b|, (site )?unspecified\b|\bNOS$", re.I)
-_WITHOUT_COMPLICATIONS = re.compile(r"\bwithout complications?$", re.I)
+_WITHOUT_COMPLICATIONS = re.compile(r"\bwithout complications?$|, uncomplicated$", re.I)
+_WORD = re.compile(r"\w+")
+
+
+def _unspecified_in(title: str, parent: str) -> bool:
+    """Whether ``title`` is ``parent``'s with an axis left open: "... of unspecified deep veins of
+    unspecified lower extremity" under "... of unspecified deep veins of lower extremity" (I82.40,
+    whose "Deep vein thrombosis NOS" is I82.409's), "..., unspecified site" (the side, the site)."""
+    added = Counter(_WORD.findall(title.lower())) - Counter(_WORD.findall(parent))
+    return bool(added) and set(added) <= {"unspecified", "site"} and added["unspecified"] == 1
 
 
 def default_leaf(icd: Any, code: str) -> str | None:
@@ -192,11 +246,15 @@ def default_leaf(icd: Any, code: str) -> str | None:
     while not icd.is_leaf(code):
         children = icd.get_children(code)
         parent = icd.get_description(code).lower()
-        # else the uncomplicated one: "B02 Zoster" (includes "shingles") → "B02.9 Zoster without
-        # complications", as the Alphabetic Index has it ("Zoster (herpes) B02.9")
-        unspecified = [c for c in children if _RESIDUAL.search(icd.get_description(c))] or [
-            c for c in children if _WITHOUT_COMPLICATIONS.search(icd.get_description(c))
-        ]
+        # the "unspecified" child, else the one that leaves an axis of the parent's title open ("I82.40 ... of lower
+        # extremity" → "I82.409 ... of unspecified lower extremity"), else the uncomplicated one:
+        # "B02 Zoster" (includes "shingles") → "B02.9 Zoster without complications", as the
+        # Alphabetic Index has it ("Zoster (herpes) B02.9")
+        unspecified = (
+            [c for c in children if _RESIDUAL.search(icd.get_description(c))]
+            or [c for c in children if _unspecified_in(icd.get_description(c), parent)]
+            or [c for c in children if _WITHOUT_COMPLICATIONS.search(icd.get_description(c))]
+        )
         # "I50 Heart failure" → "I50.9 Heart failure, unspecified", not "I50.1 Left ventricular
         # failure, unspecified": the residual that keeps the parent's words, then the x9/x0 code
         unspecified.sort(key=lambda c: (not icd.get_description(c).lower().startswith(parent), c[-1] not in "90"))

@@ -26,7 +26,13 @@ from pathlib import Path
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
-from terminology.importers.icd10cm import Placements, cms_release_info, default_leaf, is_term, leaf_row
+from terminology.importers.icd10cm import (
+    Placements,
+    cms_release_info,
+    default_leaf,
+    is_term,
+    leaf_row,
+)
 from terminology.model import ConceptRow, DesignationKind, TerminologyImportError
 
 _CODE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
@@ -86,7 +92,9 @@ class Icd10cmTabularImporter:
                         if category.is_leaf(code):
                             placements.own(code, term)
                         else:
-                            placements.place(2, resolved[code], term, "inclusion")
+                            placements.place(2, resolved[code], term, "inclusion", scope=code)
+                    if not category.is_leaf(code):
+                        placements.title(code, category.get_description(code), resolved[code])
                 excludes.extend(category.excludes)
         if not resolved:
             problem = "no ICD-10-CM <diag> codes found: not a tabular list XML"

@@ -324,10 +324,23 @@ def test_a_killed_builds_leftover_is_removed(tmp_path: Path, scratch_index: Path
     assert not leftover.exists()
 
 
-# The CMS tabular list's structure (icd10cm_tabular_2026.xml), cut down to two categories
+# The CMS tabular list's structure (icd10cm_tabular_2026.xml), cut down to three categories
 TABULAR = """<?xml version="1.0" encoding="utf-8"?>
 <ICD10CM.tabular>
   <version>2026</version>
+  <chapter>
+    <name>1</name>
+    <desc>Certain infectious and parasitic diseases (A00-B99)</desc>
+    <section id="B00-B09">
+      <desc>Viral infections characterized by skin and mucous membrane lesions (B00-B09)</desc>
+      <diag>
+        <name>B01</name>
+        <desc>Varicella [chickenpox]</desc>
+        <diag><name>B01.0</name><desc>Varicella meningitis</desc></diag>
+        <diag><name>B01.9</name><desc>Varicella without complication</desc></diag>
+      </diag>
+    </section>
+  </chapter>
   <chapter>
     <name>9</name>
     <desc>Diseases of the circulatory system (I00-I99)</desc>
@@ -391,14 +404,16 @@ def test_icd10cm_tabular_xml(tmp_path: Path, scratch_index: Path, embedder: Mini
     source.write_text(TABULAR)
     rows = {row.code: row for row in create_importer("icd10cm-tabular", source).rows()}
     # billable codes only; a 7th character makes injury codes billable, with X placeholders
-    assert sorted(rows) == ["I50.1", "I50.9", "S02.0XXA", "S02.0XXD", "S02.85XA", "S02.85XD"]
+    assert sorted(rows) == ["B01.0", "B01.9", "I50.1", "I50.9", "S02.0XXA", "S02.0XXD", "S02.85XA", "S02.85XD"]
     assert rows["S02.0XXA"].display == "Fracture of vault of skull, initial encounter for closed fracture"
     assert ("Cardiac asthma", "inclusion") in rows["I50.1"].designations
     # a tabular code's terms go to its initial-encounter code; coding instructions are not names
     assert [t for t, _ in rows["S02.0XXA"].designations] == [rows["S02.0XXA"].display, "Fracture of frontal bone"]
     assert len(rows["S02.0XXD"].designations) == 1
+    # the synonym in a category's title's brackets names the code a plain mention gets
+    assert ("chickenpox", "synonym") in rows["B01.9"].designations
     counts = build_index(scratch_index, embedder, [create_importer("icd10cm-tabular", source)])
-    assert counts == {"ICD-10-CM": 6}
+    assert counts == {"ICD-10-CM": 8}
     service = TerminologyService(scratch_index, embedder)
     assert top_codes(service, "cardiac asthma", ICD10CM)[0] == "I50.1"
     assert [s.info.version for s in service.code_systems() if s.info.system == ICD10CM] == ["2026"]
@@ -446,7 +461,7 @@ def test_icd10cm_release_folder_adds_the_alphabetic_index(
     importer = create_importer("icd10cm-tabular", release)
     assert importer.info.version == "2026" and "tabular list and index" in importer.info.source
     rows = {row.code: row.designations for row in importer.rows()}
-    assert sorted(rows) == ["I50.1", "I50.9", "S02.0XXA", "S02.0XXD", "S02.85XA", "S02.85XD"]
+    assert sorted(rows) == ["B01.0", "B01.9", "I50.1", "I50.9", "S02.0XXA", "S02.0XXD", "S02.85XA", "S02.85XD"]
     # an entry is named by its path, a connective continuing the phrase; nonessential modifiers kept
     assert ("Failure, heart (acute) (senile) (sudden)", "synonym") in rows["I50.9"]
     assert ("Failure, heart (acute) (senile) (sudden) with pulmonary edema", "synonym") in rows["I50.1"]
@@ -516,9 +531,20 @@ def test_category_inclusion_terms_go_to_the_code_for_a_plain_mention() -> None:
     assert default_leaf(icd, "H44.52") == "H44.529"  # "…, unspecified eye"
     assert default_leaf(icd, "E11") == "E11.9"  # no "unspecified": the one "without complications"
     assert default_leaf(icd, "B02") == "B02.9"  # "Zoster [herpes zoster]", which includes "shingles"
-    assert default_leaf(icd, "A15") is None  # neither: left alone rather than guessed
-    rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("S02.85",)).rows()}
+    assert default_leaf(icd, "F10.1") == "F10.10"  # "Alcohol abuse, uncomplicated"
+    # the parent's title with an axis left open: "... of unspecified deep veins of [unspecified]
+    # lower extremity", whose "Deep vein thrombosis NOS" is I82.409's; "Respiratory tuberculosis [unspecified]"
+    assert default_leaf(icd, "I82.40") == "I82.409"
+    assert default_leaf(icd, "A15") == "A15.9"
+    assert default_leaf(icd, "A18") is None  # none of these: left alone rather than guessed
+    rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("S02.85", "I82.4", "B01", "B06", "M71.2")).rows()}
     assert ("Fracture of orbit NOS", "inclusion") in rows["S02.85XA"].designations
+    assert {("Deep vein thrombosis NOS", "inclusion"), ("DVT NOS", "inclusion")} <= set(rows["I82.409"].designations)
+    # a synonym in a category's title's brackets names its default leaf, but not an eponym alone
+    assert ("chickenpox", "synonym") in rows["B01.9"].designations
+    # ...unless it holds another category's title: "Rubella [German measles]" would take "Measles" (B05)
+    assert not any("measles" in term.lower() for term, _ in rows["B06.9"].designations)
+    assert not any(term == "Baker" for row in rows.values() for term, _ in row.designations)
     held = Icd10cmBuiltinImporter(prefixes=("S02.85",), held_out={("S02.85XA", "Fracture of orbit NOS")})
     assert ("Fracture of orbit NOS", "inclusion") not in {r.code: r for r in held.rows()}["S02.85XA"].designations
 
@@ -559,11 +585,12 @@ def test_the_tabulars_includes_and_excludes_notes_name_codes_too() -> None:
 def test_a_name_notes_point_at_several_codes_names_none_of_them() -> None:
     # "herpes zoster (B02.8)" under H62.4 means its otitis externa, "(B02.29)" under H94.0 its
     # auditory nerve disorder; B10's "herpes zoster (B02.-)" points at the category, whose default
-    # is B02.9; "syphilis" points at seven manifestations and, from A50, at A52.-
+    # is B02.9; "syphilis" points at seven manifestations in A52 and, from G99.8's nervous system
+    # disorders, at A52.1- (neurosyphilis there), which holds none of the seven: it names nothing
     rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("B02", "A52")).rows()}
     named = {code: {term.lower() for term, _ in row.designations} for code, row in rows.items()}
     assert [code for code, terms in named.items() if "herpes zoster" in terms] == ["B02.9"]
-    assert [code for code, terms in named.items() if "syphilis" in terms] == ["A52.10"]
+    assert [code for code, terms in named.items() if "syphilis" in terms] == []
 
 
 def clash(mention: str, title: str) -> float:
