@@ -209,9 +209,9 @@ class TerminologyService:
         if mode == "hybrid":
             scores, best_terms, similarity = self._rerank(query, found)
             matched = {c: (0, term) for c, term in best_terms.items()}
-            for hit in found.exact:  # a designation equal to the mention outranks any near miss
-                if hit.concept_id in scores:
-                    scores[hit.concept_id] += EXACT_BONUS
+            for concept_id in {hit.concept_id for hit in found.exact}:  # equal to the mention: above any near miss
+                if concept_id in scores:
+                    scores[concept_id] += EXACT_BONUS  # once, though two of its names equal the mention ("DVT NOS")
         lexical, semantic, exact = found.lexical, found.semantic, found.exact
         top = sorted(scores, key=lambda c: -scores[c])[:limit]
         if not top:
@@ -1026,12 +1026,17 @@ _CAUSES: Final = (
         r"|eyelid|canthus|scalp|auricle|auricular|anal margin|perianal",
     ),
 )
+# What a mention claims and a code's name must claim too, though a name may claim it unasked:
+# (what a name claims it by, what a mention claims it by). DSM-5's "Other specified paraphilic
+# disorder" is ICD-10-CM's "Other paraphilias" (F65.89), not "Paraphilia, unspecified" (F65.9).
+_CLAIMS: Final = ((r"^other|other specified|not elsewhere classified", r"^other specified"),)
 _CONTEXTS: Final = tuple(
     tuple(re.compile(rf"\b(?:{words})\b", re.I) for words in pair)
-    for pair in [*((words, words) for words in _SETTINGS), *_CAUSES]
+    for pair in [*((words, words) for words in _SETTINGS), *_CAUSES, *_CLAIMS]
 )
 _NEWBORN, _PREGNANCY = 0, 1  # in _CONTEXTS
 _BOTH_WAYS: Final = frozenset(range(len(_SETTINGS)))
+_MENTION_WAY: Final = frozenset(range(len(_CONTEXTS) - len(_CLAIMS), len(_CONTEXTS)))
 _PARENTHESES: Final = re.compile(r"\([^()]*\)")
 
 
@@ -1108,8 +1113,8 @@ def _conflicts(mention: _Qualifiers, term: _Qualifiers) -> float:
     numbers, other = mention.numbers, term.numbers
     count += 1 if numbers - other and other - numbers else 0
     count += 1 if mention.sided & term.unsided or term.sided & mention.unsided else 0
-    missing = term.needs - mention.states
-    unmet = (mention.states - term.needs) & _BOTH_WAYS
+    missing = term.needs - mention.states - _MENTION_WAY
+    unmet = (mention.states - term.needs) & (_BOTH_WAYS | _MENTION_WAY)
     if _NEWBORN in mention.states & term.needs:
         missing -= {_PREGNANCY}  # "Newborn affected by (maternal) chorioamnionitis": the mother's
         unmet -= {_PREGNANCY}

@@ -652,6 +652,11 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
         clash("Mild depression", "Major depressive disorder, recurrent, mild") == 1
     )  # a single episode is the default
     assert clash("Recurrent mild depression", "Major depressive disorder, recurrent, mild") == 0
+    # DSM-5's "Other specified X" is ICD-10-CM's "Other X", not "X, unspecified"; an "Other X"
+    # title still fits a mention that does not say "other" (guideline I.A.9)
+    assert clash("Other specified paraphilic disorder", "Paraphilia, unspecified") == 1
+    assert clash("Other specified paraphilic disorder", "Other paraphilias") == 0
+    assert clash("Reactive thrombocytosis", "Other thrombocytosis") == 0
     # a remission is coded where the record documents one
     assert clash("Tobacco use disorder, moderate (dependence)", "Nicotine dependence, unspecified, in remission") == 1
     assert clash("Tobacco use disorder, in early remission", "Nicotine dependence, unspecified, in remission") == 0
@@ -880,6 +885,22 @@ def test_a_detail_no_code_names_goes_to_the_other_code_not_the_unspecified_one(
     features, _ = service.rerank_features(plain, service.retrieve(plain, [ICD10CM], (), "hybrid"))
     assert features[ids["M54.59"]][residual] == -1.0 and features[ids["M54.50"]][residual] == 0.0
     assert top_codes(service, plain, ICD10CM)[0] == "M54.50"
+
+
+def test_a_deep_vein_thrombosis_is_its_categorys_default_and_counts_as_exact_once(
+    tmp_path: Path, embedder: MiniLmEmbedder
+) -> None:
+    from terminology.lookup import EXACT_BONUS
+
+    index = tmp_path / "terminology.db"
+    build_index(index, embedder, [Icd10cmBuiltinImporter(prefixes=("I82.4",))])
+    service = TerminologyService(index, embedder)
+    for mention in ("DVT", "Deep vein thrombosis"):
+        # I82.40's "Deep vein thrombosis NOS" and "DVT NOS" are I82.409's, the unspecified lower
+        # extremity's, not I82.499's "... other specified deep vein ..."
+        top = service.lookup(mention, systems=[ICD10CM], limit=1)[0]
+        assert top.code == "I82.409" and top.exact
+        assert top.score < 2 * EXACT_BONUS  # both names equal the mention; the bonus is given once
 
 
 def test_a_mention_nos_is_read_by_analogy_as_the_unspecified_code(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
