@@ -90,6 +90,7 @@ def _noted_terms(icd: Any) -> dict[str, list[tuple[str, DesignationKind]]]:
         if icd.is_leaf(code):
             for term in [*icd.get_inclusion_term(code), *icd.get_includes(code)]:
                 placements.own(code, term)
+            placements.title(code, icd.get_description(code), None)
         elif icd.is_category_or_subcategory(code):
             leaf = default_leaf(icd, code)
             for term in [*icd.get_inclusion_term(code), *icd.get_includes(code)]:
@@ -148,7 +149,7 @@ class Placements:
             self.pointer(match["name"], match["code"], resolve)
 
     def title(self, code: str, title: str, leaf: str | None) -> None:
-        """A category's title, whose synonym in brackets names its default ``leaf`` ("Varicella
+        """A code's title; a category's synonym in brackets names its default ``leaf`` ("Varicella
         [chickenpox]"), unless that synonym holds another category's title: "Rubella [German
         measles]" would take plain "Measles" from B05."""
         plain = " ".join(_BRACKETS.sub(" ", title).lower().split())
