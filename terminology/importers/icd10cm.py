@@ -152,17 +152,17 @@ class Placements:
         """A code's title; a category's synonym in brackets names its default ``leaf`` ("Varicella
         [chickenpox]"), unless that synonym holds another category's title: "Rubella [German
         measles]" would take plain "Measles" from B05."""
-        plain = " ".join(_BRACKETS.sub(" ", title).lower().split())
+        plain = " ".join(_WORD.findall(_BRACKETS.sub(" ", title).lower()))  # words, as the synonym's are read
         if len(code) == 3:
             self._categories.add(plain)
-        if leaf is not None and (synonym := bracketed_synonym(title)) is not None:
+        if leaf is not None and (synonym := _bracketed_synonym(title)) is not None:
             self._bracketed.append((code, leaf, synonym, plain))
 
     def noted(self) -> dict[str, list[tuple[str, DesignationKind]]]:
         """Billable code → the names placed there (its own inclusion terms left to its importer)."""
         for code, leaf, synonym, plain in self._bracketed:
             words = f" {' '.join(_WORD.findall(synonym.lower()))} "
-            if not any(f" {other} " in words for other in self._categories - {plain}):
+            if not any(other != plain and f" {other} " in words for other in self._categories):
                 self.place(2, leaf, synonym, "synonym", scope=code)
         self._bracketed.clear()
         noted: dict[str, list[tuple[str, DesignationKind]]] = {}
@@ -192,7 +192,7 @@ _BRACKETED = re.compile(r"^[^\[\]]+ \[(?P<synonym>[^\[\]]+)\]$")
 _BRACKETS = re.compile(r"\[[^\[\]]*\]")
 
 
-def bracketed_synonym(title: str) -> str | None:
+def _bracketed_synonym(title: str) -> str | None:
     """The synonym a category's title gives in brackets, where it names the category by itself."""
     match = _BRACKETED.match(title.strip())
     if match is None:
@@ -247,10 +247,10 @@ def default_leaf(icd: Any, code: str) -> str | None:
     while not icd.is_leaf(code):
         children = icd.get_children(code)
         parent = icd.get_description(code).lower()
-        # the "unspecified" child, else the one that leaves an axis of the parent's title open ("I82.40 ... of lower
-        # extremity" → "I82.409 ... of unspecified lower extremity"), else the uncomplicated one:
-        # "B02 Zoster" (includes "shingles") → "B02.9 Zoster without complications", as the
-        # Alphabetic Index has it ("Zoster (herpes) B02.9")
+        # the "unspecified" child, else the one that leaves an axis of the parent's title open
+        # ("I82.40 ... of lower extremity" → "I82.409 ... of unspecified lower extremity"), else
+        # the uncomplicated one: "B02 Zoster" (includes "shingles") → "B02.9 Zoster without
+        # complications", as the Alphabetic Index has it ("Zoster (herpes) B02.9")
         unspecified = (
             [c for c in children if _RESIDUAL.search(icd.get_description(c))]
             or [c for c in children if _unspecified_in(icd.get_description(c), parent)]

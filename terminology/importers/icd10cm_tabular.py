@@ -26,13 +26,7 @@ from pathlib import Path
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
-from terminology.importers.icd10cm import (
-    Placements,
-    cms_release_info,
-    default_leaf,
-    is_term,
-    leaf_row,
-)
+from terminology.importers.icd10cm import Placements, cms_release_info, default_leaf, is_term, leaf_row
 from terminology.model import ConceptRow, DesignationKind, TerminologyImportError
 
 _CODE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
