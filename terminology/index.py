@@ -256,7 +256,11 @@ def build_index(
 #    extremity": "Deep vein thrombosis NOS" at I82.409) or its "uncomplicated" code; the synonym in
 #    a category title's brackets names it ("chickenpox" at B01.9); a name read in context goes to
 #    a category pointer only if that category holds all its codes ("syphilis" no longer at A52.10).
-BUILTIN_CONTENT: Final = 4
+# 5: a billable code's title's bracketed synonym names it ("common cold" at J00), brackets that
+#    qualify ("[any part, except ear drum]") name nothing; notes that point a name at different
+#    categories name none of them ("rheumatoid arthritis"), and a note of one qualifying word
+#    ("chlamydial", "larynx") names nothing.
+BUILTIN_CONTENT: Final = 5
 BUILTIN_CONTENT_KEY: Final = "builtin_content"
 
 

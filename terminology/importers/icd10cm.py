@@ -90,7 +90,7 @@ def _noted_terms(icd: Any) -> dict[str, list[tuple[str, DesignationKind]]]:
         if icd.is_leaf(code):
             for term in [*icd.get_inclusion_term(code), *icd.get_includes(code)]:
                 placements.own(code, term)
-            placements.title(code, icd.get_description(code), None)
+            placements.title(code, icd.get_description(code), code)
         elif icd.is_category_or_subcategory(code):
             leaf = default_leaf(icd, code)
             for term in [*icd.get_inclusion_term(code), *icd.get_includes(code)]:
@@ -109,13 +109,16 @@ class Placements:
     default leaf (``default_leaf``). Notes that point at a range or at several codes ("(O10-O11,
     O13-O16)") name no one code. Where one name is placed in several ways, the most specific wins:
     a billable code's own inclusion term (rank 0), then a pointer at a billable code (1), then a
-    default leaf (2); names of equal rank are all kept, but for one case. Notes that point one name
-    at different billable codes are read in the context of the code each sits under ("herpes
-    zoster (B02.8)" under otitis externa, "herpes zoster (B02.29)" under the auditory nerve's
-    disorders; "tuberculosis" at nine manifestations): the name then names none of them, and goes
-    to the default leaf a category pointer gives it, if that category holds them all ("herpes
-    zoster (B02.-)"); "syphilis (A52.1-)" under the nervous system's disorders is neurosyphilis
-    there, not the "syphilis" that "(A52.03)" and "(A52.75)" place elsewhere in A52.
+    default leaf (2). Notes that point one name at different codes are read in the context of the
+    code each sits under ("herpes zoster (B02.8)" under otitis externa, "herpes zoster (B02.29)"
+    under the auditory nerve's disorders; "tuberculosis" at nine manifestations; "rheumatoid
+    arthritis (M05.31)" under endocarditis, "(M05.32)" under myopathy): the name then names none of
+    them, and goes to the default leaf a category pointer gives it, if that category holds them all
+    ("herpes zoster (B02.-)"); "syphilis (A52.1-)" under the nervous system's disorders is
+    neurosyphilis there, not the "syphilis" that "(A52.03)" and "(A52.75)" place elsewhere in A52.
+    A note of one word that qualifies names nothing: an adjective or a disease's site or organism
+    ("chlamydial (A56.01)" under urethral disorders is chlamydial urethritis, "larynx (C32.3)"
+    under connective tissue the larynx's cartilage), unless it is a code's name by itself.
     """
 
     def __init__(self) -> None:
@@ -124,6 +127,9 @@ class Placements:
         self._placed: dict[str, dict[int, list[tuple[str, str, DesignationKind, str]]]] = {}
         self._categories: set[str] = set()  # three-character categories' titles, brackets aside
         self._bracketed: list[tuple[str, str, str, str]] = []  # (category, default leaf, synonym, title)
+        self._heads: set[str] = set()  # codes' titles up to a comma, lower case: "schizophrenia" (F20.9)
+        self._lone: list[tuple[str, str, Callable[[str], str | None]]] = []  # one-word notes, for ``_heads``
+        self._sites: set[str] = set()  # words after "of" or "due to" in diseases' titles: "larynx", "salmonella"
 
     def own(self, code: str, term: str) -> None:
         """A billable code's own inclusion term: its importer keeps it; here it only outranks."""
@@ -145,26 +151,44 @@ class Placements:
     def note(self, note: str, resolve: Callable[[str], str | None]) -> None:
         """An Excludes note: "wheezing NOS (R06.2)"."""
         match = _POINTER.match(note)
-        if match is not None and not match["name"].lower().startswith(_FRAGMENT):
+        if match is None or match["name"].lower().startswith(_FRAGMENT):
+            return
+        if len(_WORD.findall(match["name"])) == 1:
+            self._lone.append((match["name"], match["code"], resolve))
+        else:
             self.pointer(match["name"], match["code"], resolve)
 
     def title(self, code: str, title: str, leaf: str | None) -> None:
-        """A code's title; a category's synonym in brackets names its default ``leaf`` ("Varicella
-        [chickenpox]"), unless that synonym holds another category's title: "Rubella [German
-        measles]" would take plain "Measles" from B05."""
+        """A code's title; its synonym in brackets names the code's default ``leaf`` ("Varicella
+        [chickenpox]", "Acute nasopharyngitis [common cold]"), unless that synonym holds another
+        category's title: "Rubella [German measles]" would take plain "Measles" from B05."""
         plain = " ".join(_WORD.findall(_BRACKETS.sub(" ", title).lower()))  # words, as the synonym's are read
+        head = " ".join(_WORD.findall(_BRACKETS.sub(" ", title.split(",")[0]).lower()))
+        self._heads.add(head.removeprefix("unspecified ").removeprefix("other "))
+        if code < "S":  # a disease's site or cause, not an injury's, a drug's or a place's
+            self._sites.update(_SITE.findall(title.lower()))
         if len(code) == 3:
             self._categories.add(plain)
         if leaf is not None and (synonym := _bracketed_synonym(title)) is not None:
             self._bracketed.append((code, leaf, synonym, plain))
+
+    def _elliptic(self, word: str, code: str) -> bool:
+        """Whether a note of one word is a qualifier of the condition it sits under: an adjective
+        ("chlamydial", "coronary") or a disease's site or organism ("larynx", "salmonella")."""
+        return bool(_ADJECTIVE.search(word)) or (code < "S" and word in self._sites)
 
     def noted(self) -> dict[str, list[tuple[str, DesignationKind]]]:
         """Billable code → the names placed there (its own inclusion terms left to its importer)."""
         for code, leaf, synonym, plain in self._bracketed:
             words = f" {' '.join(_WORD.findall(synonym.lower()))} "
             if not any(other != plain and f" {other} " in words for other in self._categories):
-                self.place(2, leaf, synonym, "synonym", scope=code)
+                self.place(1 if leaf == code else 2, leaf, synonym, "synonym", scope=code)
         self._bracketed.clear()
+        for name, code, resolve in self._lone:
+            word = name.lower()
+            if word in self._heads or word.removesuffix("s") in self._heads or not self._elliptic(word, code):
+                self.pointer(name, code, resolve)
+        self._lone.clear()
         noted: dict[str, list[tuple[str, DesignationKind]]] = {}
         for ranks in self._placed.values():
             if 0 in ranks:
@@ -174,11 +198,21 @@ class Placements:
             entries = pointed
             if len(codes) != 1:  # a name read in context (several codes): only a category that holds them all
                 entries = [entry for entry in ranks.get(2, []) if all(c.startswith(entry[3]) for c in codes)]
+                # and so for notes that point it at different categories
+                notes = {scope: code for code, _, kind, scope in entries if kind == "synonym"}
+                if len(set(notes.values())) > 1:
+                    entries = [
+                        (code, term, kind, scope)
+                        for code, term, kind, scope in entries
+                        if kind != "synonym" or all(other.startswith(scope) for other in notes)
+                    ]
             for code, term, kind, _ in entries:
                 noted.setdefault(code, []).append((term, kind))
         return noted
 
 
+_ADJECTIVE: Final = re.compile(r"(?:al|ic|ary|oid|ous)$")
+_SITE: Final = re.compile(r"\b(?:of|due to) (\w+)")
 # "wheezing NOS (R06.2)", "deafness NOS (H91.9-)", "obstetric embolism (O88.-)"
 _POINTER = re.compile(r"^(?P<name>.+?)\s*\((?P<code>[A-Z]\d[0-9A-Z](?:\.[0-9A-Z]{0,4})?-?)\)$")
 # Notes that only make sense under the code they sit in: "that complicating pregnancy (O99.4)"
@@ -190,6 +224,9 @@ _FRAGMENT = ("that ", "those ", "when ", "in ", "with ", "due to ", "of ", "by "
 # abbreviation ("[HES]"), which name nothing by themselves.
 _BRACKETED = re.compile(r"^[^\[\]]+ \[(?P<synonym>[^\[\]]+)\]$")
 _BRACKETS = re.compile(r"\[[^\[\]]*\]")
+# Brackets that qualify the title rather than name the code: "Burn of ... ear [any part, except ear
+# drum]", "Acquired absence of lung [part of]", "... in the field [EMT or ambulance]", "[E. coli]"
+_QUALIFIER = re.compile(r"\b(?:any|except|part of|or)\b|^from\b|\.")
 
 
 def _bracketed_synonym(title: str) -> str | None:
@@ -198,7 +235,7 @@ def _bracketed_synonym(title: str) -> str | None:
     if match is None:
         return None
     synonym = match["synonym"].strip()
-    if synonym.isupper() or (" " not in synonym and synonym[:1].isupper()):
+    if synonym.isupper() or (" " not in synonym and synonym[:1].isupper()) or _QUALIFIER.search(synonym):
         return None
     return synonym
 

@@ -87,8 +87,7 @@ class Icd10cmTabularImporter:
                             placements.own(code, term)
                         else:
                             placements.place(2, resolved[code], term, "inclusion", scope=code)
-                    leaf = None if category.is_leaf(code) else resolved[code]
-                    placements.title(code, category.get_description(code), leaf)
+                    placements.title(code, category.get_description(code), resolved[code])
                 excludes.extend(category.excludes)
         if not resolved:
             problem = "no ICD-10-CM <diag> codes found: not a tabular list XML"

@@ -324,7 +324,7 @@ def test_a_killed_builds_leftover_is_removed(tmp_path: Path, scratch_index: Path
     assert not leftover.exists()
 
 
-# The CMS tabular list's structure (icd10cm_tabular_2026.xml), cut down to three categories
+# The CMS tabular list's structure (icd10cm_tabular_2026.xml), cut down to four categories
 TABULAR = """<?xml version="1.0" encoding="utf-8"?>
 <ICD10CM.tabular>
   <version>2026</version>
@@ -338,6 +338,11 @@ TABULAR = """<?xml version="1.0" encoding="utf-8"?>
         <desc>Varicella [chickenpox]</desc>
         <diag><name>B01.0</name><desc>Varicella meningitis</desc></diag>
         <diag><name>B01.9</name><desc>Varicella without complication</desc></diag>
+      </diag>
+      <diag>
+        <name>B08</name>
+        <desc>Other viral infections characterized by skin and mucous membrane lesions, not elsewhere classified</desc>
+        <diag><name>B08.3</name><desc>Erythema infectiosum [fifth disease]</desc></diag>
       </diag>
     </section>
   </chapter>
@@ -399,12 +404,15 @@ TABULAR = """<?xml version="1.0" encoding="utf-8"?>
 """
 
 
+TABULAR_CODES = ("B01.0", "B01.9", "B08.3", "I50.1", "I50.9", "S02.0XXA", "S02.0XXD", "S02.85XA", "S02.85XD")
+
+
 def test_icd10cm_tabular_xml(tmp_path: Path, scratch_index: Path, embedder: MiniLmEmbedder) -> None:
     source = tmp_path / "icd10cm_tabular_2026.xml"
     source.write_text(TABULAR)
     rows = {row.code: row for row in create_importer("icd10cm-tabular", source).rows()}
     # billable codes only; a 7th character makes injury codes billable, with X placeholders
-    assert sorted(rows) == ["B01.0", "B01.9", "I50.1", "I50.9", "S02.0XXA", "S02.0XXD", "S02.85XA", "S02.85XD"]
+    assert sorted(rows) == list(TABULAR_CODES)
     assert rows["S02.0XXA"].display == "Fracture of vault of skull, initial encounter for closed fracture"
     assert ("Cardiac asthma", "inclusion") in rows["I50.1"].designations
     # a tabular code's terms go to its initial-encounter code; coding instructions are not names
@@ -412,8 +420,9 @@ def test_icd10cm_tabular_xml(tmp_path: Path, scratch_index: Path, embedder: Mini
     assert len(rows["S02.0XXD"].designations) == 1
     # the synonym in a category's title's brackets names the code a plain mention gets
     assert ("chickenpox", "synonym") in rows["B01.9"].designations
+    assert ("fifth disease", "synonym") in rows["B08.3"].designations  # and a billable code's
     counts = build_index(scratch_index, embedder, [create_importer("icd10cm-tabular", source)])
-    assert counts == {"ICD-10-CM": 8}
+    assert counts == {"ICD-10-CM": len(TABULAR_CODES)}
     service = TerminologyService(scratch_index, embedder)
     assert top_codes(service, "cardiac asthma", ICD10CM)[0] == "I50.1"
     assert [s.info.version for s in service.code_systems() if s.info.system == ICD10CM] == ["2026"]
@@ -461,7 +470,7 @@ def test_icd10cm_release_folder_adds_the_alphabetic_index(
     importer = create_importer("icd10cm-tabular", release)
     assert importer.info.version == "2026" and "tabular list and index" in importer.info.source
     rows = {row.code: row.designations for row in importer.rows()}
-    assert sorted(rows) == ["B01.0", "B01.9", "I50.1", "I50.9", "S02.0XXA", "S02.0XXD", "S02.85XA", "S02.85XD"]
+    assert sorted(rows) == list(TABULAR_CODES)
     # an entry is named by its path, a connective continuing the phrase; nonessential modifiers kept
     assert ("Failure, heart (acute) (senile) (sudden)", "synonym") in rows["I50.9"]
     assert ("Failure, heart (acute) (senile) (sudden) with pulmonary edema", "synonym") in rows["I50.1"]
@@ -591,6 +600,24 @@ def test_a_name_notes_point_at_several_codes_names_none_of_them() -> None:
     named = {code: {term.lower() for term, _ in row.designations} for code, row in rows.items()}
     assert [code for code, terms in named.items() if "herpes zoster" in terms] == ["B02.9"]
     assert [code for code, terms in named.items() if "syphilis" in terms] == []
+
+
+def test_notes_that_qualify_the_code_they_sit_under_name_nothing() -> None:
+    prefixes = ("J00", "T20.0", "M05.3", "M06.9", "A56.0", "C32", "F20.9", "R06.8")
+    rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=prefixes).rows()}
+    named = {code: {term.lower() for term, _ in row.designations} for code, row in rows.items()}
+    # a billable code's title names it by the synonym in its brackets: "Acute nasopharyngitis [common cold]"
+    assert "common cold" in named["J00"]
+    # ...but brackets that qualify the title do not: "Burn of ... ear [any part, except ear drum]"
+    assert not [term for terms in named.values() for term in terms if term.startswith("any part")]
+    # "rheumatoid arthritis (M05.31)" under endocarditis is rheumatoid endocarditis, "(M05.32)"
+    # under myopathy rheumatoid myopathy: pointed at different categories, it names none of them
+    assert not [code for code, terms in named.items() if {"rheumatoid arthritis", "rheumatoid (arthritis)"} & terms]
+    # one word that qualifies: "chlamydial (A56.01)" under urethral disorders, "larynx (C32.3)"
+    # under connective tissue (the larynx's cartilage)
+    assert "chlamydial" not in named["A56.01"] and "larynx" not in named["C32.3"]
+    # one word that is a condition's name: "schizophrenia (F20.-)", "hypercapnia (R06.89)"
+    assert "schizophrenia" in named["F20.9"] and "hypercapnia" in named["R06.89"]
 
 
 def clash(mention: str, title: str) -> float:
