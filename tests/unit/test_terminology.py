@@ -914,6 +914,37 @@ def test_a_detail_no_code_names_goes_to_the_other_code_not_the_unspecified_one(
     assert top_codes(service, plain, ICD10CM)[0] == "M54.50"
 
 
+def test_a_mention_of_one_side_of_a_with_is_not_the_code_for_both(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    from terminology.lookup import _unnamed
+
+    # the condition alone, the complication alone; both, or a "with" of the mention's own: neither
+    colitis = "Ulcerative (chronic) rectosigmoiditis with rectal bleeding"
+    assert _unnamed("Alzheimer's disease with early onset", "Alzheimer's disease") == (1.0, 0.0)
+    assert _unnamed(colitis, "Rectal bleeding") == (0.0, 1.0)
+    assert _unnamed(colitis, "Rectosigmoiditis, rectal bleeding") == (0.0, 0.0)
+    assert _unnamed("Alzheimer's disease with early onset", "Alzheimer's disease with late onset") == (0.0, 0.0)
+    assert _unnamed("Alzheimer's disease, unspecified", "Alzheimer's disease") == (0.0, 0.0)
+    prefixes = ("G30", "N40", "K62", "K51.3", "K51.8", "K50.9")
+    service, _, _ = held_out_lookup(tmp_path, embedder, prefixes, "G30.9", "nothing held out")
+    assert top_codes(service, "Alzheimer's disease", ICD10CM)[0] == "G30.9"  # G30.0 has it from a note
+    assert top_codes(service, "Benign prostatic hyperplasia", ICD10CM)[0] == "N40.0"  # "... without LUTS"
+    assert top_codes(service, "Rectal bleeding", ICD10CM)[0] == "K62.5"
+    assert top_codes(service, "Ulcerative rectosigmoiditis with rectal bleeding", ICD10CM)[0] == "K51.311"
+
+
+def test_everyday_phrases_are_the_index_words_for_them(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    prefixes = ("I21", "I50", "J11", "A08", "B05", "B06", "K80.2", "K56")
+    service, _, _ = held_out_lookup(tmp_path, embedder, prefixes, "I21.9", "nothing held out")
+    assert service.prepare("Heart attack", [ICD10CM]) == "Myocardial infarction"
+    assert service.prepare("history of german measles", [ICD10CM]) == "history of rubella"
+    assert service.prepare("Flushing", [ICD10CM]) == "Flushing"  # whole words only
+    for mention, code in (("Heart attack", "I21.9"), ("Flu", "J11.1"), ("German measles", "B06.9")):
+        assert top_codes(service, mention, ICD10CM)[0] == code
+    assert top_codes(service, "Gallstones", ICD10CM)[0] == "K80.20"
+    # a name the index has is still an exact match as written
+    assert service.lookup("Gallstone ileus", systems=[ICD10CM], limit=1)[0].exact
+
+
 def test_a_deep_vein_thrombosis_is_its_categorys_default_and_counts_as_exact_once(
     tmp_path: Path, embedder: MiniLmEmbedder
 ) -> None:
