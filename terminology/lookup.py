@@ -840,7 +840,11 @@ def _first_ranks(hits: list[_Hit]) -> dict[int, int]:
 
 
 def _stem(word: str) -> str:
-    """A crude stem that joins inflections ("bronchus", "bronchi"; "ulcers", "ulcer")."""
+    """A crude stem that joins inflections ("bronchus", "bronchi"; "ulcers", "ulcer"). A word in
+    "-itis" is kept whole: an inflammation is not its organ's other conditions ("diverticulitis"
+    is not "diverticulosis" or "diverticular", "esophagitis" not "esophageal")."""
+    if word.endswith("itis"):
+        return word
     return word[:6] if len(word) > 6 else word.removesuffix("s")
 
 

@@ -932,6 +932,17 @@ def test_a_mention_of_one_side_of_a_with_is_not_the_code_for_both(tmp_path: Path
     assert top_codes(service, "Ulcerative rectosigmoiditis with rectal bleeding", ICD10CM)[0] == "K51.311"
 
 
+def test_an_inflammation_is_not_its_organs_other_conditions(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    from terminology.lookup import _words
+
+    assert _words("Diverticulitis") != _words("Diverticulosis") != _words("Diverticular disease")
+    assert _words("Reflux esophagitis") != _words("Esophageal reflux")
+    assert _words("Ulcers") == _words("Ulcer")  # the six-letter stem still joins inflections
+    service, _, _ = held_out_lookup(tmp_path, embedder, ("K57",), "K57.92", "nothing held out")
+    # not K57.30 through "Diverticular disease of colon NOS"
+    assert top_codes(service, "Diverticulitis", ICD10CM)[0] == "K57.92"
+
+
 def test_everyday_phrases_are_the_index_words_for_them(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
     prefixes = ("I21", "I50", "J11", "A08", "B05", "B06", "K80.2", "K56")
     service, _, _ = held_out_lookup(tmp_path, embedder, prefixes, "I21.9", "nothing held out")
