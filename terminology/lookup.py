@@ -792,9 +792,12 @@ _LAY_WORDS: Final = {
 }
 # Everyday phrases whose words the index has elsewhere ("Fear of heart attack", "'intestinal flu'"),
 # as the Alphabetic Index sends them on: "Attack, heart - see Infarct, myocardium", "Flu - see
-# Influenza", "Gallstone - see Calculus, gallbladder", "Measles, German - see Rubella".
+# also Influenza; intestinal NEC A08.4", "Gallstone - see Calculus, gallbladder", "Measles, German
+# - see Rubella". A phrase that starts earlier in the mention wins ("intestinal flu", not "flu").
 _LAY_PHRASES: Final = {
     "heart attack": "myocardial infarction",
+    "intestinal flu": "viral gastroenteritis",
+    "stomach flu": "viral gastroenteritis",
     "flu": "influenza",
     "gallstone": "calculus of gallbladder",
     "gallstones": "calculus of gallbladder",

@@ -949,7 +949,9 @@ def test_everyday_phrases_are_the_index_words_for_them(tmp_path: Path, embedder:
     assert service.prepare("Heart attack", [ICD10CM]) == "Myocardial infarction"
     assert service.prepare("history of german measles", [ICD10CM]) == "history of rubella"
     assert service.prepare("Flushing", [ICD10CM]) == "Flushing"  # whole words only
-    for mention, code in (("Heart attack", "I21.9"), ("Flu", "J11.1"), ("German measles", "B06.9")):
+    assert service.prepare("Stomach flu", [ICD10CM]) == "Viral gastroenteritis"  # not influenza
+    everyday = (("Heart attack", "I21.9"), ("Flu", "J11.1"), ("Intestinal flu", "A08.4"), ("German measles", "B06.9"))
+    for mention, code in everyday:
         assert top_codes(service, mention, ICD10CM)[0] == code
     assert top_codes(service, "Gallstones", ICD10CM)[0] == "K80.20"
     # a name the index has is still an exact match as written
