@@ -162,10 +162,9 @@ class Placements:
         """A code's title; its synonym in brackets names the code's default ``leaf`` ("Varicella
         [chickenpox]", "Acute nasopharyngitis [common cold]"), unless that synonym holds another
         category's title: "Rubella [German measles]" would take plain "Measles" from B05."""
-        plain = " ".join(_WORD.findall(_BRACKETS.sub(" ", title).lower()))  # words, as the synonym's are read
-        head = " ".join(_WORD.findall(_BRACKETS.sub(" ", title.split(",")[0]).lower()))
-        self._heads.add(head.removeprefix("unspecified ").removeprefix("other "))
-        if code < "S":  # a disease's site or cause, not an injury's, a drug's or a place's
+        plain = _plain(title)
+        self._heads.add(_plain(title.split(",")[0]).removeprefix("unspecified ").removeprefix("other "))
+        if _is_disease(code):  # a disease's site or cause, not an injury's, a drug's or a place's
             self._sites.update(_SITE.findall(title.lower()))
         if len(code) == 3:
             self._categories.add(plain)
@@ -175,12 +174,12 @@ class Placements:
     def _elliptic(self, word: str, code: str) -> bool:
         """Whether a note of one word is a qualifier of the condition it sits under: an adjective
         ("chlamydial", "coronary") or a disease's site or organism ("larynx", "salmonella")."""
-        return bool(_ADJECTIVE.search(word)) or (code < "S" and word in self._sites)
+        return bool(_ADJECTIVE.search(word)) or (_is_disease(code) and word in self._sites)
 
     def noted(self) -> dict[str, list[tuple[str, DesignationKind]]]:
         """Billable code → the names placed there (its own inclusion terms left to its importer)."""
         for code, leaf, synonym, plain in self._bracketed:
-            words = f" {' '.join(_WORD.findall(synonym.lower()))} "
+            words = f" {_plain(synonym)} "
             if not any(other != plain and f" {other} " in words for other in self._categories):
                 self.place(1 if leaf == code else 2, leaf, synonym, "synonym", scope=code)
         self._bracketed.clear()
@@ -209,6 +208,18 @@ class Placements:
             for code, term, kind, _ in entries:
                 noted.setdefault(code, []).append((term, kind))
         return noted
+
+
+def _plain(text: str) -> str:
+    """``text``'s words in lower case, brackets aside, one space apart: how titles, their heads and
+    bracketed synonyms are compared."""
+    return " ".join(_WORD.findall(_BRACKETS.sub(" ", text).lower()))
+
+
+def _is_disease(code: str) -> bool:
+    """Chapters 1-18 (A00-R99): diseases and findings, not injuries (S, T), external causes (V-Y) or
+    encounters (Z)."""
+    return code < "S"
 
 
 _ADJECTIVE: Final = re.compile(r"(?:al|ic|ary|oid|ous)$")
