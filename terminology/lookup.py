@@ -79,14 +79,14 @@ FEATURES: Final = (
     "default",  # a mention "NOS": the designation is a default ("unspecified", "without ...")
     "centroid",  # cosine of the mention and the mean of the code's designation embeddings
     "analogy",  # the code's title is another code's title with the words the mention changes changed
-    "residual",  # the mention has a detail none of the code's names has: +1 "Other ...", -1 "unspecified";
-    # it has none, and the code is "Other X" with X all it says: -1
+    "residual",  # the mention has a detail none of the code's names has: +1 "Other ...", -1 "unspecified"
+    "restated",  # minus: the code is "Other X", the mention says X and no more, and "X, unspecified" is a candidate
     "complication",  # minus: the code's title is "X with Y" and the mention names X alone
     "manifestation",  # minus: the code's title is "X with Y" and the mention names Y alone
 )
 _CONFLICT: Final = FEATURES.index("conflict")
 _WORDING: Final = slice(0, _CONFLICT)  # the features of how a designation reads against the mention
-RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 2.0, 0.1, 1.5, 0.25, 3.0, 5.0, 0.1, 0.5, 1.0])
+RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 2.0, 0.1, 1.5, 0.25, 3.0, 5.0, 0.1, 0.5, 0.5, 1.0])
 ANALOGY_SOURCES: Final = 30  # of each of the lexical and semantic lists, the hits read by analogy
 ANALOGY_SPAN: Final = 5  # at most this many words in which the mention and a hit's designation differ
 EXACT_BONUS: Final = 1000.0  # above any re-rank score: a designation equal to the mention wins
@@ -396,7 +396,8 @@ class TerminologyService:
         title_conflict: dict[int, float] = {}
         named: dict[int, set[str]] = {}
         residual_kind: dict[int, float] = {}
-        restated: set[int] = set()  # "Other low back pain" for "Acute low back pain"
+        restated: dict[int, frozenset[str]] = {}  # "Other low back pain" for "Acute low back pain": its words
+        unspecified: set[frozenset[str]] = set()  # the words of each "X, unspecified" title
         unnamed: dict[int, tuple[float, float]] = {}  # ("X with Y": X alone named, Y alone), from the title
         for designation_id, concept_id, term, kind in designations:
             words = _words(term)
@@ -405,7 +406,9 @@ class TerminologyService:
                 unnamed[concept_id] = _unnamed(term, query)
                 residual_kind[concept_id] = _residual_kind(term)
                 if residual_kind[concept_id] > 0 and words <= query_words:
-                    restated.add(concept_id)
+                    restated[concept_id] = words
+                elif residual_kind[concept_id] < 0:
+                    unspecified.add(words)
             cosine = cosines.get(designation_id, -1.0)
             wording = _wording(term, query_grams, query_words, weights)
             # words in parentheses are nonessential modifiers: "Hypertension (arterial) (benign)
@@ -443,14 +446,18 @@ class TerminologyService:
         for target, analogy in found.analogies.items():
             if target in features and analogy.source in features:
                 features[target][_WORDING] = np.maximum(features[target][_WORDING], features[analogy.source][_WORDING])
-        details = query_words - _NOT_A_DETAIL
+        details = _details(query_words, [term for _, _, term, _ in designations])
+        # "Other X" restates a mention of X only where "X, unspecified" is there to take it: "Other
+        # chronic pain" (G89.29) is the code of chronic pain, which has no "unspecified" one
+        restates = {c for c, words in restated.items() if words in unspecified}
         result = {
             c: np.append(
                 f,
                 (
                     centroid.get(c, 0.0),
                     found.analogies[c].strength if c in found.analogies else 0.0,
-                    residual_kind.get(c, 0.0) if details - named.get(c, set()) else -float(c in restated),
+                    residual_kind.get(c, 0.0) if (missing := details - named.get(c, set())) else 0.0,
+                    -float(c in restates and not missing),
                     *(-x for x in unnamed.get(c, (0.0, 0.0))),
                 ),
             )
@@ -1273,13 +1280,32 @@ _UNCOMPLICATED: Final = re.compile(r"\b(?:uncomplicated|without)\b", re.I)
 # course or the setting rather than the condition are no such detail: "acute low back pain" is
 # low back pain, "community acquired pneumonia" pneumonia. So a mention with no detail that says
 # all an "Other X" title says but "Other" is X not otherwise specified: "Acute low back pain" is
-# M54.50 "Low back pain, unspecified", not M54.59 "Other low back pain" (though the course is the
-# detail for some: "Chronic appendicitis" is K36 "Other appendicitis").
+# M54.50 "Low back pain, unspecified", not M54.59 "Other low back pain", where an "X, unspecified"
+# code is there to take it. The course is a detail where the classification tells it apart
+# (``_details``): "Chronic appendicitis" is K36 "Other appendicitis".
 _OTHER_TITLE: Final = re.compile(r"^other\b|\bother specified\b", re.I)
 _UNSPECIFIED_TITLE: Final = re.compile(r"\bunspecified\b", re.I)
 _NOT_A_DETAIL: Final = frozenset(
     _stem(w) for w in ("acute", "chronic", "worsening", "new", "recent", "community", "acquired", "history")
 )
+
+
+_COURSE: Final = frozenset(_stem(w) for w in ("acute", "subacute", "chronic"))
+
+
+def _details(mention: frozenset[str], terms: Sequence[str]) -> frozenset[str]:
+    """The words of the mention that name a detail of its condition: all but those of course and
+    setting, unless one of ``terms`` (the candidates' names) tells the condition's course apart.
+    "Chronic appendicitis" names a detail, as "Unspecified acute appendicitis" has "acute" where it
+    has "chronic" (the Index: "Appendicitis, chronic K36", "Other appendicitis"); "chronic low back
+    pain" does not, as no code of low back pain names a course."""
+    details = mention - _NOT_A_DETAIL
+    course = mention & _COURSE
+    if course and any(
+        details <= (words := _words(term)) and words & _COURSE not in (frozenset(), course) for term in terms
+    ):
+        return details | course
+    return details
 
 
 def _residual_kind(title: str) -> float:

@@ -908,10 +908,42 @@ def test_a_detail_no_code_names_goes_to_the_other_code_not_the_unspecified_one(
     assert top_codes(service, "Acute kidney injury", ICD10CM)[0] == "N17.9"
     assert top_codes(service, "Thrombocytosis", ICD10CM)[0] == "D75.839"
     # and a mention that says all "Other low back pain" says but "Other" is not otherwise specified
-    plain = "Acute low back pain"
-    features, _ = service.rerank_features(plain, service.retrieve(plain, [ICD10CM], (), "hybrid"))
-    assert features[ids["M54.59"]][residual] == -1.0 and features[ids["M54.50"]][residual] == 0.0
-    assert top_codes(service, plain, ICD10CM)[0] == "M54.50"
+    restated = FEATURES.index("restated")
+    for plain in ("Acute low back pain", "Chronic low back pain"):
+        features, _ = service.rerank_features(plain, service.retrieve(plain, [ICD10CM], (), "hybrid"))
+        assert features[ids["M54.59"]][restated] == -1.0 and features[ids["M54.50"]][restated] == 0.0
+        assert features[ids["M54.59"]][residual] == 0.0 and features[ids["M54.50"]][residual] == 0.0
+        assert top_codes(service, plain, ICD10CM)[0] == "M54.50"
+
+
+def test_an_other_code_restates_a_mention_only_where_an_unspecified_one_is_there_to_take_it(
+    tmp_path: Path, embedder: MiniLmEmbedder
+) -> None:
+    # G89.2- has no "Chronic pain, unspecified": the Index codes chronic pain G89.29 "Other chronic pain"
+    mention = "Chronic pain"
+    service, ids, found = held_out_lookup(tmp_path, embedder, ("G89", "M54.5"), "G89.29", mention)
+    features, _ = service.rerank_features(service.prepare(mention), found)
+    assert features[ids["G89.29"]][FEATURES.index("restated")] == 0.0
+    assert top_codes(service, mention, ICD10CM)[0] == "G89.29"
+
+
+def test_the_course_is_a_detail_where_the_classification_tells_it_apart(
+    tmp_path: Path, embedder: MiniLmEmbedder
+) -> None:
+    from terminology.lookup import _details, _words
+
+    # appendicitis comes acute (K35) or not: "chronic" is a detail no code names, so K36 "Other
+    # appendicitis" (the Index: "Appendicitis, chronic K36"), not K37 "Unspecified appendicitis"
+    mention = "Chronic appendicitis"
+    assert _details(_words(mention), ["Unspecified acute appendicitis"]) == _words(mention)
+    assert _details(_words(mention), ["Other appendicitis"]) == _words("appendicitis")
+    assert _details(_words("Chronic low back pain"), ["Low back pain, unspecified"]) == _words("low back pain")
+    service, ids, found = held_out_lookup(tmp_path, embedder, ("K35", "K36", "K37"), "K36", mention)
+    features, _ = service.rerank_features(service.prepare(mention), found)
+    residual = FEATURES.index("residual")
+    assert features[ids["K36"]][residual] == 1.0 and features[ids["K37"]][residual] == -1.0
+    assert top_codes(service, mention, ICD10CM)[0] == "K36"
+    assert top_codes(service, "Acute appendicitis", ICD10CM)[0] == "K35.80"
 
 
 def test_a_mention_of_one_side_of_a_with_is_not_the_code_for_both(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
