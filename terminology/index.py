@@ -260,7 +260,10 @@ def build_index(
 #    qualify ("[any part, except ear drum]") name nothing; notes that point a name at different
 #    categories name none of them ("rheumatoid arthritis"), and a note of one qualifying word
 #    ("chlamydial", "larynx") names nothing.
-BUILTIN_CONTENT: Final = 5
+# 6: a category whose one child is its title with "without ..." added and no "with" has that child
+#    as its default leaf ("hiatus hernia" of K44 at K44.9 "... without obstruction or gangrene",
+#    "Raynaud's disease" of I73.0 at I73.00 "... without gangrene").
+BUILTIN_CONTENT: Final = 6
 BUILTIN_CONTENT_KEY: Final = "builtin_content"
 
 

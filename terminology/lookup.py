@@ -77,7 +77,7 @@ FEATURES: Final = (
     "excess",  # minus the share of the designation's words the mention lacks
     "conflict",  # minus the qualifier groups that clash ("left" vs "right", "stage 2" vs "stage 1")
     "default",  # a mention "NOS": the designation is a default ("unspecified", "without ...")
-    "centroid",  # cosine of the mention and the mean of the code's designation embeddings
+    "centroid",  # cosine of the mention and the mean of the embeddings of the code's closest designations
     "analogy",  # the code's title is another code's title with the words the mention changes changed
     "residual",  # the mention has a detail none of the code's names has: +1 "Other ...", -1 "unspecified"
     "restated",  # minus: the code is "Other X", the mention says X and no more, and "X, unspecified" is a candidate
@@ -87,6 +87,7 @@ FEATURES: Final = (
 _CONFLICT: Final = FEATURES.index("conflict")
 _WORDING: Final = slice(0, _CONFLICT)  # the features of how a designation reads against the mention
 RERANK_WEIGHTS: Final = np.array([1.0, 1.0, 2.0, 0.1, 1.5, 0.25, 3.0, 5.0, 0.1, 0.5, 0.5, 1.0])
+CENTROID_NAMES: Final = 3  # the centroid feature's mean is of a code's this many closest names
 ANALOGY_SOURCES: Final = 30  # of each of the lexical and semantic lists, the hits read by analogy
 ANALOGY_SPAN: Final = 5  # at most this many words in which the mention and a hit's designation differ
 EXACT_BONUS: Final = 1000.0  # above any re-rank score: a designation equal to the mention wins
@@ -380,10 +381,16 @@ class TerminologyService:
             if rows:
                 products = vectors.matrix[[row for *_, row in rows]] @ vector
                 cosines = {designation_id: float(p) for (designation_id, *_), p in zip(rows, products, strict=True)}
-                sums: dict[int, np.ndarray] = {}
-                for _, concept_id, row in rows:
-                    sums[concept_id] = sums.get(concept_id, 0.0) + vectors.matrix[row]
-                centroid = {c: float(v @ vector / (np.linalg.norm(v) or 1.0)) for c, v in sums.items()}
+                # the mean of the code's closest names, not of all: a code rich in names ("Cholelithiasis",
+                # "Colic of gallbladder", "Gallstone of cystic duct") is no further from a mention
+                # than one with a single name
+                closest: dict[int, list[tuple[float, int]]] = {}
+                for designation_id, concept_id, row in rows:
+                    closest.setdefault(concept_id, []).append((cosines[designation_id], row))
+                for concept_id, named_rows in closest.items():
+                    chosen = [row for _, row in sorted(named_rows, key=lambda named: -named[0])[:CENTROID_NAMES]]
+                    mean = vectors.matrix[chosen].sum(axis=0)
+                    centroid[concept_id] = float(mean @ vector / (np.linalg.norm(mean) or 1.0))
         weights = self._word_weights()
         query_grams = _trigrams(query)
         query_words = _words(query)
@@ -809,6 +816,8 @@ _LAY_PHRASES: Final = {
     "gallstone": "calculus of gallbladder",
     "gallstones": "calculus of gallbladder",
     "german measles": "rubella",
+    "hiatal hernia": "hiatus hernia",
+    "high cholesterol": "hypercholesterolemia",
 }
 _LAY_PHRASE: Final = re.compile(r"\b(?:" + "|".join(map(re.escape, _LAY_PHRASES)) + r")\b", re.I)
 

@@ -279,6 +279,8 @@ def is_term(text: str) -> bool:
 
 _RESIDUAL = re.compile(r"^unspecified\b|, (site )?unspecified\b|\bNOS$", re.I)
 _WITHOUT_COMPLICATIONS = re.compile(r"\bwithout complications?$|, uncomplicated$", re.I)
+_WITHOUT = re.compile(r"\bwithout\b")
+_WITH = re.compile(r"\bwith\b")
 _WORD = re.compile(r"\w+")
 
 
@@ -288,6 +290,19 @@ def _unspecified_in(title: str, parent: str) -> bool:
     whose "Deep vein thrombosis NOS" is I82.409's), "..., unspecified site" (the side, the site)."""
     added = Counter(_WORD.findall(title.lower())) - Counter(_WORD.findall(parent))
     return bool(added) and set(added) <= {"unspecified", "site"} and added["unspecified"] == 1
+
+
+def _without_only(title: str, parent: str) -> bool:
+    """Whether ``title`` is its ``parent``'s title with what it lacks and nothing it has: "K44.9
+    Diaphragmatic hernia without obstruction or gangrene" (the Index: "Hernia, hiatal K44.9"), not
+    "K44.0 Diaphragmatic hernia with obstruction, without gangrene"."""
+    title = title.lower()
+    added = title.removeprefix(parent)
+    return added != title and bool(_WITHOUT.search(added)) and not _WITH.search(added)
+
+
+def _alone(codes: list[str]) -> list[str]:
+    return codes if len(codes) == 1 else []
 
 
 def default_leaf(icd: Any, code: str) -> str | None:
@@ -303,6 +318,7 @@ def default_leaf(icd: Any, code: str) -> str | None:
             [c for c in children if _RESIDUAL.search(icd.get_description(c))]
             or [c for c in children if _unspecified_in(icd.get_description(c), parent)]
             or [c for c in children if _WITHOUT_COMPLICATIONS.search(icd.get_description(c))]
+            or _alone([c for c in children if _without_only(icd.get_description(c), parent)])
         )
         # "I50 Heart failure" → "I50.9 Heart failure, unspecified", not "I50.1 Left ventricular
         # failure, unspecified": the residual that keeps the parent's words, then the x9/x0 code

@@ -546,6 +546,16 @@ def test_category_inclusion_terms_go_to_the_code_for_a_plain_mention() -> None:
     assert default_leaf(icd, "I82.40") == "I82.409"
     assert default_leaf(icd, "A15") == "A15.9"
     assert default_leaf(icd, "A18") is None  # none of these: left alone rather than guessed
+    # the one child that is the title with "without ..." added, and no "with": the Index's "Hernia,
+    # hiatal K44.9" and "Raynaud's disease I73.00"; not "Acute Chagas' disease without heart
+    # involvement" for "Chagas' disease", nor one of two "Migraine without aura, [not] intractable"
+    assert default_leaf(icd, "K44") == "K44.9"
+    assert default_leaf(icd, "I73.0") == "I73.00"
+    assert default_leaf(icd, "B57") is None
+    assert default_leaf(icd, "G43.0") is None
+    rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("K44", "I73.0")).rows()}
+    assert ("hiatus hernia (esophageal) (sliding)", "inclusion") in rows["K44.9"].designations
+    assert ("Raynaud's disease", "inclusion") in rows["I73.00"].designations
     rows = {r.code: r for r in Icd10cmBuiltinImporter(prefixes=("S02.85", "I82.4", "B01", "B06", "M71.2")).rows()}
     assert ("Fracture of orbit NOS", "inclusion") in rows["S02.85XA"].designations
     assert {("Deep vein thrombosis NOS", "inclusion"), ("DVT NOS", "inclusion")} <= set(rows["I82.409"].designations)
@@ -964,6 +974,17 @@ def test_a_mention_of_one_side_of_a_with_is_not_the_code_for_both(tmp_path: Path
     assert top_codes(service, "Ulcerative rectosigmoiditis with rectal bleeding", ICD10CM)[0] == "K51.311"
 
 
+def test_a_code_rich_in_names_is_no_further_from_a_mention_than_one_with_a_single_name(
+    tmp_path: Path, embedder: MiniLmEmbedder
+) -> None:
+    # K80.20 has its category's names too ("Cholelithiasis", "Colic (recurrent) of gallbladder",
+    # "Gallstone (impacted) of cystic duct"); the mean of all of them had put it behind K80.70, whose
+    # one name is "Calculus of gallbladder and bile duct without cholecystitis without obstruction"
+    service, _, _ = held_out_lookup(tmp_path, embedder, ("K80.2", "K80.7"), "K80.20", "nothing held out")
+    assert top_codes(service, "Calculus of gallbladder", ICD10CM)[0] == "K80.20"
+    assert top_codes(service, "Gallstones", ICD10CM)[0] == "K80.20"
+
+
 def test_an_inflammation_is_not_its_organs_other_conditions(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
     from terminology.lookup import _words
 
@@ -976,13 +997,20 @@ def test_an_inflammation_is_not_its_organs_other_conditions(tmp_path: Path, embe
 
 
 def test_everyday_phrases_are_the_index_words_for_them(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
-    prefixes = ("I21", "I50", "J11", "A08", "B05", "B06", "K80.2", "K56")
+    prefixes = ("I21", "I50", "J11", "A08", "B05", "B06", "K80.2", "K56", "K44", "K46", "E78")
     service, _, _ = held_out_lookup(tmp_path, embedder, prefixes, "I21.9", "nothing held out")
     assert service.prepare("Heart attack", [ICD10CM]) == "Myocardial infarction"
     assert service.prepare("history of german measles", [ICD10CM]) == "history of rubella"
     assert service.prepare("Flushing", [ICD10CM]) == "Flushing"  # whole words only
     assert service.prepare("Stomach flu", [ICD10CM]) == "Viral gastroenteritis"  # not influenza
-    everyday = (("Heart attack", "I21.9"), ("Flu", "J11.1"), ("Intestinal flu", "A08.4"), ("German measles", "B06.9"))
+    everyday = (
+        ("Heart attack", "I21.9"),
+        ("Flu", "J11.1"),
+        ("Intestinal flu", "A08.4"),
+        ("German measles", "B06.9"),
+        ("Hiatal hernia", "K44.9"),  # not K46.0 through "hernia NOS"
+        ("High cholesterol", "E78.00"),  # not E78.6 "Lipoprotein deficiency"
+    )
     for mention, code in everyday:
         assert top_codes(service, mention, ICD10CM)[0] == code
     assert top_codes(service, "Gallstones", ICD10CM)[0] == "K80.20"
