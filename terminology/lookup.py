@@ -406,8 +406,10 @@ class TerminologyService:
         restated: dict[int, frozenset[str]] = {}  # "Other low back pain" for "Acute low back pain": its words
         unspecified: set[frozenset[str]] = set()  # the words of each "X, unspecified" title
         unnamed: dict[int, tuple[float, float]] = {}  # ("X with Y": X alone named, Y alone), from the title
+        names: list[frozenset[str]] = []  # each designation's words
         for designation_id, concept_id, term, kind in designations:
             words = _words(term)
+            names.append(words)
             named.setdefault(concept_id, set()).update(words)
             if kind == "preferred":
                 unnamed[concept_id] = _unnamed(term, query)
@@ -453,7 +455,7 @@ class TerminologyService:
         for target, analogy in found.analogies.items():
             if target in features and analogy.source in features:
                 features[target][_WORDING] = np.maximum(features[target][_WORDING], features[analogy.source][_WORDING])
-        details = _details(query_words, [term for _, _, term, _ in designations])
+        details = _details(query_words, names)
         # "Other X" restates a mention of X only where "X, unspecified" is there to take it: "Other
         # chronic pain" (G89.29) is the code of chronic pain, which has no "unspecified" one
         restates = {c for c, words in restated.items() if words in unspecified}
@@ -1302,17 +1304,15 @@ _NOT_A_DETAIL: Final = frozenset(
 _COURSE: Final = frozenset(_stem(w) for w in ("acute", "subacute", "chronic"))
 
 
-def _details(mention: frozenset[str], terms: Sequence[str]) -> frozenset[str]:
+def _details(mention: frozenset[str], names: Sequence[frozenset[str]]) -> frozenset[str]:
     """The words of the mention that name a detail of its condition: all but those of course and
-    setting, unless one of ``terms`` (the candidates' names) tells the condition's course apart.
+    setting, unless one of ``names`` (the candidates' names' words) tells the condition's course apart.
     "Chronic appendicitis" names a detail, as "Unspecified acute appendicitis" has "acute" where it
     has "chronic" (the Index: "Appendicitis, chronic K36", "Other appendicitis"); "chronic low back
     pain" does not, as no code of low back pain names a course."""
     details = mention - _NOT_A_DETAIL
     course = mention & _COURSE
-    if course and any(
-        details <= (words := _words(term)) and words & _COURSE not in (frozenset(), course) for term in terms
-    ):
+    if course and any(details <= words and words & _COURSE not in (frozenset(), course) for words in names):
         return details | course
     return details
 

@@ -279,8 +279,6 @@ def is_term(text: str) -> bool:
 
 _RESIDUAL = re.compile(r"^unspecified\b|, (site )?unspecified\b|\bNOS$", re.I)
 _WITHOUT_COMPLICATIONS = re.compile(r"\bwithout complications?$|, uncomplicated$", re.I)
-_WITHOUT = re.compile(r"\bwithout\b")
-_WITH = re.compile(r"\bwith\b")
 _WORD = re.compile(r"\w+")
 
 
@@ -298,7 +296,8 @@ def _without_only(title: str, parent: str) -> bool:
     "K44.0 Diaphragmatic hernia with obstruction, without gangrene"."""
     title = title.lower()
     added = title.removeprefix(parent)
-    return added != title and bool(_WITHOUT.search(added)) and not _WITH.search(added)
+    words = _WORD.findall(added)
+    return added != title and "without" in words and "with" not in words
 
 
 def _alone(codes: list[str]) -> list[str]:
