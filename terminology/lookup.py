@@ -1281,7 +1281,9 @@ def prepare_query(text: str, systems: Sequence[str] = ()) -> str:
 # "Hb-SS disease with crisis NOS" is "with crisis, unspecified", but "asthma with exacerbation NOS"
 # is not "uncomplicated".
 _NOS: Final = re.compile(r"\bNOS\b")
-_WITH: Final = re.compile(r"\bwith\b", re.I)
+# The classification writes a complication as "X with Y" and, for some categories, "X complicated
+# by Y" (B05.1 "Measles complicated by meningitis"); the two read alike.
+_WITH: Final = re.compile(r"\bwith\b|\bcomplicated by\b", re.I)
 _DEFAULT: Final = re.compile(r"\b(?:unspecified|unilateral)\b", re.I)
 _UNCOMPLICATED: Final = re.compile(r"\b(?:uncomplicated|without)\b", re.I)
 
@@ -1328,7 +1330,7 @@ def _asks_default(mention: str) -> bool:
     return bool(_NOS.search(mention))
 
 
-_WITH_CLAUSE: Final = re.compile(r"\bwith\b([^,;()]*)", re.I)
+_WITH_CLAUSE: Final = re.compile(r"\b(?:with|complicated by)\b([^,;()]*)", re.I)
 
 
 def _names_a_complication(term: str, mention: str) -> bool:

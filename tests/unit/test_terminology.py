@@ -638,7 +638,7 @@ def clash(mention: str, title: str) -> float:
 
 
 def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
-    from terminology.lookup import _asks_default, _is_default
+    from terminology.lookup import _asks_default, _is_default, _names_a_complication
 
     assert _asks_default("Femoral hernia NOS")
     assert not _asks_default("Femoral hernia")
@@ -659,6 +659,9 @@ def test_a_mention_nos_prefers_the_default_code_and_qualifiers_clash() -> None:
     assert not _is_default("Other sickle-cell disorders with crisis, unspecified", "Sickle-cell disorder NOS")
     assert _is_default("Sickle-cell disease without crisis", "Sickle-cell disorder NOS")
     assert _is_default("Migraine, unspecified, not intractable, with status migrainosus", "Status migrainosus NOS")
+    # "complicated by" is the classification's other way to write "with"
+    assert _names_a_complication("Measles complicated by meningitis", "Measles NOS")
+    assert not _names_a_complication("Measles complicated by meningitis", "Measles complicated by meningitis")
 
     assert clash("Carcinoma in situ of colon", "Malignant neoplasm of colon") == 1
     assert clash("Community acquired pneumonia", "Congenital pneumonia, unspecified") == 1
@@ -966,6 +969,7 @@ def test_a_mention_of_one_side_of_a_with_is_not_the_code_for_both(tmp_path: Path
     assert _unnamed(colitis, "Rectosigmoiditis, rectal bleeding") == (0.0, 0.0)
     assert _unnamed("Alzheimer's disease with early onset", "Alzheimer's disease with late onset") == (0.0, 0.0)
     assert _unnamed("Alzheimer's disease, unspecified", "Alzheimer's disease") == (0.0, 0.0)
+    assert _unnamed("Measles complicated by meningitis", "Measles") == (1.0, 0.0)
     prefixes = ("G30", "N40", "K62", "K51.3", "K51.8", "K50.9")
     service, _, _ = held_out_lookup(tmp_path, embedder, prefixes, "G30.9", "nothing held out")
     assert top_codes(service, "Alzheimer's disease", ICD10CM)[0] == "G30.9"  # G30.0 has it from a note
