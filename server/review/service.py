@@ -8,6 +8,7 @@ reviewer changes. The queue shows as little PHI as the task needs: initials, doc
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -20,7 +21,7 @@ from server.auth import Caller
 from server.errors import InvalidRequest, NotFound
 from server.review.edits import Decision, Reviewer, apply_decision, fields_of
 from server.services import Services
-from server.store import ReviewAction
+from server.store import ReviewAction, Store
 from server.store.sqlite import now_instant
 
 REVIEWER_CONTEXTS: Final = ("user",)
@@ -110,46 +111,56 @@ def _document_type(resource: Mapping[str, Any]) -> str:
 
 
 async def queue(services: Services, caller: Caller, *, show_all: bool = False, limit: int = 200) -> list[QueueItem]:
-    """Documents waiting for review (or all extracted ones), oldest first."""
+    """Documents waiting for review (or all extracted ones), oldest first. The store picks them out
+    (no Bundle is opened for a document that does not wait), page by page until ``limit`` are found
+    that the caller may see."""
     require_reviewer(caller, "s")
     store = services.store
-    documents, _ = await anyio.to_thread.run_sync(lambda: store.search_documents(count=limit * 5))
     today = dt.datetime.now(dt.UTC).date()
     items: list[QueueItem] = []
-    for document in documents:
-        if not caller.permits(document.resource, "s"):
-            continue
-        bundle_id = await anyio.to_thread.run_sync(store.latest_bundle_id, document.id)
-        if bundle_id is None:
-            continue
-        stored = await anyio.to_thread.run_sync(store.read_resource, "Bundle", bundle_id)
-        if stored is None:
-            continue
-        bundle = stored.resource
-        last = await anyio.to_thread.run_sync(store.last_review, document.id)
-        status = "to review" if last is None else last.action
-        if last is not None and last.action == "returned":
-            status = "returned"
-        needs_review = "requires-review" in _tags(bundle) and (last is None or last.action == "returned")
-        if not (show_all or needs_review):
-            continue
-        flagged = sum(1 for e in bundle.get("entry", []) if "requires-review" in _tags(e["resource"]))
-        received = dt.date.fromisoformat(document.created_at[:10])
-        items.append(
-            QueueItem(
-                document_id=document.id,
-                received=document.created_at,
-                document_type=_document_type(document.resource),
-                initials=_initials(bundle),
-                reasons=_reasons(bundle),
-                flagged=flagged,
-                status=status,
-                waiting_days=(today - received).days,
-            )
-        )
-        if len(items) >= limit:
+    offset = 0
+    while len(items) < limit:
+        page = functools.partial(store.review_candidates, waiting_only=not show_all, count=limit, offset=offset)
+        document_ids = await anyio.to_thread.run_sync(page)
+        offset += len(document_ids)
+        for document_id in document_ids:
+            item = await anyio.to_thread.run_sync(_queue_item, store, caller, document_id, show_all, today)
+            if item is not None:
+                items.append(item)
+                if len(items) >= limit:
+                    break
+        if len(document_ids) < limit:
             break
-    return sorted(items, key=lambda item: item.received)
+    return items
+
+
+def _queue_item(store: Store, caller: Caller, document_id: str, show_all: bool, today: dt.date) -> QueueItem | None:
+    """The queue's line for a document, or None where the caller may not see it or it waits for no one."""
+    document = store.get_document(document_id)
+    if document is None or not caller.permits(document.resource, "s"):
+        return None
+    bundle_id = store.latest_bundle_id(document.id)
+    stored = None if bundle_id is None else store.read_resource("Bundle", bundle_id)
+    if stored is None:
+        return None
+    bundle = stored.resource
+    last = store.last_review(document.id)
+    status = "to review" if last is None else last.action
+    needs_review = "requires-review" in _tags(bundle) and (last is None or last.action == "returned")
+    if not (show_all or needs_review):
+        return None
+    flagged = sum(1 for e in bundle.get("entry", []) if "requires-review" in _tags(e["resource"]))
+    received = dt.date.fromisoformat(document.created_at[:10])
+    return QueueItem(
+        document_id=document.id,
+        received=document.created_at,
+        document_type=_document_type(document.resource),
+        initials=_initials(bundle),
+        reasons=_reasons(bundle),
+        flagged=flagged,
+        status=status,
+        waiting_days=(today - received).days,
+    )
 
 
 def _boxes(bundle: Mapping[str, Any]) -> dict[str, list[Box]]:

@@ -103,6 +103,11 @@ class Store(Protocol):
         """The Bundle of the document's most recent successful extraction."""
         ...
 
+    def review_candidates(self, *, waiting_only: bool, count: int, offset: int = 0) -> list[str]:
+        """The ids of documents with a finished extraction, oldest first; ``waiting_only``: only
+        those whose latest Bundle needs review and that no reviewer has released since."""
+        ...
+
     def update_document(self, document_id: str, resource: dict[str, Any]) -> DocumentRecord: ...
 
     def shred_document(self, document_id: str) -> bool:

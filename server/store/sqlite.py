@@ -41,7 +41,8 @@ from server.store.base import (
 )
 from server.store.database import Database
 
-SCHEMA_VERSION: Final = 2
+# 3: jobs.needs_review, so that the review queue is found without opening every Bundle
+SCHEMA_VERSION: Final = 3
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -100,7 +101,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     bundle_id TEXT,
     error TEXT,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    -- 1: the job's Bundle carries the requires-review tag (not PHI; the review queue reads it)
+    needs_review INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_document ON jobs (document_id);
@@ -196,6 +199,7 @@ class SqliteStore(Database):
         self._data_keys: dict[str, bytes] = {}  # owner -> unwrapped data key, for this process only
         # (type, id) -> the current version as this process last wrote or read it in put_resource
         self._put_versions: dict[tuple[str, str], StoredResource] = {}
+        self._upgrading_from: int | None = None  # the schema version this start upgrades, if any
         # secure_delete: deleted rows (a shredded data key) are zeroed on disk
         super().__init__(path, _SCHEMA, pragmas=("foreign_keys=ON", "secure_delete=ON"))
         with self.transaction() as db:
@@ -207,6 +211,8 @@ class SqliteStore(Database):
                 raise ConfigurationError(
                     "the master key does not open this database (wrong PAPERCHART_MASTER_KEY or key file)"
                 ) from None
+            if self._upgrading_from == 2:
+                self._upgrade_from_version_2(db)
 
     def _after_rollback(self) -> None:
         # a data key created by the work rolled back is not in the database: never seal with it;
@@ -219,11 +225,34 @@ class SqliteStore(Database):
         if exists.fetchone() is None:
             return
         row = db.execute("SELECT version FROM schema_version").fetchone()
-        if row is not None and row[0] != SCHEMA_VERSION:
+        if row is not None and row[0] == 2:
+            self._upgrading_from = 2  # upgraded once the master key is known to open the database
+        elif row is not None and row[0] != SCHEMA_VERSION:
             raise ConfigurationError(
                 f"the database has schema version {row[0]}, this paperchart needs {SCHEMA_VERSION}"
                 " (version 1 predates encryption at rest: move the file aside and re-ingest)"
             )
+
+    def _upgrade_from_version_2(self, db: Any) -> None:
+        """Add jobs.needs_review and set it from each finished job's Bundle, in the transaction that
+        opens the database (all or nothing: a crash leaves version 2, upgraded at the next start).
+        A shredded document's Bundle is gone and waits for no one."""
+        if db.execute("SELECT version FROM schema_version").fetchone()[0] != 2:
+            return  # another process opening the same file upgraded it first
+        db.execute("ALTER TABLE jobs ADD COLUMN needs_review INTEGER NOT NULL DEFAULT 0")
+        jobs = db.execute("SELECT id, bundle_id FROM jobs WHERE status = 'succeeded' AND bundle_id IS NOT NULL")
+        for job_id, bundle_id in jobs.fetchall():
+            rows = db.execute(
+                "SELECT resource_type, id, version_id, last_updated, key_owner, resource FROM resources"
+                " WHERE resource_type = 'Bundle' AND id = ? AND job_id = ? ORDER BY version_id LIMIT 1",
+                (bundle_id, job_id),
+            ).fetchall()
+            try:
+                flagged = bool(rows) and needs_review(self._stored(rows[0]).resource)
+            except KeyUnavailable:
+                flagged = False
+            db.execute("UPDATE jobs SET needs_review = ? WHERE id = ?", (int(flagged), job_id))
+        db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     # --- encryption at rest --------------------------------------------------------------
 
@@ -651,6 +680,23 @@ class SqliteStore(Database):
             resource=self._open_json(db, f"document:{document_id}", f"documents/{document_id}", bytes(row[7])),
         )
 
+    def review_candidates(self, *, waiting_only: bool, count: int, offset: int = 0) -> list[str]:
+        """The ids of documents with a finished extraction, oldest first; ``waiting_only``: only those
+        whose latest Bundle needs review and that no reviewer has released since (none, or returned)."""
+        rows = self.query(
+            # the bare needs_review of a MAX() group is that of the row with the maximum (SQLite)
+            "SELECT d.id FROM documents d JOIN ("
+            "  SELECT document_id, needs_review, MAX(updated_at) FROM jobs"
+            "  WHERE status = 'succeeded' GROUP BY document_id"
+            ") latest ON latest.document_id = d.id"
+            " WHERE NOT ? OR (latest.needs_review = 1 AND COALESCE(("
+            "  SELECT action FROM reviews r WHERE r.document_id = d.id ORDER BY r.id DESC LIMIT 1"
+            " ), 'returned') = 'returned')"
+            " ORDER BY d.created_at, d.id LIMIT ? OFFSET ?",
+            (waiting_only, count, offset),
+        )
+        return [str(row[0]) for row in rows]
+
     def latest_bundle_id(self, document_id: str) -> str | None:
         rows = self.query(
             "SELECT bundle_id FROM jobs WHERE document_id = ? AND status = 'succeeded'"
@@ -774,12 +820,13 @@ class SqliteStore(Database):
             resources = [entry["resource"] for entry in bundle.get("entry", [])] + [bundle]
             for resource in resources:
                 self._put_resource(db, resource, job_id, updated, f"document:{document_id}")
+            flagged = needs_review(bundle)
             db.execute(
                 "UPDATE jobs SET status = 'succeeded', bundle_id = ?, stage = 'done', lease_owner = NULL,"
-                " lease_expires_at = NULL, error = NULL, updated_at = ? WHERE id = ?",
-                (bundle["id"], updated, job_id),
+                " lease_expires_at = NULL, error = NULL, updated_at = ?, needs_review = ? WHERE id = ?",
+                (bundle["id"], updated, int(flagged), job_id),
             )
-            if not needs_review(bundle):  # else it is owed once a reviewer releases it
+            if not flagged:  # else it is owed once a reviewer releases it
                 self._owe_hl7_result(db, document_id, bundle["id"], updated)
             return True
 

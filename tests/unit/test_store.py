@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from fhir_profiles.bundle import REVIEW_TAG_SYSTEM
 from server.crypto import LocalKeyProvider, new_data_key
+from server.errors import ConfigurationError
 from server.store import JobError, SqliteStore
 
 
@@ -258,3 +260,48 @@ def test_a_result_whose_sender_died_mid_delivery_is_due_again_after_its_lease(tm
     time.sleep(0.3)
     (again,) = store.claim_hl7_results(lease_seconds=60)
     assert again.id == taken.id and again.attempts == 0  # an attempt counts only once it is recorded
+
+
+def extracted(store: SqliteStore, *, flagged: bool) -> tuple[str, str]:
+    """A document whose extraction finished, its Bundle tagged requires-review when ``flagged``;
+    (document id, Bundle id)."""
+    document_id = document(store)
+    job = store.enqueue_job(document_id)
+    assert store.claim_job("w", 5, 3) is not None
+    result = bundle(f"b-{document_id}", f"p-{document_id}")
+    if flagged:
+        result["meta"] = {"tag": [{"system": REVIEW_TAG_SYSTEM, "code": "requires-review"}]}
+    assert store.complete_job(job.id, "w", result)
+    return document_id, result["id"]
+
+
+def test_the_review_queue_finds_a_waiting_document_behind_any_number_of_others(store: SqliteStore) -> None:
+    # the queue once looked only at the oldest five pages' worth of documents: past them, a
+    # document waiting for review was never shown to a reviewer
+    done = [extracted(store, flagged=False)[0] for _ in range(5)]
+    waiting, bundle_id = extracted(store, flagged=True)
+    assert store.review_candidates(waiting_only=True, count=1) == [waiting]
+    assert store.review_candidates(waiting_only=False, count=10) == [*done, waiting]
+    assert store.review_candidates(waiting_only=False, count=2, offset=4) == [done[4], waiting]
+    store.return_review(waiting, bundle_id, 1, "reviewer", "wrong patient")
+    assert store.review_candidates(waiting_only=True, count=1) == [waiting]  # returned: still waits
+    store.release_review(waiting, bundle_id, 1, [], "reviewer")
+    assert store.review_candidates(waiting_only=True, count=1) == []
+
+
+def test_a_version_2_database_is_upgraded_with_its_waiting_documents(tmp_path: Path) -> None:
+    keys = LocalKeyProvider.from_key(new_data_key())
+    path = tmp_path / "paperchart.db"
+    old = SqliteStore(path, keys)
+    extracted(old, flagged=False)
+    waiting, _ = extracted(old, flagged=True)
+    with old.transaction() as db:  # as paperchart before schema version 3 left it
+        db.execute("ALTER TABLE jobs DROP COLUMN needs_review")
+        db.execute("UPDATE schema_version SET version = 2")
+    old.close()
+    with pytest.raises(ConfigurationError):  # the wrong master key upgrades nothing
+        SqliteStore(path, LocalKeyProvider.from_key(new_data_key()))
+    first, second = SqliteStore(path, keys), SqliteStore(path, keys)  # two processes, one upgrade
+    assert first.query("SELECT version FROM schema_version") == [(3,)]
+    assert first.review_candidates(waiting_only=True, count=10) == [waiting]
+    assert second.review_candidates(waiting_only=True, count=10) == [waiting]
