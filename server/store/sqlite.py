@@ -124,6 +124,9 @@ CREATE TABLE IF NOT EXISTS resources (
 -- lookups into scanning every current resource of the type, slower with each new patient.
 DROP INDEX IF EXISTS resources_current;
 CREATE INDEX IF NOT EXISTS resources_current_by_patient ON resources (resource_type, patient_id) WHERE current = 1;
+-- the versions sealed with one document's key: what shredding the document deletes, without
+-- reading every resource while it holds the write lock
+CREATE INDEX IF NOT EXISTS resources_owner ON resources (key_owner);
 CREATE TABLE IF NOT EXISTS identifiers (
     resource_type TEXT NOT NULL,
     id TEXT NOT NULL,

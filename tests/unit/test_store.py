@@ -305,3 +305,13 @@ def test_a_version_2_database_is_upgraded_with_its_waiting_documents(tmp_path: P
     assert first.query("SELECT version FROM schema_version") == [(3,)]
     assert first.review_candidates(waiting_only=True, count=10) == [waiting]
     assert second.review_candidates(waiting_only=True, count=10) == [waiting]
+
+
+def test_shredding_a_document_finds_its_resources_by_their_key_not_by_scanning(store: SqliteStore) -> None:
+    document_id, bundle_id = extracted(store, flagged=False)
+    extracted(store, flagged=False)  # another document, untouched
+    plans = plans_of(store, lambda: store.shred_document(document_id))
+    by_owner = {q: plan for q, plan in plans.items() if "key_owner" in q}
+    assert len(by_owner) == 3 and all("USING INDEX resources_owner" in p for p in by_owner.values()), by_owner
+    assert store.read_resource("Bundle", bundle_id) is None
+    assert len(store.search_resources("Bundle")[0]) == 1
