@@ -75,7 +75,8 @@ FEATURES: Final = (
     "trigram",  # best character-trigram Dice (forgives misspellings)
     "coverage",  # share of the mention's words, by rarity, in the designation
     "excess",  # minus the share of the designation's words the mention lacks
-    "conflict",  # minus the qualifier groups that clash ("left" vs "right", "stage 2" vs "stage 1")
+    "conflict",  # minus the qualifier groups that clash ("left" vs "right", "stage 2" vs "stage 1"), and a
+    # congenital code for a mention that an acquired one names and that does not say "congenital"
     "default",  # a mention "NOS": the designation is a default ("unspecified", "without ...")
     "centroid",  # cosine of the mention and the mean of the embeddings of the code's closest designations
     "analogy",  # the code's title is another code's title with the words the mention changes changed
@@ -196,6 +197,20 @@ class TerminologyService:
     def _rows(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             return list(self._db.execute(sql, parameters).fetchall())
+
+    def _congenital(self, concept_ids: Sequence[int]) -> set[int]:
+        """Those of ``concept_ids`` that are congenital: "congenital" in the title, or ICD-10-CM's
+        chapter of congenital malformations (Q00-Q99, whose titles often leave the word out:
+        Q39.1 "Atresia of esophagus with tracheo-esophageal fistula")."""
+        rows = self._rows(
+            f"SELECT id, system, code, display FROM concept WHERE id IN ({','.join('?' * len(concept_ids))})",
+            concept_ids,
+        )
+        return {
+            concept_id
+            for concept_id, system, code, display in rows
+            if (system == ICD10CM and code.startswith("Q")) or _CONGENITAL_KEY in _words(display or "")
+        }
 
     # --- search ------------------------------------------------------------------------
 
@@ -373,6 +388,7 @@ class TerminologyService:
         designations = self._rows(
             f"SELECT id, concept_id, term, kind FROM designation WHERE concept_id IN ({marks})", pool
         )
+        congenital = self._congenital(pool)
         cosines: dict[int, float] = {}
         centroid: dict[int, float] = {}
         if vector is not None:
@@ -407,9 +423,12 @@ class TerminologyService:
         unspecified: set[frozenset[str]] = set()  # the words of each "X, unspecified" title
         unnamed: dict[int, tuple[float, float]] = {}  # ("X with Y": X alone named, Y alone), from the title
         names: list[frozenset[str]] = []  # each designation's words
+        acquired: list[tuple[int, frozenset[str]]] = []  # each designation of a code not congenital: its words
         for designation_id, concept_id, term, kind in designations:
             words = _words(term)
             names.append(words)
+            if concept_id not in congenital:
+                acquired.append((concept_id, words))
             named.setdefault(concept_id, set()).update(words)
             if kind == "preferred":
                 unnamed[concept_id] = _unnamed(term, query)
@@ -456,6 +475,21 @@ class TerminologyService:
             if target in features and analogy.source in features:
                 features[target][_WORDING] = np.maximum(features[target][_WORDING], features[analogy.source][_WORDING])
         details = _details(query_words, names)
+        # the Alphabetic Index: a condition is acquired unless the record says "congenital" ("Diverticulitis"
+        # is K57.92, not Q43.8 "Other specified congenital malformations of intestine" through its
+        # "Congenital diverticulitis, colon"), where a code that is not congenital names all it details,
+        # without clashing with it (a personal history) and without saying "acquired" (which makes
+        # the plain name the congenital one: "Buried penis" is Q55.64, "Acquired buried penis" N48.83)
+        if (
+            congenital
+            and _CONGENITAL_KEY not in query_words
+            and any(
+                details <= words and _ACQUIRED_KEY not in words and not title_conflict.get(concept_id, 0.0)
+                for concept_id, words in acquired
+            )
+        ):
+            for concept_id in congenital & features.keys():
+                features[concept_id][_CONFLICT] -= 1.0
         # "Other X" restates a mention of X only where "X, unspecified" is there to take it: "Other
         # chronic pain" (G89.29) is the code of chronic pain, which has no "unspecified" one
         restates = {c for c, words in restated.items() if words in unspecified}
@@ -870,6 +904,8 @@ def _stem(word: str) -> str:
 
 
 _NOS_KEY: Final = _stem("nos")
+_CONGENITAL_KEY: Final = _stem("congenital")
+_ACQUIRED_KEY: Final = _stem("acquired")
 _UNSPECIFIED_KEY: Final = _stem("unspecified")
 
 

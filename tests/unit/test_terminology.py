@@ -1095,3 +1095,13 @@ def test_and_in_a_short_title_means_and_or(tmp_path: Path, embedder: MiniLmEmbed
     # guideline I.A.14: "Syncope and collapse" (R55) names syncope alone, as "Cough syncope" does not
     service, _, _ = held_out_lookup(tmp_path, embedder, ("R05", "R55", "T67", "F48"), "R55", "nothing held out")
     assert top_codes(service, "Syncope", ICD10CM)[0] == "R55"
+
+
+def test_a_condition_is_acquired_unless_the_mention_says_congenital(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    # Q43.8 "Other specified congenital malformations of intestine" has "Congenital diverticulitis,
+    # colon"; a mention that does not say "congenital" is the acquired K57.92. Where the acquired
+    # code itself says "acquired", the plain name is the congenital one
+    service, _, _ = held_out_lookup(tmp_path, embedder, ("K57", "Q43", "Q55.6", "N48.8"), "K57.92", "nothing held out")
+    assert top_codes(service, "Diverticulitis", ICD10CM)[0] == "K57.92"
+    assert top_codes(service, "Congenital diverticulitis", ICD10CM)[0] == "Q43.8"
+    assert top_codes(service, "Buried penis", ICD10CM)[0] == "Q55.64"
