@@ -80,7 +80,8 @@ FEATURES: Final = (
     "default",  # a mention "NOS": the designation is a default ("unspecified", "without ...")
     "centroid",  # cosine of the mention and the mean of the embeddings of the code's closest designations
     "analogy",  # the code's title is another code's title with the words the mention changes changed
-    "residual",  # the mention has a detail none of the code's names has: +1 "Other ...", -1 "unspecified"
+    "residual",  # the mention has a detail none of the code's names has: +1 "Other ..." (if no candidate
+    # names all the details), -1 "unspecified"
     "restated",  # minus: the code is "Other X", the mention says X and no more, and "X, unspecified" is a candidate
     "complication",  # minus: the code's title is "X with Y" and the mention names X alone
     "manifestation",  # minus: the code's title is "X with Y" and the mention names Y alone
@@ -493,6 +494,11 @@ class TerminologyService:
         # "Other X" restates a mention of X only where "X, unspecified" is there to take it: "Other
         # chronic pain" (G89.29) is the code of chronic pain, which has no "unspecified" one
         restates = {c for c, words in restated.items() if words in unspecified}
+        # guideline I.A.9 sends a detail to "Other X" where no code names it; where a candidate names
+        # every detail, "Other X" is no place for them ("Pulmonary tuberculosis" is A15.0 "Tuberculosis
+        # of lung", not A15.8 "Other respiratory tuberculosis")
+        if any(details <= words for words in named.values()):
+            residual_kind = {c: min(value, 0.0) for c, value in residual_kind.items()}
         result = {
             c: np.append(
                 f,

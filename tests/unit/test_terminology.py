@@ -1105,3 +1105,18 @@ def test_a_condition_is_acquired_unless_the_mention_says_congenital(tmp_path: Pa
     assert top_codes(service, "Diverticulitis", ICD10CM)[0] == "K57.92"
     assert top_codes(service, "Congenital diverticulitis", ICD10CM)[0] == "Q43.8"
     assert top_codes(service, "Buried penis", ICD10CM)[0] == "Q55.64"
+
+
+def test_other_x_takes_no_detail_that_a_candidate_names(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    # guideline I.A.9 sends a detail that no code names to "Other X"; "pulmonary" is named, by A15.0
+    # "Tuberculosis of lung", so A15.8 "Other respiratory tuberculosis" is not the place for it
+    mention = "Pulmonary tuberculosis"
+    service, ids, found = held_out_lookup(tmp_path, embedder, ("A15",), "A15.0", mention)
+    features, _ = service.rerank_features(service.prepare(mention), found)
+    residual = FEATURES.index("residual")
+    assert features[ids["A15.8"]][residual] == 0.0 and features[ids["A15.9"]][residual] == -1.0
+    assert top_codes(service, mention, ICD10CM)[0] == "A15.0"
+    # where no candidate names the detail, "Other X" still takes it
+    other = service.prepare("Tuberculosis of tongue")
+    features, _ = service.rerank_features(other, service.retrieve(other, [ICD10CM], (), "hybrid"))
+    assert features[ids["A15.8"]][residual] == 1.0
