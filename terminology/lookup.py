@@ -491,6 +491,13 @@ class TerminologyService:
         ):
             for concept_id in congenital & features.keys():
                 features[concept_id][_CONFLICT] -= 1.0
+        # and the converse, by half: a mention that says "congenital" is not an acquired code ("Congenital
+        # hourglass stomach" is Q40.2, not K31.89). Half, because the classification keeps some
+        # congenital conditions outside chapter Q under titles that do not say so (D51.0 has
+        # "Congenital intrinsic factor deficiency")
+        elif congenital and _CONGENITAL_KEY in query_words:
+            for concept_id in features.keys() - congenital:
+                features[concept_id][_CONFLICT] -= 0.5
         # "Other X" restates a mention of X only where "X, unspecified" is there to take it: "Other
         # chronic pain" (G89.29) is the code of chronic pain, which has no "unspecified" one
         restates = {c for c, words in restated.items() if words in unspecified}

@@ -1120,3 +1120,12 @@ def test_other_x_takes_no_detail_that_a_candidate_names(tmp_path: Path, embedder
     other = service.prepare("Tuberculosis of tongue")
     features, _ = service.rerank_features(other, service.retrieve(other, [ICD10CM], (), "hybrid"))
     assert features[ids["A15.8"]][residual] == 1.0
+
+
+def test_a_mention_that_says_congenital_is_no_acquired_code(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    # Q40.2 "Other specified congenital malformations of stomach" does not name an hourglass stomach
+    # once its "Congenital hourglass stomach" is held out; K31's acquired codes do
+    mention = "Congenital hourglass stomach"
+    service, _, _ = held_out_lookup(tmp_path, embedder, ("Q40", "K31"), "Q40.2", mention)
+    assert top_codes(service, mention, ICD10CM)[0] == "Q40.2"
+    assert top_codes(service, "Hourglass stomach", ICD10CM)[0].startswith("K31")  # acquired, unless said
