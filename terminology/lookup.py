@@ -476,14 +476,14 @@ class TerminologyService:
             if target in features and analogy.source in features:
                 features[target][_WORDING] = np.maximum(features[target][_WORDING], features[analogy.source][_WORDING])
         details = _details(query_words, names)
-        # the Alphabetic Index: a condition is acquired unless the record says "congenital" ("Diverticulitis"
+        # the Alphabetic Index: a condition is acquired unless the record says congenital ("Diverticulitis"
         # is K57.92, not Q43.8 "Other specified congenital malformations of intestine" through its
         # "Congenital diverticulitis, colon"), where a code that is not congenital names all it details,
         # without clashing with it (a personal history) and without saying "acquired" (which makes
         # the plain name the congenital one: "Buried penis" is Q55.64, "Acquired buried penis" N48.83)
         if (
             congenital
-            and _CONGENITAL_KEY not in query_words
+            and not (query_words & _SAYS_CONGENITAL)
             and any(
                 details <= words and _ACQUIRED_KEY not in words and not title_conflict.get(concept_id, 0.0)
                 for concept_id, words in acquired
@@ -491,11 +491,11 @@ class TerminologyService:
         ):
             for concept_id in congenital & features.keys():
                 features[concept_id][_CONFLICT] -= 1.0
-        # and the converse, by half: a mention that says "congenital" is not an acquired code ("Congenital
+        # and the converse, by half: a mention that says congenital is not an acquired code ("Congenital
         # hourglass stomach" is Q40.2, not K31.89). Half, because the classification keeps some
         # congenital conditions outside chapter Q under titles that do not say so (D51.0 has
         # "Congenital intrinsic factor deficiency")
-        elif congenital and _CONGENITAL_KEY in query_words:
+        elif congenital and query_words & _SAYS_CONGENITAL:
             for concept_id in features.keys() - congenital:
                 features[concept_id][_CONFLICT] -= 0.5
         # "Other X" restates a mention of X only where "X, unspecified" is there to take it: "Other
@@ -918,6 +918,22 @@ def _stem(word: str) -> str:
 
 _NOS_KEY: Final = _stem("nos")
 _CONGENITAL_KEY: Final = _stem("congenital")
+# Words that say "congenital" without the word: the Alphabetic Index's main terms with "(congenital)"
+# as their nonessential modifier ("Accessory (congenital)", "Imperforate (congenital)", "Atresia,
+# atretic (congenital)"): "Imperforate pharynx" is Q38.8, not T17.200A, a foreign body in the pharynx
+_SAYS_CONGENITAL: Final = frozenset(
+    _stem(word)
+    for word in (
+        "congenital",
+        "accessory",
+        "agenesis",
+        "aplasia",
+        "atresia",
+        "imperforate",
+        "supernumerary",
+        "hypoplasia",
+    )
+)
 _ACQUIRED_KEY: Final = _stem("acquired")
 _UNSPECIFIED_KEY: Final = _stem("unspecified")
 

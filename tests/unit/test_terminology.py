@@ -1129,3 +1129,10 @@ def test_a_mention_that_says_congenital_is_no_acquired_code(tmp_path: Path, embe
     service, _, _ = held_out_lookup(tmp_path, embedder, ("Q40", "K31"), "Q40.2", mention)
     assert top_codes(service, mention, ICD10CM)[0] == "Q40.2"
     assert top_codes(service, "Hourglass stomach", ICD10CM)[0].startswith("K31")  # acquired, unless said
+
+
+def test_some_words_say_congenital_without_the_word(tmp_path: Path, embedder: MiniLmEmbedder) -> None:
+    # the Index: "Imperforate (congenital)"; T17.200A names the pharynx, but is a foreign body in it
+    mention = "Imperforate pharynx"
+    service, _, _ = held_out_lookup(tmp_path, embedder, ("Q38", "T17.2", "J39"), "Q38.8", mention)
+    assert top_codes(service, mention, ICD10CM)[0] == "Q38.8"
