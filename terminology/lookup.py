@@ -920,7 +920,8 @@ _NOS_KEY: Final = _stem("nos")
 _CONGENITAL_KEY: Final = _stem("congenital")
 # Words that say "congenital" without the word: the Alphabetic Index's main terms with "(congenital)"
 # as their nonessential modifier ("Accessory (congenital)", "Imperforate (congenital)", "Atresia,
-# atretic (congenital)"): "Imperforate pharynx" is Q38.8, not T17.200A, a foreign body in the pharynx
+# atretic (congenital)", "Malformation (congenital)"): "Imperforate pharynx" is Q38.8, not T17.200A,
+# a foreign body in the pharynx; "Arteriovenous malformation of brain" Q28.2, not I60.8, its rupture
 _SAYS_CONGENITAL: Final = frozenset(
     _stem(word)
     for word in (
@@ -932,6 +933,11 @@ _SAYS_CONGENITAL: Final = frozenset(
         "imperforate",
         "supernumerary",
         "hypoplasia",
+        "duplication",
+        "duplex",
+        "malformation",
+        "anomaly",
+        "anomalous",
     )
 )
 _ACQUIRED_KEY: Final = _stem("acquired")

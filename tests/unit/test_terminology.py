@@ -1136,3 +1136,6 @@ def test_some_words_say_congenital_without_the_word(tmp_path: Path, embedder: Mi
     mention = "Imperforate pharynx"
     service, _, _ = held_out_lookup(tmp_path, embedder, ("Q38", "T17.2", "J39"), "Q38.8", mention)
     assert top_codes(service, mention, ICD10CM)[0] == "Q38.8"
+    mention = "Arteriovenous malformation of brain NOS"  # "Malformation (congenital)"; I60.8 is its rupture
+    service, _, _ = held_out_lookup(tmp_path / "avm", embedder, ("Q28", "I60"), "Q28.2", mention)
+    assert top_codes(service, mention, ICD10CM)[0] == "Q28.2"
