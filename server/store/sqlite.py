@@ -162,6 +162,8 @@ CREATE TABLE IF NOT EXISTS hl7_messages (
 -- who sent a document (results are owed to them): read at every release
 CREATE INDEX IF NOT EXISTS hl7_messages_document ON hl7_messages (document_id, received_at)
 """
+# the columns of a resource version, as ``SqliteStore._stored`` reads them
+_STORED_ROW: Final = "SELECT resource_type, id, version_id, last_updated, key_owner, resource FROM resources"
 _JOB_BY_ID: Final = (
     "SELECT id, document_id, status, attempts, stage, done, total, created_at, updated_at, bundle_id, error,"
     " lease_owner FROM jobs WHERE id = ?"
@@ -246,8 +248,7 @@ class SqliteStore(Database):
         jobs = db.execute("SELECT id, bundle_id FROM jobs WHERE status = 'succeeded' AND bundle_id IS NOT NULL")
         for job_id, bundle_id in jobs.fetchall():
             rows = db.execute(
-                "SELECT resource_type, id, version_id, last_updated, key_owner, resource FROM resources"
-                " WHERE resource_type = 'Bundle' AND id = ? AND job_id = ? ORDER BY version_id LIMIT 1",
+                f"{_STORED_ROW} WHERE resource_type = 'Bundle' AND id = ? AND job_id = ? ORDER BY version_id LIMIT 1",
                 (bundle_id, job_id),
             ).fetchall()
             try:
@@ -957,8 +958,7 @@ class SqliteStore(Database):
 
     def read_resource(self, resource_type: str, resource_id: str) -> StoredResource | None:
         rows = self.query(
-            "SELECT resource_type, id, version_id, last_updated, key_owner, resource FROM resources"
-            " WHERE resource_type = ? AND id = ? AND current = 1",
+            f"{_STORED_ROW} WHERE resource_type = ? AND id = ? AND current = 1",
             (resource_type, resource_id),
         )
         return self._stored(rows[0]) if rows else None
@@ -983,8 +983,7 @@ class SqliteStore(Database):
         clause = " AND ".join(where)
         total = self.query(f"SELECT COUNT(*) FROM resources WHERE {clause}", parameters)[0][0]
         rows = self.query(
-            f"SELECT resource_type, id, version_id, last_updated, key_owner, resource FROM resources WHERE {clause}"
-            " ORDER BY last_updated, id LIMIT ? OFFSET ?",
+            f"{_STORED_ROW} WHERE {clause} ORDER BY last_updated, id LIMIT ? OFFSET ?",
             [*parameters, count, offset],
         )
         return [self._stored(row) for row in rows], int(total)
