@@ -20,6 +20,7 @@ import msgspec
 from fhir_profiles.extraction import (
     Allergy,
     Diagnosis,
+    DocumentType,
     Encounter,
     Evidence,
     Extraction,
@@ -453,6 +454,35 @@ def _lab(lab: LabResult, observation_id: str, patient_ref: str, requires_review:
             {"coding": [{"system": INTERPRETATION, "code": lab.flag, "display": INTERPRETATION_DISPLAY[lab.flag]}]}
         ]
     return resource
+
+
+Fact = Diagnosis | Medication | LabResult | Allergy | Procedure
+
+
+def fact_resource(
+    fact: Fact,
+    fact_id: str,
+    patient_ref: str,
+    *,
+    document_type: DocumentType = "unknown",
+    medication_resource: Literal["MedicationStatement", "MedicationRequest"] = "MedicationStatement",
+) -> Resource:
+    """One fact as the resource a Bundle carries it in, mapped as ``build_bundle`` maps it; a lab
+    result ``final`` (for a fact a person states, such as a reviewer's addition)."""
+    if isinstance(fact, Diagnosis):
+        return _condition(fact, fact_id, patient_ref, document_type, None)
+    if isinstance(fact, Medication):
+        if medication_resource == "MedicationRequest":
+            return _medication_request(fact, fact_id, patient_ref)
+        return _medication_statement(fact, fact_id, patient_ref)
+    if isinstance(fact, LabResult):
+        observation = _lab(fact, fact_id, patient_ref, requires_review=False)
+        if fact.specimen_date:
+            observation["effectiveDateTime"] = fact.specimen_date
+        return observation
+    if isinstance(fact, Allergy):
+        return _allergy_intolerance(fact, fact_id, patient_ref)
+    return _procedure(fact, fact_id, patient_ref)
 
 
 def _evidence_extension(evidence: Evidence) -> dict[str, Any]:

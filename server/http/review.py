@@ -40,9 +40,11 @@ from server.auth.session import (
 from server.errors import InvalidRequest, LoginRequired, PaperchartError
 from server.http.auth import grant_by_code
 from server.review import service
-from server.review.edits import ASSERTIONS, AddedFinding, Decision, FieldEdit
+from server.review.edits import ADDED_KINDS, ASSERTIONS, AddedFinding, Decision, FieldEdit, parse_code
 from server.review.validation import validate_field
 from server.services import Services
+from terminology import Candidate
+from terminology.model import RXNORM, SNOMED
 
 TEMPLATES: Final = Path(__file__).resolve().parents[1] / "review" / "templates"
 STATIC: Final = Path(__file__).resolve().parents[1] / "review" / "static"
@@ -229,7 +231,7 @@ class ReviewController(Controller):
         caller: NamedDependency[Caller],
     ) -> Response[Any]:
         view = await service.document_view(services, caller, document_id)
-        context = _context(request, caller, view=view, assertions=sorted(ASSERTIONS))
+        context = _context(request, caller, view=view, assertions=sorted(ASSERTIONS), added_kinds=ADDED_KINDS)
         return _with_renewed(request, services, Template(template_name="document.html", context=context))
 
     @get("/documents/{document_id:str}/pages/{page:int}", opt=_session("r", resource_type="Binary"))
@@ -264,20 +266,26 @@ class ReviewController(Controller):
     async def codes(self, request: Request[Any, Any, Any], services: NamedDependency[Services]) -> Response[str]:
         """Type-ahead for a code: the same terminology lookup as ``ValueSet/$expand`` and ``lookup_code``.
 
-        The query is the code field's own value (``edit:<reference>:code``), or ``q``.
+        The query is the code field's own value (``edit:<reference>:code``, or ``add_code`` with
+        ``add_kind`` naming what is added), or ``q``; ``system`` picks the code system.
         """
         from terminology import resolve_system
 
         params = request.query_params
-        typed = next((str(v) for k, v in params.items() if k == "q" or k.endswith(":code")), "")
+        typed = next((str(v) for k, v in params.items() if k in ("q", "add_code") or k.endswith(":code")), "")
         q = typed.split("|")[0] if "|" not in typed else typed.rsplit("|", 1)[-1]
-        system = str(params.get("system", "icd10cm"))
         terminology = services.terminology
         if terminology is None or len(q.strip()) < 2:
             return Response(content="", media_type="text/html")
-        candidates = await anyio.to_thread.run_sync(
-            lambda: terminology.lookup(q, systems=[resolve_system(system)], limit=8)
-        )
+        system = resolve_system(str(params.get("system") or _ADDED_SYSTEMS.get(str(params.get("add_kind")), "icd10cm")))
+
+        def lookup() -> list[Candidate]:
+            indexed = system if system != RXNORM else None
+            if indexed is None:  # medications are coded in SNOMED CT until RxNorm is imported, as the pipeline does
+                indexed = RXNORM if RXNORM in {s.info.system for s in terminology.code_systems()} else SNOMED
+            return terminology.lookup(q, systems=[indexed], limit=8)
+
+        candidates = await anyio.to_thread.run_sync(lookup)
         options = "".join(
             f'<option value="{_escape(f"{c.system}|{c.code}|{c.display}")}">{_escape(f"{c.code} {c.display}")}</option>'
             for c in candidates
@@ -331,6 +339,16 @@ def _version(form: Any) -> int:
         raise InvalidRequest("the form is missing the version it was made from; reload the page") from None
 
 
+# the code system a reviewer's addition is coded in, by what is added (as the pipeline codes them)
+_ADDED_SYSTEMS: Final = {
+    "Condition": "icd10cm",
+    "MedicationStatement": "rxnorm",
+    "Observation": "loinc",
+    "AllergyIntolerance": "snomed",
+    "Procedure": "snomed",
+}
+
+
 def _decision(form: Any) -> Decision:
     """The reviewer's edits, rejections and additions from the release form."""
     edits = []
@@ -349,24 +367,26 @@ def _decision(form: Any) -> Decision:
                 box = (x0, y0, x1, y1)
             except ValueError:
                 raise InvalidRequest("the box drawn for the added finding is malformed") from None
-        dose = str(form.get("add_dose", "")).strip()
         kind = str(form.get("add_kind", "Condition"))
-        if kind not in ("Condition", "MedicationStatement"):
-            raise InvalidRequest("an added finding is a condition or a medication")
+        if kind not in ADDED_KINDS:
+            raise InvalidRequest(f"an added finding is one of: {', '.join(ADDED_KINDS.values()).lower()}")
+        value = str(form.get("add_value", "")).strip()
+        code = str(form.get("add_code", "")).strip()
         try:
             added.append(
                 AddedFinding(
-                    kind="Condition" if kind == "Condition" else "MedicationStatement",
+                    kind=kind,  # type: ignore[arg-type]  # one of ADDED_KINDS, checked above
                     text=text,
                     assertion=str(form.get("add_assertion", "confirmed")),
-                    dose=float(dose) if dose else None,
+                    value=float(value) if value else None,
                     unit=str(form.get("add_unit", "")).strip() or None,
+                    codings=(parse_code(code),) if code else (),
                     page=int(form.get("add_page")) if form.get("add_page") else None,
                     box=box,
                 )
             )
         except ValueError:
-            raise InvalidRequest("the added finding's dose or page is not a number") from None
+            raise InvalidRequest("the added finding's dose, value or page is not a number") from None
     return Decision(edits=tuple(edits), rejected=rejected, added=tuple(added))
 
 

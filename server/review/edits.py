@@ -17,9 +17,11 @@ from typing import Any, Final, Literal
 import msgspec
 
 from fhir_profiles import FhirValidationError, validate_resource
-from fhir_profiles.bundle import EVIDENCE_EXTENSION, PAPERCHART_BASE, REVIEW_TAG_SYSTEM
+from fhir_profiles.bundle import EVIDENCE_EXTENSION, PAPERCHART_BASE, REVIEW_TAG_SYSTEM, Fact, fact_resource
+from fhir_profiles.extraction import Allergy, Coding, Diagnosis, LabResult, Medication, Procedure
 from fhir_profiles.retract import mark_entered_in_error
 from server.errors import InvalidRequest
+from terminology.labs import LOINC_SYSTEM, find_lab_test
 from terminology.units import UCUM_SYSTEM, normalize_unit
 
 NHS_SYSTEM: Final = "https://fhir.nhs.uk/Id/nhs-number"
@@ -36,14 +38,35 @@ class FieldEdit(msgspec.Struct, frozen=True, kw_only=True):
     value: str
 
 
+AddedKind = Literal["Condition", "MedicationStatement", "Observation", "AllergyIntolerance", "Procedure"]
+# what a reviewer may add, and what the page calls each
+ADDED_KINDS: Final[dict[str, str]] = {
+    "Condition": "Condition",
+    "MedicationStatement": "Medication",
+    "Observation": "Lab result",
+    "AllergyIntolerance": "Allergy",
+    "Procedure": "Procedure",
+}
+
+
 class AddedFinding(msgspec.Struct, frozen=True, kw_only=True):
-    kind: Literal["Condition", "MedicationStatement"]
-    text: str
-    assertion: str = "confirmed"
-    dose: float | None = None
+    kind: AddedKind
+    text: str  # what it is called: the condition, medication, test, substance or procedure
+    assertion: str = "confirmed"  # a condition's verification status
+    value: float | None = None  # a medication's dose, a lab result's value
     unit: str | None = None
+    codings: tuple[Coding, ...] = ()  # the reviewer's code, else those the lookup is sure of
     page: int | None = None
     box: tuple[float, float, float, float] | None = None  # normalized x0, y0, x1, y1
+
+
+def parse_code(value: str) -> Coding:
+    """A code as the page writes it, ``system|code|display``."""
+    system, _, rest = value.strip().partition("|")
+    code, _, display = rest.partition("|")
+    if not system or not code:
+        raise InvalidRequest("code must be system|code|display", expression="code")
+    return Coding(system=system, code=code, display=display or None)
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,12 +143,11 @@ def _set_assertion(condition: dict[str, Any], value: str) -> None:
 
 
 def _set_code(condition: dict[str, Any], value: str) -> None:
-    system, _, rest = value.partition("|")
-    code, _, display = rest.partition("|")
-    if not system or not code:
-        raise InvalidRequest("code must be system|code|display", expression="code")
-    concept = condition.setdefault("code", {})
-    concept["coding"] = [{"system": system, "code": code, **({"display": display} if display else {})}]
+    condition.setdefault("code", {})["coding"] = [_coding_json(parse_code(value))]
+
+
+def _coding_json(coding: Coding) -> dict[str, str]:
+    return {k: v for k, v in (("system", coding.system), ("code", coding.code), ("display", coding.display)) if v}
 
 
 def _dosage_key(medication: Mapping[str, Any]) -> str:
@@ -388,30 +410,80 @@ def _provenance(
     return provenance
 
 
-def _new_finding(finding: AddedFinding, patient_reference: str | None) -> dict[str, Any]:
-    subject = {"subject": {"reference": patient_reference}} if patient_reference else {}
+def added_type(finding: AddedFinding, medication_resource: str = "MedicationStatement") -> str:
+    """The resource type an added finding becomes (a medication as the deployment files them)."""
+    return medication_resource if finding.kind == "MedicationStatement" else finding.kind
+
+
+def _siblings(resources: Mapping[str, Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
+    return [r for r in resources.values() if r["resourceType"] == kind and r.get("status") != "entered-in-error"]
+
+
+def _new_finding(
+    finding: AddedFinding,
+    patient_reference: str,
+    resources: Mapping[str, Mapping[str, Any]],
+    medication_resource: Literal["MedicationStatement", "MedicationRequest"],
+) -> dict[str, Any]:
+    """The resource for a finding the reviewer adds, mapped as the pipeline maps one it extracts,
+    beside ``resources`` (the Bundle's others, whose categories and dates it follows)."""
+    text = finding.text.strip()
+    new_id = str(uuid.uuid4())
+    fact: Fact
     if finding.kind == "Condition":
-        condition: dict[str, Any] = {
-            "resourceType": "Condition",
-            "id": str(uuid.uuid4()),
-            "code": {"text": finding.text},
-        }
-        condition.update(subject)
-        _set_assertion(condition, finding.assertion)
-        return condition
-    statement: dict[str, Any] = {
-        "resourceType": "MedicationStatement",
-        "id": str(uuid.uuid4()),
-        "status": "active",
-        "medicationCodeableConcept": {"text": finding.text},
-        **subject,
-    }
-    if finding.dose is not None:
-        quantity = _dose_quantity(statement)
-        quantity["value"] = finding.dose
-        if finding.unit:
-            _set_unit(quantity, finding.unit)
-    return statement
+        fact = Diagnosis(text=text, assertion="negated" if finding.assertion == "refuted" else "present")
+    elif finding.kind == "MedicationStatement":
+        fact = Medication(name=text, text=text, dose_value=finding.value)
+    elif finding.kind == "Observation":
+        if finding.value is None:
+            raise InvalidRequest("an added lab result needs its value", expression="value")
+        ucum = normalize_unit(finding.unit) if finding.unit else None
+        codings = finding.codings
+        if not codings and (test := find_lab_test(text, ucum)) is not None:
+            codings = (Coding(system=LOINC_SYSTEM, code=test[0].code, display=test[0].display),)
+        dates = [o["effectiveDateTime"] for o in _siblings(resources, "Observation") if "effectiveDateTime" in o]
+        fact = LabResult(
+            test=text,
+            value=finding.value,
+            unit=ucum,
+            unit_text=finding.unit,
+            specimen_date=dates[0] if dates else None,  # the same sample as the report's other results
+            codings=codings,
+        )
+    elif finding.kind == "AllergyIntolerance":
+        fact = Allergy(substance=text)
+    else:
+        fact = Procedure(text=text)
+    if not isinstance(fact, LabResult):
+        fact = msgspec.structs.replace(fact, codings=finding.codings)
+    resource = fact_resource(fact, new_id, patient_reference, medication_resource=medication_resource)
+    if finding.kind == "Condition":
+        _set_assertion(resource, finding.assertion)
+        problems = [c["category"] for c in _siblings(resources, "Condition") if "category" in c]
+        if problems and finding.assertion != "refuted":  # on the problem list if the document's others are
+            resource["category"] = copy.deepcopy(problems[0])
+    if finding.kind == "MedicationStatement" and finding.value is not None and finding.unit:
+        _set_unit(_dose_quantity(resource), finding.unit)  # a unit UCUM lacks is kept as written
+    return resource
+
+
+def _finalise(resources: Mapping[str, dict[str, Any]], changed: dict[str, list[tuple[str, str, str]]]) -> None:
+    """Results a person has now checked are no longer preliminary (FHIR ObservationStatus and
+    DiagnosticReportStatus): ``preliminary`` becomes ``final``; a ``final`` one changed in this
+    review becomes ``amended`` (a report given only more results, ``appended``)."""
+    for reference, resource in resources.items():
+        if resource["resourceType"] not in ("Observation", "DiagnosticReport"):
+            continue
+        was = resource.get("status")
+        if was == "preliminary":
+            now = "final"
+        elif was == "final" and reference in changed:
+            only_results = all(field == "result" for field, _, _ in changed[reference])
+            now = "appended" if only_results and resource["resourceType"] == "DiagnosticReport" else "amended"
+        else:
+            continue
+        resource["status"] = now
+        changed.setdefault(reference, []).append(("status", was, now))
 
 
 def apply_decision(
@@ -421,8 +493,12 @@ def apply_decision(
     versions: Mapping[str, int],
     recorded: str,
     fhir_base_url: str,
+    medication_resource: Literal["MedicationStatement", "MedicationRequest"] = "MedicationStatement",
 ) -> ReleasePlan:
-    """The released Bundle and the resources to store; ``versions``: current version of each entry."""
+    """The released Bundle and the resources to store; ``versions``: current version of each entry.
+
+    Releasing is what makes the Bundle's results final: preliminary Observations and
+    DiagnosticReports become ``final`` (see ``_finalise``)."""
     released = copy.deepcopy(dict(bundle))
     entries: list[dict[str, Any]] = released.get("entry", [])
     by_reference = {
@@ -461,19 +537,29 @@ def apply_decision(
         ),
         None,
     )
+    report = next((r for r in by_reference if r.startswith("DiagnosticReport/")), None)
     provenances = []
+    added: dict[str, AddedFinding] = {}
+    for finding in decision.added:
+        if not finding.text.strip():
+            raise InvalidRequest("an added finding needs its text", expression="text")
+        if patient_reference is None:
+            raise InvalidRequest("this document's Bundle names no patient to add a finding to")
+        resource = _new_finding(finding, patient_reference, by_reference, medication_resource)
+        reference = f"{resource['resourceType']}/{resource['id']}"
+        if report is not None and finding.kind == "Observation":  # a lab report's results are its report's
+            by_reference[report].setdefault("result", []).append({"reference": reference})
+            changed.setdefault(report, []).append(("result", "", reference))
+        by_reference[reference] = resource
+        added[reference] = finding
+        entries.append({"fullUrl": f"{fhir_base_url}/{reference}", "resource": resource})
+        provenances.append(_provenance(reference, None, [], reviewer, recorded, document_reference, finding))
+    _finalise({r: v for r, v in by_reference.items() if r not in added}, changed)
     for reference, changes in changed.items():
         provenances.append(
             _provenance(reference, versions.get(reference), changes, reviewer, recorded, document_reference)
         )
-    for finding in decision.added:
-        if not finding.text.strip():
-            raise InvalidRequest("an added finding needs its text", expression="text")
-        resource = _new_finding(finding, patient_reference)
-        reference = f"{resource['resourceType']}/{resource['id']}"
-        by_reference[reference] = resource
-        entries.append({"fullUrl": f"{fhir_base_url}/{reference}", "resource": resource})
-        provenances.append(_provenance(reference, None, [], reviewer, recorded, document_reference, finding))
+    for reference, finding in added.items():
         changed[reference] = [("added", "", finding.text.strip())]
 
     for resource in by_reference.values():

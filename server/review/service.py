@@ -17,12 +17,15 @@ import anyio.to_thread
 import msgspec
 
 from fhir_profiles.bundle import EVIDENCE_EXTENSION, REVIEW_REASON_EXTENSION, REVIEW_TAG_SYSTEM
+from fhir_profiles.extraction import Allergy, Diagnosis, Extraction, Medication, Procedure
 from server.auth import Caller
 from server.errors import InvalidRequest, NotFound
-from server.review.edits import Decision, Reviewer, apply_decision, fields_of
+from server.pipeline.code import code_extraction
+from server.review.edits import Decision, Reviewer, added_type, apply_decision, fields_of
 from server.services import Services
 from server.store import ReviewAction, Store
 from server.store.sqlite import now_instant
+from terminology import TerminologyService
 
 REVIEWER_CONTEXTS: Final = ("user",)
 
@@ -251,35 +254,73 @@ async def document_view(services: Services, caller: Caller, document_id: str) ->
     )
 
 
+def code_additions(decision: Decision, terminology: TerminologyService | None, threshold: float) -> Decision:
+    """``decision`` with each added finding the reviewer gave no code coded as the pipeline codes
+    a document's mentions: in every system the index has, the lookup's top candidate where it is
+    sure (``threshold``, ``PAPERCHART_CODE_ACCEPT_SIMILARITY``), else none. No LLM chooser here:
+    the reviewer picks a code through the type-ahead when the lookup is not sure. A lab result is
+    coded from the built-in LOINC table when the Bundle is made."""
+    families = {"Condition": "diagnoses", "MedicationStatement": "medications"}
+    families |= {"AllergyIntolerance": "allergies", "Procedure": "procedures"}
+    todo = [i for i, f in enumerate(decision.added) if not f.codings and f.kind in families]
+    if terminology is None or not todo:
+        return decision
+    mentions: dict[str, list[int]] = {}
+    for i in todo:
+        mentions.setdefault(families[decision.added[i].kind], []).append(i)
+    extraction = Extraction(
+        diagnoses=tuple(Diagnosis(text=decision.added[i].text) for i in mentions.get("diagnoses", [])),
+        medications=tuple(
+            Medication(name=decision.added[i].text, text=decision.added[i].text)
+            for i in mentions.get("medications", [])
+        ),
+        allergies=tuple(Allergy(substance=decision.added[i].text) for i in mentions.get("allergies", [])),
+        procedures=tuple(Procedure(text=decision.added[i].text) for i in mentions.get("procedures", [])),
+    )
+    coded = code_extraction(extraction, terminology, None, threshold)
+    added = list(decision.added)
+    for family, indices in mentions.items():
+        for i, fact in zip(indices, getattr(coded, family), strict=True):
+            added[i] = msgspec.structs.replace(added[i], codings=fact.codings)
+    return msgspec.structs.replace(decision, added=tuple(added))
+
+
 async def release(
     services: Services, caller: Caller, document_id: str, expected_version: int, decision: Decision
 ) -> int:
     """Apply the decision and store the reviewed Bundle as a new version; returns that version."""
     view = await document_view(services, caller, document_id)
+    settings = services.settings
     require_reviewer(caller, "u")
     for edit in decision.edits:
         caller.require(edit.reference.split("/", 1)[0], "u", contexts=REVIEWER_CONTEXTS)
     for reference in decision.rejected:
         caller.require(reference.split("/", 1)[0], "u", contexts=REVIEWER_CONTEXTS)
     for finding in decision.added:
-        caller.require(finding.kind, "c", contexts=REVIEWER_CONTEXTS)
+        caller.require(added_type(finding, settings.medication_resource), "c", contexts=REVIEWER_CONTEXTS)
     caller.require("Provenance", "c", contexts=REVIEWER_CONTEXTS)
     stored = await anyio.to_thread.run_sync(services.store.read_resource, "Bundle", view.bundle_id)
     if stored is None:
         raise NotFound("the Bundle is no longer available")
     versions = {}
-    for item in view.items:
-        kind, _, resource_id = item.reference.partition("/")
+    for entry in stored.resource.get("entry", []):  # each one this release may store a new version of
+        kind, resource_id = entry["resource"]["resourceType"], entry["resource"]["id"]
+        if kind == "Provenance":
+            continue
         current = await anyio.to_thread.run_sync(services.store.read_resource, kind, resource_id)
         if current is not None:
-            versions[item.reference] = current.version_id
+            versions[f"{kind}/{resource_id}"] = current.version_id
+    decision = await anyio.to_thread.run_sync(
+        code_additions, decision, services.terminology, settings.code_accept_similarity
+    )
     plan = apply_decision(
         stored.resource,
         decision,
         Reviewer(username=caller.subject, fhir_user=caller.fhir_user),
         versions,
         now_instant(),
-        services.settings.fhir_base_url,
+        settings.fhir_base_url,
+        settings.medication_resource,
     )
     return await anyio.to_thread.run_sync(
         services.store.release_review, document_id, view.bundle_id, expected_version, plan.resources, caller.subject

@@ -220,3 +220,57 @@ def test_allergies_and_procedures_are_reviewed_like_the_rest(site: Site) -> None
     if f"edit:AllergyIntolerance/{allergy['id']}:severity" in form:
         severity = site.client.get(f"/fhir/AllergyIntolerance/{allergy['id']}", headers=site.admin).json()
         assert severity["reaction"][0]["severity"] == "severe"
+
+
+def test_a_missed_lab_result_and_allergy_are_added_and_the_results_are_final(site: Site) -> None:
+    reviewer = sign_in(site, "reviewer")
+    page = reviewer.get(f"/review/documents/{site.document_id}").text
+    assert '<option value="Observation">Lab result</option>' in page
+    assert '<option value="AllergyIntolerance">Allergy</option>' in page
+    unitless = reviewer.post(
+        f"/review/documents/{site.document_id}/release",
+        data={**form_of(page), "add_kind": "Observation", "add_text": "Potassium"},
+    )
+    assert unitless.status_code == 400 and "needs its value" in unitless.text
+    unknown = reviewer.post(
+        f"/review/documents/{site.document_id}/release",
+        data={**form_of(page), "add_kind": "Encounter", "add_text": "Clinic visit"},
+    )
+    assert unknown.status_code == 400 and "lab result" in unknown.text
+    released = reviewer.post(
+        f"/review/documents/{site.document_id}/release",
+        data={
+            **form_of(page),
+            "add_kind": "Observation",
+            "add_text": "Potassium",
+            "add_value": "5.9",
+            "add_unit": "mmol/l",
+        },
+        follow_redirects=False,
+    )
+    assert released.status_code == 303, released.text[:400]
+    bundle = site.client.get(f"/fhir/Bundle/{site.bundle['id']}", headers=site.admin).json()
+    observations = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    potassium = next(o for o in observations if o["code"].get("text") == "Potassium")
+    assert potassium["code"]["coding"][0]["code"] == "2823-3"
+    assert potassium["valueQuantity"] == {
+        "value": 5.9,
+        "unit": "mmol/L",
+        "system": "http://unitsofmeasure.org",
+        "code": "mmol/L",
+    }
+    # released: nothing is preliminary any more
+    assert {o["status"] for o in observations} <= {"final", "amended", "entered-in-error"}
+    stored = site.client.get(f"/fhir/Observation/{potassium['id']}", headers=site.admin).json()
+    assert stored["status"] == "final"
+
+    page = reviewer.get(f"/review/documents/{site.document_id}").text
+    allergy = reviewer.post(
+        f"/review/documents/{site.document_id}/release",
+        data={**form_of(page), "add_kind": "AllergyIntolerance", "add_text": "Latex"},
+        follow_redirects=False,
+    )
+    assert allergy.status_code == 303
+    bundle = site.client.get(f"/fhir/Bundle/{site.bundle['id']}", headers=site.admin).json()
+    latex = [e["resource"] for e in bundle["entry"] if e["resource"].get("code", {}).get("text") == "Latex"]
+    assert len(latex) == 1 and latex[0]["resourceType"] == "AllergyIntolerance"

@@ -1,0 +1,206 @@
+"""A reviewer's decision applied to a real extraction Bundle: results made final on release, and
+findings of every kind added, mapped and coded as the pipeline maps and codes extracted ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_profiles import BundleContext, build_bundle
+from fhir_profiles.extraction import (
+    Diagnosis,
+    Extraction,
+    LabResult,
+    Medication,
+    PatientFacts,
+    ReviewReason,
+    TextFact,
+)
+from server.errors import InvalidRequest
+from server.review.edits import AddedFinding, Decision, FieldEdit, Reviewer, apply_decision, parse_code
+from server.review.service import code_additions
+from terminology import TerminologyService
+from terminology.embed import MiniLmEmbedder
+
+BASE = "http://example.test/fhir"
+REVIEWER = Reviewer(username="reviewer", fhir_user="Practitioner/rev-1")
+RECORDED = "2026-12-06T09:00:00.000Z"
+
+
+def lab_report(flagged: bool = True, document_type: Any = "lab-report") -> dict[str, Any]:
+    """A lab report's Bundle as the pipeline makes it: a preliminary DiagnosticReport when flagged."""
+    extraction = Extraction(
+        document_type=document_type,
+        document_date=TextFact(value="2026-11-30"),
+        patient=PatientFacts(name=TextFact(value="Jane Smith"), given=("Jane",), family="Smith"),
+        diagnoses=(Diagnosis(text="Essential hypertension"),),
+        medications=(Medication(name="Metformin", text="Metformin 500 mg", dose_value=500, dose_unit="mg"),),
+        labs=(
+            LabResult(test="Sodium", value=139, unit="mmol/L"),
+            LabResult(test="Creatinine", value=88, unit="umol/L"),
+        ),
+        review_reasons=(ReviewReason(code="low-ocr-confidence", message="Part of a page was hard to read."),)
+        if flagged
+        else (),
+    )
+    context = BundleContext(
+        bundle_id="b-1",
+        id_seed="job-1",
+        document_reference_id="doc-1",
+        fhir_base_url=BASE,
+        recorded="2026-12-01T10:00:00.000Z",
+        software="paperchart test",
+    )
+    return build_bundle(extraction, context)
+
+
+def resources(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+
+
+NOTHING = Decision()
+
+
+def release(bundle: dict[str, Any], decision: Decision = NOTHING, **options: Any) -> dict[str, Any]:
+    versions = {f"{e['resource']['resourceType']}/{e['resource']['id']}": 1 for e in bundle["entry"]}
+    return apply_decision(bundle, decision, REVIEWER, versions, RECORDED, BASE, **options).bundle
+
+
+def status_changes(bundle: dict[str, Any], reference: str) -> list[tuple[str, str]]:
+    """(was, now) of each status change a Provenance in ``bundle`` records for ``reference``."""
+    found = []
+    for provenance in resources(bundle, "Provenance"):
+        if provenance["target"] != [{"reference": reference}]:
+            continue
+        for entity in provenance.get("entity", []):
+            for change in entity.get("extension", []):
+                parts = {p["url"]: p.get("valueString") for p in change.get("extension", [])}
+                if parts.get("field") == "status":
+                    found.append((parts.get("was", ""), parts.get("now", "")))
+    return found
+
+
+def test_releasing_makes_the_results_final() -> None:
+    bundle = lab_report()
+    assert {o["status"] for o in resources(bundle, "Observation")} == {"preliminary"}
+    released = release(bundle)
+    report = resources(released, "DiagnosticReport")[0]
+    assert report["status"] == "final"
+    assert {o["status"] for o in resources(released, "Observation")} == {"final"}
+    # the reviewer's Provenance says what the release changed
+    assert status_changes(released, f"DiagnosticReport/{report['id']}") == [("preliminary", "final")]
+
+    # released again: unchanged results stay final; an edited one is amended
+    sodium = resources(released, "Observation")[0]
+    again = release(
+        released, Decision(edits=(FieldEdit(reference=f"Observation/{sodium['id']}", field="value", value="141"),))
+    )
+    by_id = {o["id"]: o for o in resources(again, "Observation")}
+    assert by_id[sodium["id"]]["status"] == "amended" and by_id[sodium["id"]]["valueQuantity"]["value"] == 141
+    assert [o["status"] for i, o in by_id.items() if i != sodium["id"]] == ["final"]
+
+
+def test_a_rejected_result_stays_entered_in_error() -> None:
+    bundle = lab_report()
+    creatinine = resources(bundle, "Observation")[1]
+    released = release(bundle, Decision(rejected=(f"Observation/{creatinine['id']}",)))
+    statuses = {o["id"]: o["status"] for o in resources(released, "Observation")}
+    assert statuses[creatinine["id"]] == "entered-in-error"
+    assert list(statuses.values()).count("final") == 1
+
+
+def test_an_added_lab_result_is_coded_dated_and_joins_the_report() -> None:
+    finding = AddedFinding(
+        kind="Observation", text="Potassium", value=5.1, unit="mmol/l", page=1, box=(0.1, 0.5, 0.4, 0.52)
+    )
+    released = release(lab_report(), Decision(added=(finding,)))
+    potassium = next(o for o in resources(released, "Observation") if o["code"]["text"] == "Potassium")
+    assert potassium["code"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "2823-3",
+        "display": "Potassium [Moles/volume] in Serum or Plasma",
+    }
+    assert potassium["valueQuantity"]["code"] == "mmol/L" and potassium["valueQuantity"]["value"] == 5.1
+    assert potassium["status"] == "final"
+    assert potassium["category"][0]["coding"][0]["code"] == "laboratory"
+    assert potassium["effectiveDateTime"] == resources(released, "Observation")[0]["effectiveDateTime"]
+    assert potassium["subject"] == resources(released, "Observation")[0]["subject"]
+    report = resources(released, "DiagnosticReport")[0]
+    assert {"reference": f"Observation/{potassium['id']}"} in report["result"] and len(report["result"]) == 3
+    assert report["status"] == "final"
+
+    # a report already final is appended to, not amended
+    more = AddedFinding(kind="Observation", text="Urea", value=6.2, unit="mmol/L")
+    appended = release(released, Decision(added=(more,)))
+    assert resources(appended, "DiagnosticReport")[0]["status"] == "appended"
+
+
+def test_an_added_lab_result_needs_its_value() -> None:
+    with pytest.raises(InvalidRequest, match="value"):
+        release(lab_report(), Decision(added=(AddedFinding(kind="Observation", text="Potassium"),)))
+
+
+def test_added_allergy_procedure_and_coded_condition_are_valid_fhir() -> None:
+    added = (
+        AddedFinding(kind="AllergyIntolerance", text="Penicillin"),
+        AddedFinding(kind="Procedure", text="Appendectomy"),
+        AddedFinding(
+            kind="Condition",
+            text="AF",
+            codings=(parse_code("http://hl7.org/fhir/sid/icd-10-cm|I48.91|Unspecified atrial fibrillation"),),
+        ),
+    )
+    released = release(lab_report(), Decision(added=added))  # apply_decision validates each resource
+    allergy = resources(released, "AllergyIntolerance")[0]
+    assert allergy["code"] == {"text": "Penicillin"} and allergy["clinicalStatus"]["coding"][0]["code"] == "active"
+    assert allergy["patient"]["reference"].startswith("Patient/")
+    assert resources(released, "Procedure")[0]["status"] == "completed"
+    condition = next(c for c in resources(released, "Condition") if c["code"]["text"] == "AF")
+    assert condition["code"]["coding"] == [
+        {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I48.91", "display": "Unspecified atrial fibrillation"}
+    ]
+    assert condition["clinicalStatus"]["coding"][0]["code"] == "active"
+    assert condition["verificationStatus"]["coding"][0]["code"] == "confirmed"
+    # in the category of the document's other conditions
+    assert condition["category"] == resources(released, "Condition")[0]["category"]
+    with pytest.raises(InvalidRequest, match="system\\|code\\|display"):
+        parse_code("I48.91")
+
+
+def test_an_added_medication_is_filed_as_the_deployment_files_them() -> None:
+    finding = AddedFinding(kind="MedicationStatement", text="Ramipril", value=5, unit="mg")
+    released = release(lab_report(), Decision(added=(finding,)), medication_resource="MedicationRequest")
+    request = next(
+        r for r in resources(released, "MedicationRequest") if r["medicationCodeableConcept"]["text"] == "Ramipril"
+    )
+    assert request["intent"] == "order" and request["reportedBoolean"] is True
+    assert request["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["code"] == "mg"
+
+
+@pytest.fixture(scope="module")
+def service(terminology_index: Path, embedder: MiniLmEmbedder) -> TerminologyService:
+    return TerminologyService(terminology_index, embedder)
+
+
+def test_additions_are_coded_as_the_pipeline_codes_mentions(service: TerminologyService) -> None:
+    given = parse_code("http://snomed.info/sct|49436004|Atrial fibrillation")
+    decision = Decision(
+        added=(
+            AddedFinding(kind="Condition", text="Atrial fibrillation"),
+            AddedFinding(kind="Condition", text="AF", codings=(given,)),  # the reviewer's code stands
+            AddedFinding(kind="MedicationStatement", text="metformin"),
+            AddedFinding(kind="Condition", text="zzqx florp"),  # nothing sure: left for the reviewer
+            AddedFinding(kind="Observation", text="Potassium", value=4.0),  # coded from the LOINC table
+        )
+    )
+    coded = code_additions(decision, service, threshold=0.8).added
+    assert {(c.system, c.code) for c in coded[0].codings} == {
+        ("http://hl7.org/fhir/sid/icd-10-cm", "I48.91"),
+        ("http://snomed.info/sct", "49436004"),
+    }
+    assert coded[1].codings == (given,)
+    assert [c.code for c in coded[2].codings] == ["109081006"]  # SNOMED CT until RxNorm is imported
+    assert coded[3].codings == () and coded[4].codings == ()
+    assert code_additions(decision, None, threshold=0.8) == decision  # no index: nothing coded
