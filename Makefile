@@ -41,7 +41,9 @@ $(VENV)/.installed: pyproject.toml $(BIN)/python scripts/bootstrap-debian.sh
 	$(BIN)/pip install --quiet -e ".[semantic]"
 	touch $@
 
+# the tests add Chromium (Debian's), which the review page's browser tests drive
 $(VENV)/.installed-dev: $(VENV)/.installed
+	PAPERCHART_WITH_BROWSER=1 bash scripts/bootstrap-debian.sh
 	$(BIN)/pip install --quiet -e ".[semantic,dev]"
 	touch $@
 

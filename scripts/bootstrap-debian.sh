@@ -5,7 +5,7 @@
 #   fonts-dejavu-core  the fonts the synthetic document generator renders with
 #   fonts-dkg-handwriting fonts-breip fonts-humor-sans  handwriting-like fonts for the generated
 #                      intake forms filled in by hand (tests/fixtures/generate.py)
-# Set PAPERCHART_WITH_BROWSER=1 to add Chromium for the review-page browser tests.
+# PAPERCHART_WITH_BROWSER=1 (set by `make test`) adds Chromium for the review-page browser tests.
 set -euo pipefail
 
 packages=(poppler-utils tesseract-ocr fonts-dejavu-core fonts-dkg-handwriting fonts-breip fonts-humor-sans)

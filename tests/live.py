@@ -45,11 +45,19 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(data_dir: Path) -> Iterator[LiveServer]:
+def live_server(data_dir: Path, terminology: Path | None = None) -> Iterator[LiveServer]:
+    """The app on a loopback port; with ``terminology``, that index codes and serves type-ahead."""
     import uvicorn
 
     port = free_port()
-    settings = load_settings({}, data_dir=data_dir, port=port, mllp_enabled=False, semantic_search=False)
+    settings = load_settings(
+        {},
+        data_dir=data_dir,
+        port=port,
+        mllp_enabled=False,
+        semantic_search=terminology is not None,
+        terminology_path=terminology,
+    )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -2,8 +2,9 @@
 
 A reviewer signs in through the built-in SMART server, finds a document in the queue, corrects a
 wrong dose beside the page image, releases; the FHIR API then serves the corrected value with
-the reviewer's Provenance. A second reviewer releasing a stale copy gets a conflict; a user
-without review scopes sees nothing. Screenshots go to ``tests/artifacts/``.
+the reviewer's Provenance. A finding the extractor missed is added with its box drawn on the
+page and its code picked from the type-ahead. A second reviewer releasing a stale copy gets a
+conflict; a user without review scopes sees nothing. Screenshots go to ``tests/artifacts/``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ REVIEWER_SCOPES = ["user/*.cruds", "openid", "fhirUser", "offline_access"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with live_server(tmp_path_factory.mktemp("review")) as live:
+def server(tmp_path_factory: pytest.TempPathFactory, terminology_index: Path) -> Iterator[LiveServer]:
+    with live_server(tmp_path_factory.mktemp("review"), terminology_index) as live:
         registry = live.app.state.services.auth.registry
         registry.add_user("reviewer", PASSWORD, scopes=REVIEWER_SCOPES, fhir_user="Practitioner/rev-1")
         registry.add_user("second", PASSWORD, scopes=REVIEWER_SCOPES, fhir_user="Practitioner/rev-2")
@@ -168,6 +169,54 @@ def test_review_correct_a_dose_and_release(browser: Any, server: LiveServer, ext
         )
     ]
     assert released and released[-1]["outcome"] == "0"
+
+
+def test_add_a_missed_condition_with_its_box_and_a_code_from_the_type_ahead(
+    browser: Any, server: LiveServer, extracted: dict[str, Any]
+) -> None:
+    page = sign_in(browser, server, "reviewer")
+    page.goto(f"{server.base}/review/documents/{extracted['document_id']}")
+    page.wait_for_function("document.querySelector('.page img').naturalWidth > 0")
+
+    page.select_option("#add_kind", "Condition")
+    page.fill("#add_text", "Atrial fibrillation")
+    page.locator("#add_code").press_sequentially("atrial fib", delay=20)  # typed, so htmx hears each key
+    options = page.locator("#add-codes option")
+    options.first.wait_for(state="attached", timeout=20_000)
+    values = [options.nth(i).get_attribute("value") for i in range(options.count())]
+    picked = next(v for v in values if v and "|I48.91|" in v)
+    page.fill("#add_code", picked)  # what choosing the option does
+
+    page.click("#draw")
+    image = page.locator(".page").first.bounding_box()
+    assert image is not None
+    page.mouse.move(image["x"] + image["width"] * 0.2, image["y"] + image["height"] * 0.3)
+    page.mouse.down()
+    page.mouse.move(image["x"] + image["width"] * 0.5, image["y"] + image["height"] * 0.33, steps=5)
+    page.mouse.up()
+    assert "Box drawn on page 1" in page.inner_text("#drawn")
+    page.click("#release-button")
+    page.wait_for_url(f"{server.base}/review?released=**")
+    assert not [e for e in page.errors if "Content Security Policy" in e]
+
+    headers = extracted["headers"]
+    bundle = httpx.get(f"{server.base}/fhir/Bundle/{extracted['bundle_id']}", headers=headers).json()
+    added = next(
+        e["resource"] for e in bundle["entry"] if e["resource"].get("code", {}).get("text") == "Atrial fibrillation"
+    )
+    system, code, display = picked.split("|")
+    assert added["code"]["coding"] == [{"system": system, "code": code, "display": display}]
+    assert added["clinicalStatus"]["coding"][0]["code"] == "active"
+    created = next(
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Provenance"
+        and e["resource"]["target"] == [{"reference": f"Condition/{added['id']}"}]
+    )
+    evidence = {p["url"]: p for p in created["entity"][0]["extension"][0]["extension"]}
+    x0, y0, x1, y1 = (float(v) for v in evidence["box"]["valueString"].split(","))
+    assert evidence["page"]["valueInteger"] == 1
+    assert x0 == pytest.approx(0.2, abs=0.02) and y1 == pytest.approx(0.33, abs=0.02) and x1 > x0 and y1 > y0
 
 
 def test_a_user_without_review_scopes_sees_nothing(browser: Any, server: LiveServer, extracted: dict[str, Any]) -> None:
