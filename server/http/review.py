@@ -257,8 +257,16 @@ class ReviewController(Controller):
             if name.startswith("edit:"):
                 _, reference, field = name.split(":", 2)
                 problem = validate_field(reference.split("/", 1)[0], field, str(value))
-                if problem:
-                    messages.append(problem)
+            elif name in ("add_value", "add_unit") and str(value).strip():  # the add form's, checked alike
+                field = name.removeprefix("add_")
+                if form.get("add_kind") == "MedicationStatement":
+                    problem = validate_field("MedicationStatement", "dose" if field == "value" else field, str(value))
+                else:
+                    problem = validate_field("Observation", field, str(value))
+            else:
+                continue
+            if problem:
+                messages.append(problem)
         text = " ".join(messages)
         return Response(content=_escape(text), media_type="text/html")
 

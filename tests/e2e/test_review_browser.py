@@ -178,6 +178,13 @@ def test_add_a_missed_condition_with_its_box_and_a_code_from_the_type_ahead(
     page.goto(f"{server.base}/review/documents/{extracted['document_id']}")
     page.wait_for_function("document.querySelector('.page img').naturalWidth > 0")
 
+    page.select_option("#add_kind", "MedicationStatement")
+    page.fill("#add_value", "-5")  # checked as it is typed, as a dose
+    message = page.locator("#add_value + output")
+    page.wait_for_function("el => el.textContent.includes('plausible')", arg=message.element_handle(), timeout=10_000)
+    page.fill("#add_value", "")
+    page.wait_for_function("el => el.textContent.trim() === ''", arg=message.element_handle(), timeout=10_000)
+
     page.select_option("#add_kind", "Condition")
     page.fill("#add_text", "Atrial fibrillation")
     page.locator("#add_code").press_sequentially("atrial fib", delay=20)  # typed, so htmx hears each key

@@ -118,6 +118,18 @@ def test_validation_as_you_type(site: Site) -> None:
     no_csrf = reviewer.post("/review/validate", data={"edit:Patient/p:gender": "x"})
     assert no_csrf.status_code == 400
 
+    def check_added(kind: str, field: str, value: str) -> str:
+        form = {"add_kind": kind, f"add_{field}": value}
+        response = reviewer.post("/review/validate", data=form, headers={"X-CSRF-Token": csrf or ""})
+        assert response.status_code == 200
+        return response.text
+
+    assert "number" in check_added("Observation", "value", "high")
+    assert "plausible" in check_added("MedicationStatement", "value", "-5")  # a dose is checked as a dose
+    assert check_added("Observation", "value", "-5") == ""  # a base excess may be negative
+    assert "recognises" in check_added("Observation", "unit", "furlongs")
+    assert check_added("Condition", "value", "") == ""  # a condition has none
+
 
 def test_release_edits_rejects_and_adds_then_conflicts(site: Site) -> None:
     reviewer, second = sign_in(site, "reviewer"), sign_in(site, "reviewer")
