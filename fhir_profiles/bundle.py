@@ -32,7 +32,7 @@ from fhir_profiles.extraction import (
 )
 from fhir_profiles.validate import validate_resource
 from terminology.labs import DIASTOLIC, SYSTOLIC, VITAL_CODES
-from terminology.units import UCUM_SYSTEM
+from terminology.model import LOINC, SNOMED, UCUM
 
 Resource = dict[str, Any]
 
@@ -42,8 +42,6 @@ EVIDENCE_EXTENSION: Final = f"{PAPERCHART_BASE}/StructureDefinition/evidence"
 REVIEW_TAG_SYSTEM: Final = f"{PAPERCHART_BASE}/CodeSystem/review-status"
 REVIEW_REASON_EXTENSION: Final = f"{PAPERCHART_BASE}/StructureDefinition/review-reason"
 REVIEW_REASON_SYSTEM: Final = f"{PAPERCHART_BASE}/CodeSystem/review-reason"
-LOINC: Final = "http://loinc.org"
-SNOMED: Final = "http://snomed.info/sct"
 NHS_NUMBER_SYSTEM: Final = "https://fhir.nhs.uk/Id/nhs-number"
 V2_0203: Final = "http://terminology.hl7.org/CodeSystem/v2-0203"
 CONDITION_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
@@ -135,7 +133,7 @@ def _quantity(value: float, ucum: str | None, written: str | None = None) -> dic
     quantity: dict[str, Any] = {"value": value}
     if ucum:
         # the UCUM code doubles as the human-readable unit: OCR can garble the written form
-        quantity.update(unit=ucum, system=UCUM_SYSTEM, code=ucum)
+        quantity.update(unit=ucum, system=UCUM, code=ucum)
     elif written:
         quantity["unit"] = written
     return quantity

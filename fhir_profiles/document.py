@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
-from fhir_profiles.bundle import LOINC, Resource, needs_review
+from fhir_profiles.bundle import Resource, needs_review
 from fhir_profiles.validate import validate_resource
+from terminology.model import LOINC
 
 NOTE: Final = ("34109-9", "Note")
 LAB_REPORT: Final = ("11502-2", "Laboratory report")

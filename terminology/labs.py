@@ -16,8 +16,6 @@ from typing import Final
 
 import msgspec
 
-LOINC_SYSTEM = "http://loinc.org"
-
 # FHIR R4 vital-signs profile codes (http://hl7.org/fhir/R4/observation-vitalsigns.html).
 VITAL_CODES: Final[dict[str, tuple[str, str]]] = {
     "blood_pressure": ("85354-9", "Blood pressure panel with all children optional"),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 
-UCUM_SYSTEM = "http://unitsofmeasure.org"
-
 # Lower-cased written form (spaces removed) -> UCUM code.
 WRITTEN_TO_UCUM: dict[str, str] = {
     "mg": "mg",

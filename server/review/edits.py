@@ -21,8 +21,9 @@ from fhir_profiles.bundle import EVIDENCE_EXTENSION, PAPERCHART_BASE, REVIEW_TAG
 from fhir_profiles.extraction import Allergy, Coding, Diagnosis, LabResult, Medication, Procedure
 from fhir_profiles.retract import mark_entered_in_error
 from server.errors import InvalidRequest
-from terminology.labs import LOINC_SYSTEM, find_lab_test
-from terminology.units import UCUM_SYSTEM, normalize_unit
+from terminology.labs import find_lab_test
+from terminology.model import LOINC, UCUM
+from terminology.units import normalize_unit
 
 NHS_SYSTEM: Final = "https://fhir.nhs.uk/Id/nhs-number"
 CHANGE_EXTENSION: Final = f"{PAPERCHART_BASE}/StructureDefinition/review-change"
@@ -167,7 +168,7 @@ def _set_unit(quantity: dict[str, Any], value: str) -> None:
     quantity.pop("system", None)
     quantity.pop("code", None)
     if ucum:
-        quantity.update(unit=ucum, system=UCUM_SYSTEM, code=ucum)
+        quantity.update(unit=ucum, system=UCUM, code=ucum)
     else:
         quantity["unit"] = value.strip()
 
@@ -440,7 +441,7 @@ def _new_finding(
         ucum = normalize_unit(finding.unit) if finding.unit else None
         codings = finding.codings
         if not codings and (test := find_lab_test(text, ucum)) is not None:
-            codings = (Coding(system=LOINC_SYSTEM, code=test[0].code, display=test[0].display),)
+            codings = (Coding(system=LOINC, code=test[0].code, display=test[0].display),)
         dates = [o["effectiveDateTime"] for o in _siblings(resources, "Observation") if "effectiveDateTime" in o]
         fact = LabResult(
             test=text,

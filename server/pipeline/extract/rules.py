@@ -42,7 +42,7 @@ from fhir_profiles.extraction import (
 from server.pipeline.page import OcrPage
 from server.pipeline.tables import Cell, find_tables
 from terminology import find_lab_test, normalize_unit
-from terminology.labs import LOINC_SYSTEM
+from terminology.model import LOINC
 
 DateOrder = Literal["DMY", "MDY"]
 Section = Literal[
@@ -910,7 +910,7 @@ def _lab_from_cells(page: OcrPage, row: tuple[Cell | None, ...], roles: dict[str
         high=high,
         flag=flag or _lab_flag(value, low, high),
         comparator=cmp_ if cmp_ in ("<", "<=", ">=", ">") else None,  # type: ignore[arg-type]
-        codings=(Coding(system=LOINC_SYSTEM, code=test.code, display=test.display),),
+        codings=(Coding(system=LOINC, code=test.code, display=test.display),),
         evidence=page.evidence(min(c.start for c in cells), max(c.end for c in cells)),
     )
 
@@ -963,7 +963,7 @@ def _labs(lines: Sequence[_Line], read_tables: bool = True) -> list[LabResult]:
                 high=high,
                 flag=flag,
                 comparator=cmp_ if cmp_ in ("<", "<=", ">=", ">") else None,  # type: ignore[arg-type]
-                codings=(Coding(system=LOINC_SYSTEM, code=test.code, display=test.display),),
+                codings=(Coding(system=LOINC, code=test.code, display=test.display),),
                 evidence=line.page.evidence(line.start, line.start + len(line.text.rstrip())),
             )
         )
