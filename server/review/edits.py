@@ -199,10 +199,41 @@ def _set_action(plan: dict[str, Any], value: str) -> None:
         activity.setdefault("detail", {})["description"] = value
 
 
+_PARTIAL_DATE: Final = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
+
+
 def _set_performed(procedure: dict[str, Any], value: str) -> None:
-    if not re.fullmatch(r"\d{4}(-\d{2}(-\d{2})?)?", value):
+    if not _PARTIAL_DATE.fullmatch(value):
         raise InvalidRequest("the date is YYYY, YYYY-MM or YYYY-MM-DD", expression="performedDateTime")
     procedure["performedDateTime"] = value
+
+
+def _period_setter(end: Literal["start", "end"]) -> Setter:
+    """Sets one end of an Encounter's period (empty: removes it); the start stays before the end (per-1)."""
+
+    def setter(encounter: dict[str, Any], value: str) -> None:
+        period = encounter.setdefault("period", {})
+        if not value:
+            period.pop(end, None)
+        elif not _PARTIAL_DATE.fullmatch(value):
+            raise InvalidRequest("the date is YYYY, YYYY-MM or YYYY-MM-DD", expression=f"period.{end}")
+        else:
+            period[end] = value
+        start, finish = period.get("start", ""), period.get("end", "")
+        shared = min(len(start), len(finish))
+        if shared and start[:shared] > finish[:shared]:
+            raise InvalidRequest("the encounter ends before it starts", expression="period")
+        if not period:
+            encounter.pop("period")
+
+    return setter
+
+
+def _set_department(encounter: dict[str, Any], value: str) -> None:
+    if value:
+        encounter["serviceType"] = {"text": value}
+    else:
+        encounter.pop("serviceType", None)
 
 
 def _code_text(label: str) -> tuple[str, Getter, Setter]:
@@ -299,6 +330,18 @@ FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
     },
     "CarePlan": {
         "action": ("Follow-up", lambda r: _text(r.get("description")), _set_action),
+    },
+    "Encounter": {
+        "start": ("Start", lambda r: _text(_dig(r, "period", "start")), _period_setter("start")),
+        "end": ("End", lambda r: _text(_dig(r, "period", "end")), _period_setter("end")),
+        "department": ("Department", lambda r: _text(_dig(r, "serviceType", "text")), _set_department),
+    },
+    "FamilyMemberHistory": {
+        "condition": (
+            "Condition",
+            lambda r: _text(_dig(r, "condition", 0, "code", "text")),
+            lambda r, v: r.setdefault("condition", [{}])[0].setdefault("code", {}).__setitem__("text", v),
+        ),
     },
 }
 

@@ -188,6 +188,13 @@ def _boxes(bundle: Mapping[str, Any]) -> dict[str, list[Box]]:
 
 
 def _title(resource: Mapping[str, Any]) -> str:
+    if resource["resourceType"] == "FamilyMemberHistory":  # "Mother: Breast cancer"
+        relative = (resource.get("relationship", {}).get("coding") or [{}])[0].get("display", "Relative")
+        condition = (resource.get("condition") or [{}])[0].get("code", {}).get("text", "")
+        return f"{relative}: {condition}" if condition else str(relative)
+    if resource["resourceType"] == "Encounter":  # "ambulatory · Cardiology"
+        parts = [resource.get("class", {}).get("display"), resource.get("serviceType", {}).get("text")]
+        return " · ".join(str(p) for p in parts if p) or "Encounter"
     for path in (("code", "text"), ("medicationCodeableConcept", "text"), ("description",)):
         value: Any = resource
         for step in path:
@@ -214,15 +221,18 @@ async def document_view(services: Services, caller: Caller, document_id: str) ->
     bundle = stored.resource
     boxes = _boxes(bundle)
     items = []
+    # every resource the release marks reviewed, but the DiagnosticReport that groups the results
     order = {
         "Patient": 0,
-        "Condition": 1,
-        "MedicationStatement": 2,
-        "MedicationRequest": 2,
-        "AllergyIntolerance": 3,
-        "Observation": 4,
-        "Procedure": 5,
-        "CarePlan": 6,
+        "Encounter": 1,
+        "Condition": 2,
+        "FamilyMemberHistory": 3,
+        "MedicationStatement": 4,
+        "MedicationRequest": 4,
+        "AllergyIntolerance": 5,
+        "Observation": 6,
+        "Procedure": 7,
+        "CarePlan": 8,
     }
     entries = sorted(
         (e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] in order),

@@ -51,6 +51,8 @@ def validate_field(kind: str, field: str, value: str, today: dt.date | None = No
         if born > (today or dt.date.today()):
             return "The date of birth is in the future."
         return None
+    if field in ("date", "start", "end") and value and not re.fullmatch(r"\d{4}(-\d{2}(-\d{2})?)?", value):
+        return "Use the form YYYY, YYYY-MM or YYYY-MM-DD."
     if field == "nhsNumber":
         return None if nhs_number_is_valid(re.sub(r"\D", "", value)) else "The NHS number fails its check digit."
     if field == "gender":

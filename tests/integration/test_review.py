@@ -98,6 +98,19 @@ def test_queue_and_document_view(site: Site) -> None:
     assert again.content == image.content
 
 
+def test_the_reviewer_sees_every_resource_the_release_marks_reviewed(site: Site) -> None:
+    """Release tags each resource "Reviewed by a person": each must be on the page to be checked
+    (the DiagnosticReport only groups the results shown)."""
+    reviewer = sign_in(site, "reviewer")
+    page = reviewer.get(f"/review/documents/{site.document_id}").text
+    kinds = {e["resource"]["resourceType"] for e in site.bundle["entry"]}
+    assert "Encounter" in kinds  # the clinic the letter comes from
+    for e in site.bundle["entry"]:
+        resource = e["resource"]
+        if resource["resourceType"] not in ("Provenance", "DiagnosticReport"):
+            assert f'data-ref="{resource["resourceType"]}/{resource["id"]}"' in page, resource["resourceType"]
+
+
 def test_validation_as_you_type(site: Site) -> None:
     reviewer = sign_in(site, "reviewer")
     csrf = reviewer.cookies.get("pc_review_csrf")
@@ -115,6 +128,8 @@ def test_validation_as_you_type(site: Site) -> None:
     assert "check digit" in check("nhsNumber", "9434765918", "Patient", "p")
     assert check("nhsNumber", "943 476 5919", "Patient", "p") == ""
     assert "future" in check("birthDate", "2999-01-01", "Patient", "p")
+    assert "YYYY" in check("start", "last Tuesday", "Encounter", "e")
+    assert check("start", "2026-11", "Encounter", "e") == ""
     no_csrf = reviewer.post("/review/validate", data={"edit:Patient/p:gender": "x"})
     assert no_csrf.status_code == 400
 

@@ -11,6 +11,7 @@ import pytest
 from fhir_profiles import BundleContext, build_bundle
 from fhir_profiles.extraction import (
     Diagnosis,
+    Encounter,
     Extraction,
     LabResult,
     Medication,
@@ -204,3 +205,48 @@ def test_additions_are_coded_as_the_pipeline_codes_mentions(service: Terminology
     assert [c.code for c in coded[2].codings] == ["109081006"]  # SNOMED CT until RxNorm is imported
     assert coded[3].codings == () and coded[4].codings == ()
     assert code_additions(decision, None, threshold=0.8) == decision  # no index: nothing coded
+
+
+def test_an_encounter_and_a_family_history_are_edited_or_rejected_like_the_rest() -> None:
+    extraction = Extraction(
+        document_type="discharge-summary",
+        patient=PatientFacts(name=TextFact(value="Jane Smith")),
+        encounter=Encounter(kind="inpatient", start="2026-11-20", end="2026-11-25", department="Ward 7"),
+        diagnoses=(
+            Diagnosis(text="breast cancer", assertion="family", relative="mother"),
+            Diagnosis(text="stroke", assertion="family", relative="father"),
+        ),
+    )
+    context = BundleContext(
+        bundle_id="b-2",
+        id_seed="job-2",
+        document_reference_id="doc-2",
+        fhir_base_url=BASE,
+        recorded=RECORDED,
+        software="t",
+    )
+    bundle = build_bundle(extraction, context)
+    encounter = resources(bundle, "Encounter")[0]
+    mother, father = resources(bundle, "FamilyMemberHistory")
+    enc, fmh = f"Encounter/{encounter['id']}", f"FamilyMemberHistory/{mother['id']}"
+    released = release(
+        bundle,
+        Decision(
+            edits=(
+                FieldEdit(reference=enc, field="start", value="2026-11-21"),
+                FieldEdit(reference=enc, field="department", value="Cardiology"),
+                FieldEdit(reference=fmh, field="condition", value="ovarian cancer"),
+            ),
+            rejected=(f"FamilyMemberHistory/{father['id']}",),
+        ),
+    )
+    edited = resources(released, "Encounter")[0]
+    assert edited["period"] == {"start": "2026-11-21", "end": "2026-11-25"}
+    assert edited["serviceType"] == {"text": "Cardiology"}
+    histories = {h["id"]: h for h in resources(released, "FamilyMemberHistory")}
+    assert histories[mother["id"]]["condition"][0]["code"]["text"] == "ovarian cancer"
+    assert histories[father["id"]]["status"] == "entered-in-error"
+
+    for value, problem in (("26/11/2026", "YYYY"), ("2026-11-30", "ends before it starts")):
+        with pytest.raises(InvalidRequest, match=problem):
+            release(bundle, Decision(edits=(FieldEdit(reference=enc, field="start", value=value),)))
