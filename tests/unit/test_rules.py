@@ -6,12 +6,14 @@ import datetime as dt
 
 import pytest
 
+from fhir_profiles.extraction import Vital
 from server.pipeline.extract.rules import (
     RulesExtractor,
     assertion_of,
     nhs_number_is_valid,
     parse_date,
     parse_timing,
+    read_vital,
 )
 from server.pipeline.page import OcrPage, Word, compose_page
 
@@ -87,6 +89,17 @@ def test_vitals_with_ucum_units() -> None:
     assert (vitals["body_temperature"].value, vitals["body_temperature"].unit) == (38.1, "Cel")
     assert (vitals["oxygen_saturation"].value, vitals["oxygen_saturation"].unit) == (94, "%")
     assert (vitals["body_weight"].value, vitals["body_weight"].unit) == (71.5, "kg")
+
+
+def test_a_fever_in_fahrenheit_and_one_line_vitals() -> None:
+    note = "Vitals: Temp 101.3 F  Pulse 112  BP 98/60\n"
+    vitals = {v.kind: v for v in RulesExtractor().extract([page_from_text(note)]).vitals}
+    assert (vitals["body_temperature"].value, vitals["body_temperature"].unit) == (101.3, "[degF]")
+    assert read_vital("Temperature 38.25 C") == Vital(kind="body_temperature", value=38.25, unit="Cel")
+    assert read_vital("T 99.1°F") == Vital(kind="body_temperature", value=99.1, unit="[degF]")
+    assert read_vital("BP 120/80 mmHg") == Vital(kind="blood_pressure", value=120, unit="mm[Hg]", diastolic=80)
+    assert read_vital("Weight 154 lb") == Vital(kind="body_weight", value=154, unit="[lb_av]")
+    assert read_vital("Mood 5") is None
 
 
 def test_diagnoses_carry_assertions() -> None:

@@ -748,7 +748,8 @@ _VITALS: Final[tuple[tuple[re.Pattern[str], VitalKind], ...]] = (
         "respiratory_rate",
     ),
     (
-        re.compile(r"\b(?:Temp(?:erature)?|T)\s*[:\-]?\s*(?P<value>\d{2}(?:\.\d)?)\s*°?\s*(?P<unit>C|F)?\b", re.I),
+        # two digits in Celsius, three for a fever in Fahrenheit ("Temp 101.3 F")
+        re.compile(r"\b(?:Temp(?:erature)?|T)\s*[:\-]?\s*(?P<value>\d{2,3}(?:\.\d\d?)?)\s*°?\s*(?P<unit>C|F)?\b", re.I),
         "body_temperature",
     ),
     (
@@ -771,6 +772,29 @@ VITAL_UNITS: Final = {
 }
 
 
+def _vital(kind: VitalKind, match: re.Match[str]) -> Vital:
+    groups = match.groupdict()
+    unit = VITAL_UNITS[kind]
+    written_unit = (groups.get("unit") or "").lower()
+    if kind == "body_temperature" and written_unit == "f":
+        unit = "[degF]"
+    elif kind == "body_weight" and written_unit.startswith("lb"):
+        unit = "[lb_av]"
+    elif kind == "body_height" and written_unit == "m":
+        unit = "m"
+    diastolic = float(groups["diastolic"]) if groups.get("diastolic") else None
+    return Vital(kind=kind, value=float(groups["value"]), unit=unit, diastolic=diastolic)
+
+
+def read_vital(text: str) -> Vital | None:
+    """The vital sign one line states ("Pulse 88", "BP 120/80 mmHg", "Temp 38.2 C"), read as a
+    document's are, or None."""
+    for pattern, kind in _VITALS:
+        if match := pattern.search(text):
+            return _vital(kind, match)
+    return None
+
+
 def _vitals(lines: Sequence[_Line]) -> list[Vital]:
     found: dict[str, Vital] = {}
     for line in lines:
@@ -785,28 +809,8 @@ def _vitals(lines: Sequence[_Line]) -> list[Vital]:
         ):
             continue
         for pattern, kind in _VITALS:
-            if kind in found:
-                continue
-            match = pattern.search(line.text)
-            if not match:
-                continue
-            groups = match.groupdict()
-            unit = VITAL_UNITS[kind]
-            written_unit = (groups.get("unit") or "").lower()
-            if kind == "body_temperature" and written_unit == "f":
-                unit = "[degF]"
-            elif kind == "body_weight" and written_unit.startswith("lb"):
-                unit = "[lb_av]"
-            elif kind == "body_height" and written_unit == "m":
-                unit = "m"
-            diastolic = float(groups["diastolic"]) if groups.get("diastolic") else None
-            found[kind] = Vital(
-                kind=kind,
-                value=float(groups["value"]),
-                unit=unit,
-                diastolic=diastolic,
-                evidence=_evidence(line, match),
-            )
+            if kind not in found and (match := pattern.search(line.text)):
+                found[kind] = msgspec.structs.replace(_vital(kind, match), evidence=_evidence(line, match))
     return list(found.values())
 
 
