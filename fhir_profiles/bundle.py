@@ -454,7 +454,7 @@ def _lab(lab: LabResult, observation_id: str, patient_ref: str, requires_review:
     return resource
 
 
-Fact = Diagnosis | Medication | LabResult | Allergy | Procedure
+Fact = Diagnosis | Medication | LabResult | Vital | Allergy | Procedure
 
 
 def fact_resource(
@@ -466,7 +466,7 @@ def fact_resource(
     medication_resource: Literal["MedicationStatement", "MedicationRequest"] = "MedicationStatement",
 ) -> Resource:
     """One fact as the resource a Bundle carries it in, mapped as ``build_bundle`` maps it; a lab
-    result ``final`` (for a fact a person states, such as a reviewer's addition)."""
+    result or vital sign ``final`` (for a fact a person states, such as a reviewer's addition)."""
     if isinstance(fact, Diagnosis):
         return _condition(fact, fact_id, patient_ref, document_type, None)
     if isinstance(fact, Medication):
@@ -478,6 +478,8 @@ def fact_resource(
         if fact.specimen_date:
             observation["effectiveDateTime"] = fact.specimen_date
         return observation
+    if isinstance(fact, Vital):
+        return _vital(fact, fact_id, patient_ref, requires_review=False)
     if isinstance(fact, Allergy):
         return _allergy_intolerance(fact, fact_id, patient_ref)
     return _procedure(fact, fact_id, patient_ref)

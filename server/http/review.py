@@ -261,6 +261,11 @@ class ReviewController(Controller):
                 field = name.removeprefix("add_")
                 if form.get("add_kind") == "MedicationStatement":
                     problem = validate_field("MedicationStatement", "dose" if field == "value" else field, str(value))
+                elif form.get("add_kind") == "VitalSign" and field == "value":  # "88", or "120/80"
+                    parts = str(value).split("/", 1)
+                    problem = next(
+                        (p for p in (validate_field("Observation", "value", v) for v in parts) if p is not None), None
+                    )
                 else:
                     problem = validate_field("Observation", field, str(value))
             else:
@@ -352,6 +357,7 @@ _ADDED_SYSTEMS: Final = {
     "Condition": "icd10cm",
     "MedicationStatement": "rxnorm",
     "Observation": "loinc",
+    "VitalSign": "loinc",
     "AllergyIntolerance": "snomed",
     "Procedure": "snomed",
 }
@@ -379,6 +385,7 @@ def _decision(form: Any) -> Decision:
         if kind not in ADDED_KINDS:
             raise InvalidRequest(f"an added finding is one of: {', '.join(ADDED_KINDS.values()).lower()}")
         value = str(form.get("add_value", "")).strip()
+        value, _, diastolic = value.partition("/") if kind == "VitalSign" else (value, "", "")  # "120/80"
         code = str(form.get("add_code", "")).strip()
         try:
             added.append(
@@ -387,6 +394,7 @@ def _decision(form: Any) -> Decision:
                     text=text,
                     assertion=str(form.get("add_assertion", "confirmed")),
                     value=float(value) if value else None,
+                    diastolic=float(diastolic) if diastolic else None,
                     unit=str(form.get("add_unit", "")).strip() or None,
                     codings=(parse_code(code),) if code else (),
                     page=int(form.get("add_page")) if form.get("add_page") else None,

@@ -18,9 +18,10 @@ import msgspec
 
 from fhir_profiles import FhirValidationError, validate_resource
 from fhir_profiles.bundle import EVIDENCE_EXTENSION, PAPERCHART_BASE, REVIEW_TAG_SYSTEM, Fact, fact_resource
-from fhir_profiles.extraction import Allergy, Coding, Diagnosis, LabResult, Medication, Procedure
+from fhir_profiles.extraction import Allergy, Coding, Diagnosis, LabResult, Medication, Procedure, Vital
 from fhir_profiles.retract import mark_entered_in_error
 from server.errors import InvalidRequest
+from server.pipeline.extract.rules import read_vital
 from terminology.labs import find_lab_test
 from terminology.model import LOINC, UCUM
 from terminology.units import normalize_unit
@@ -39,12 +40,13 @@ class FieldEdit(msgspec.Struct, frozen=True, kw_only=True):
     value: str
 
 
-AddedKind = Literal["Condition", "MedicationStatement", "Observation", "AllergyIntolerance", "Procedure"]
+AddedKind = Literal["Condition", "MedicationStatement", "Observation", "VitalSign", "AllergyIntolerance", "Procedure"]
 # what a reviewer may add, and what the page calls each
 ADDED_KINDS: Final[dict[str, str]] = {
     "Condition": "Condition",
     "MedicationStatement": "Medication",
     "Observation": "Lab result",
+    "VitalSign": "Vital sign",
     "AllergyIntolerance": "Allergy",
     "Procedure": "Procedure",
 }
@@ -54,7 +56,8 @@ class AddedFinding(msgspec.Struct, frozen=True, kw_only=True):
     kind: AddedKind
     text: str  # what it is called: the condition, medication, test, substance or procedure
     assertion: str = "confirmed"  # a condition's verification status
-    value: float | None = None  # a medication's dose, a lab result's value
+    value: float | None = None  # a medication's dose, a lab result's or vital sign's value
+    diastolic: float | None = None  # a blood pressure's second value ("120/80")
     unit: str | None = None
     codings: tuple[Coding, ...] = ()  # the reviewer's code, else those the lookup is sure of
     page: int | None = None
@@ -456,6 +459,8 @@ def _provenance(
 
 def added_type(finding: AddedFinding, medication_resource: str = "MedicationStatement") -> str:
     """The resource type an added finding becomes (a medication as the deployment files them)."""
+    if finding.kind == "VitalSign":
+        return "Observation"
     return medication_resource if finding.kind == "MedicationStatement" else finding.kind
 
 
@@ -474,6 +479,7 @@ def _new_finding(
     text = finding.text.strip()
     new_id = str(uuid.uuid4())
     fact: Fact
+    dates = [o["effectiveDateTime"] for o in _siblings(resources, "Observation") if "effectiveDateTime" in o]
     if finding.kind == "Condition":
         fact = Diagnosis(text=text, assertion="negated" if finding.assertion == "refuted" else "present")
     elif finding.kind == "MedicationStatement":
@@ -485,7 +491,6 @@ def _new_finding(
         codings = finding.codings
         if not codings and (test := find_lab_test(text, ucum)) is not None:
             codings = (Coding(system=LOINC, code=test[0].code, display=test[0].display),)
-        dates = [o["effectiveDateTime"] for o in _siblings(resources, "Observation") if "effectiveDateTime" in o]
         fact = LabResult(
             test=text,
             value=finding.value,
@@ -494,13 +499,17 @@ def _new_finding(
             specimen_date=dates[0] if dates else None,  # the same sample as the report's other results
             codings=codings,
         )
+    elif finding.kind == "VitalSign":
+        fact = _new_vital(finding, text)
     elif finding.kind == "AllergyIntolerance":
         fact = Allergy(substance=text)
     else:
         fact = Procedure(text=text)
-    if not isinstance(fact, LabResult):
+    if not isinstance(fact, LabResult | Vital):
         fact = msgspec.structs.replace(fact, codings=finding.codings)
     resource = fact_resource(fact, new_id, patient_reference, medication_resource=medication_resource)
+    if isinstance(fact, Vital) and dates:  # taken at the visit the document's other observations record
+        resource["effectiveDateTime"] = dates[0]
     if finding.kind == "Condition":
         _set_assertion(resource, finding.assertion)
         problems = [c["category"] for c in _siblings(resources, "Condition") if "category" in c]
@@ -509,6 +518,22 @@ def _new_finding(
     if finding.kind == "MedicationStatement" and finding.value is not None and finding.unit:
         _set_unit(_dose_quantity(resource), finding.unit)  # a unit UCUM lacks is kept as written
     return resource
+
+
+def _new_vital(finding: AddedFinding, text: str) -> Vital:
+    """A vital sign the reviewer adds, read as the rules extractor reads one on a page: its name,
+    value and unit make the line ("Pulse" 88 → "Pulse 88"; "BP" 120/80 mmHg)."""
+    if finding.value is None:
+        raise InvalidRequest("an added vital sign needs its value", expression="value")
+    line = f"{text} {finding.value:g}" + (f"/{finding.diastolic:g}" if finding.diastolic is not None else "")
+    vital = read_vital(f"{line} {finding.unit or ''}".strip())
+    if vital is None:
+        raise InvalidRequest(
+            "not a vital sign paperchart reads: say pulse, blood pressure (value 120/80), respiratory rate,"
+            " temperature, SpO2 (unit %), weight (kg or lb), height (cm or m) or BMI",
+            expression="text",
+        )
+    return vital
 
 
 def _finalise(resources: Mapping[str, dict[str, Any]], changed: dict[str, list[tuple[str, str, str]]]) -> None:

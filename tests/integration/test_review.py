@@ -144,6 +144,8 @@ def test_validation_as_you_type(site: Site) -> None:
     assert check_added("Observation", "value", "-5") == ""  # a base excess may be negative
     assert "recognises" in check_added("Observation", "unit", "furlongs")
     assert check_added("Condition", "value", "") == ""  # a condition has none
+    assert check_added("VitalSign", "value", "120/80") == ""
+    assert "number" in check_added("VitalSign", "value", "120/high")
 
 
 def test_release_edits_rejects_and_adds_then_conflicts(site: Site) -> None:
@@ -290,6 +292,21 @@ def test_a_missed_lab_result_and_allergy_are_added_and_the_results_are_final(sit
     assert {o["status"] for o in observations} <= {"final", "amended", "entered-in-error"}
     stored = site.client.get(f"/fhir/Observation/{potassium['id']}", headers=site.admin).json()
     assert stored["status"] == "final"
+
+    page = reviewer.get(f"/review/documents/{site.document_id}").text
+    vital = reviewer.post(
+        f"/review/documents/{site.document_id}/release",
+        data={**form_of(page), "add_kind": "VitalSign", "add_text": "Blood pressure", "add_value": "131/86"},
+        follow_redirects=False,
+    )
+    assert vital.status_code == 303, vital.text[:400]
+    bundle = site.client.get(f"/fhir/Bundle/{site.bundle['id']}", headers=site.admin).json()
+    pressures = [
+        [c["valueQuantity"]["value"] for c in e["resource"].get("component", [])]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+    ]
+    assert [131, 86] in pressures
 
     page = reviewer.get(f"/review/documents/{site.document_id}").text
     allergy = reviewer.post(

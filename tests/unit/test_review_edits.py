@@ -250,3 +250,30 @@ def test_an_encounter_and_a_family_history_are_edited_or_rejected_like_the_rest(
     for value, problem in (("26/11/2026", "YYYY"), ("2026-11-30", "ends before it starts")):
         with pytest.raises(InvalidRequest, match=problem):
             release(bundle, Decision(edits=(FieldEdit(reference=enc, field="start", value=value),)))
+
+
+def test_an_added_vital_sign_is_read_as_the_extractor_reads_one() -> None:
+    added = (
+        AddedFinding(kind="VitalSign", text="Pulse", value=88),
+        AddedFinding(kind="VitalSign", text="BP", value=130, diastolic=85, unit="mmHg"),
+        AddedFinding(kind="VitalSign", text="Temp", value=100.4, unit="F"),
+    )
+    released = release(lab_report(), Decision(added=added))
+    vitals = [o for o in resources(released, "Observation") if o["category"][0]["coding"][0]["code"] == "vital-signs"]
+    by_code = {o["code"]["coding"][0]["code"]: o for o in vitals}
+    assert by_code["8867-4"]["valueQuantity"]["value"] == 88 and by_code["8867-4"]["valueQuantity"]["code"] == "/min"
+    pressure = [c["valueQuantity"]["value"] for c in by_code["85354-9"]["component"]]
+    assert pressure == [130, 85]
+    assert by_code["8310-5"]["valueQuantity"]["code"] == "[degF]"
+    assert {o["status"] for o in vitals} == {"final"}
+    assert {o["effectiveDateTime"] for o in vitals} == {resources(released, "Observation")[0]["effectiveDateTime"]}
+    report = resources(released, "DiagnosticReport")[0]
+    assert len(report["result"]) == 2  # a vital sign is no lab result of the report
+
+    for finding, problem in (
+        (AddedFinding(kind="VitalSign", text="Mood", value=5), "not a vital sign"),
+        (AddedFinding(kind="VitalSign", text="Weight", value=70), "not a vital sign"),  # kg or lb?
+        (AddedFinding(kind="VitalSign", text="Pulse"), "needs its value"),
+    ):
+        with pytest.raises(InvalidRequest, match=problem):
+            release(lab_report(), Decision(added=(finding,)))
