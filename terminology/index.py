@@ -263,7 +263,8 @@ def build_index(
 # 6: a category whose one child is its title with "without ..." added and no "with" has that child
 #    as its default leaf ("hiatus hernia" of K44 at K44.9 "... without obstruction or gangrene",
 #    "Raynaud's disease" of I73.0 at I73.00 "... without gangrene").
-BUILTIN_CONTENT: Final = 6
+# 7: UCUM's inch ([in_i]), in which US notes give a height.
+BUILTIN_CONTENT: Final = 7
 BUILTIN_CONTENT_KEY: Final = "builtin_content"
 
 

@@ -37,7 +37,10 @@ _VITAL_RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("body_temperature", "[degF]"): (86, 111),
     ("oxygen_saturation", "%"): (50, 100),
     ("body_weight", "kg"): (0.3, 400),
+    ("body_weight", "[lb_av]"): (0.7, 880),
     ("body_height", "cm"): (25, 250),
+    ("body_height", "m"): (0.25, 2.5),
+    ("body_height", "[in_i]"): (10, 100),
     ("bmi", "kg/m2"): (8, 100),
 }
 MAX_AGE_YEARS: Final = 125

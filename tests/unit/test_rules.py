@@ -99,6 +99,7 @@ def test_a_fever_in_fahrenheit_and_one_line_vitals() -> None:
     assert read_vital("T 99.1°F") == Vital(kind="body_temperature", value=99.1, unit="[degF]")
     assert read_vital("BP 120/80 mmHg") == Vital(kind="blood_pressure", value=120, unit="mm[Hg]", diastolic=80)
     assert read_vital("Weight 154 lb") == Vital(kind="body_weight", value=154, unit="[lb_av]")
+    assert read_vital("Ht 67 in") == Vital(kind="body_height", value=67, unit="[in_i]")
     assert read_vital("Mood 5") is None
 
 

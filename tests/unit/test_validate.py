@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,16 @@ def test_implausible_birth_dates(born: str, reason: str) -> None:
 def test_implausible_vital() -> None:
     extraction = Extraction(patient=PatientFacts(name=NAME), vitals=(Vital(kind="heart_rate", value=400, unit="/min"),))
     assert codes(extraction) == ["vital-implausible"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "unit", "plausible", "misread"),
+    [("body_weight", "[lb_av]", 154, 1540), ("body_height", "[in_i]", 67, 670), ("body_height", "m", 1.7, 17)],
+)
+def test_us_and_metre_units_have_plausible_ranges_too(kind: Any, unit: str, plausible: float, misread: float) -> None:
+    for value, expected in ((plausible, []), (misread, ["vital-implausible"])):
+        extraction = Extraction(patient=PatientFacts(name=NAME), vitals=(Vital(kind=kind, value=value, unit=unit),))
+        assert codes(extraction) == expected
 
 
 def test_lab_units_unrecognised_or_wrong_for_the_test() -> None:

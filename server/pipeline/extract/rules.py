@@ -757,7 +757,10 @@ _VITALS: Final[tuple[tuple[re.Pattern[str], VitalKind], ...]] = (
         "oxygen_saturation",
     ),
     (re.compile(r"\b(?:Weight|Wt)\s*[:\-]?\s*(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>kg|lbs?)\b", re.I), "body_weight"),
-    (re.compile(r"\b(?:Height|Ht)\s*[:\-]?\s*(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>cm|m)\b", re.I), "body_height"),
+    (
+        re.compile(r"\b(?:Height|Ht)\s*[:\-]?\s*(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>cm|m|in(?:ches)?)\b", re.I),
+        "body_height",
+    ),
     (re.compile(r"\bBMI\s*[:\-]?\s*(?P<value>\d{2}(?:\.\d+)?)", re.I), "bmi"),
 )
 VITAL_UNITS: Final = {
@@ -780,8 +783,8 @@ def _vital(kind: VitalKind, match: re.Match[str]) -> Vital:
         unit = "[degF]"
     elif kind == "body_weight" and written_unit.startswith("lb"):
         unit = "[lb_av]"
-    elif kind == "body_height" and written_unit == "m":
-        unit = "m"
+    elif kind == "body_height" and written_unit in ("m", "in", "inches"):
+        unit = "m" if written_unit == "m" else "[in_i]"
     diastolic = float(groups["diastolic"]) if groups.get("diastolic") else None
     return Vital(kind=kind, value=float(groups["value"]), unit=unit, diastolic=diastolic)
 
