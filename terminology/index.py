@@ -263,7 +263,9 @@ def build_index(
 # 6: a category whose one child is its title with "without ..." added and no "with" has that child
 #    as its default leaf ("hiatus hernia" of K44 at K44.9 "... without obstruction or gangrene",
 #    "Raynaud's disease" of I73.0 at I73.00 "... without gangrene").
-# 7: UCUM's inch ([in_i]), in which US notes give a height.
+# 7: UCUM's inch ([in_i]), in which US notes give a height, and the units of US and renal reports
+#    (meq/L, pg/mL, ng/dL, ng/L, ug/L, mm/h, mg/mmol, mL/min/{1.73_m2}, {INR}); 42 more LOINC lab
+#    tests (chloride, bicarbonate, liver function, lipids, full blood count, thyroid, INR, cardiac).
 BUILTIN_CONTENT: Final = 7
 BUILTIN_CONTENT_KEY: Final = "builtin_content"
 

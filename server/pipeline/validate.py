@@ -163,6 +163,14 @@ def review_reasons(
                     message=f"A {vital.kind.replace('_', ' ')} value is outside the plausible range.",
                 )
             )
+    uncoded = sum(1 for lab in extraction.labs if not lab.codings)
+    if uncoded:  # kept as read rather than lost; a person codes it
+        reasons.append(
+            ReviewReason(
+                code="lab-test-unknown",
+                message=f"{uncoded} lab result(s) name a test paperchart does not know; check and code them.",
+            )
+        )
     for lab in extraction.labs:
         if lab.unit is None:
             reasons.append(

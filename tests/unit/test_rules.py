@@ -16,6 +16,7 @@ from server.pipeline.extract.rules import (
     read_vital,
 )
 from server.pipeline.page import OcrPage, Word, compose_page
+from server.pipeline.validate import review_reasons
 
 
 def page_from_text(text: str, number: int = 1, confidence: float = 0.99) -> OcrPage:
@@ -101,6 +102,56 @@ def test_a_fever_in_fahrenheit_and_one_line_vitals() -> None:
     assert read_vital("Weight 154 lb") == Vital(kind="body_weight", value=154, unit="[lb_av]")
     assert read_vital("Ht 67 in") == Vital(kind="body_height", value=67, unit="[in_i]")
     assert read_vital("Mood 5") is None
+
+
+def test_us_panels_in_meq_and_mg_per_dl_are_coded() -> None:
+    report = (
+        "Results\n"
+        "Sodium 138 mEq/L 135-145\n"
+        "Potassium 5.6 mEq/L 3.5-5.1 H\n"
+        "Chloride 101 mEq/L 98-107\n"
+        "Bicarbonate 24 mEq/L 22-29\n"
+        "HDL 38 mg/dL 40-60 L\n"
+        "LDL 160 mg/dL <100\n"
+        "Triglycerides 2.1 mmol/L <1.7\n"
+        "INR 1.1 0.8-1.2\n"
+    )
+    extraction = RulesExtractor().extract([page_from_text(report)])
+    coded = {lab.test: ([c.code for c in lab.codings], lab.unit) for lab in extraction.labs}
+    assert coded == {
+        "Sodium": (["2951-2"], "meq/L"),
+        "Potassium": (["2823-3"], "meq/L"),
+        "Chloride": (["2075-0"], "meq/L"),
+        "Bicarbonate": (["1963-8"], "meq/L"),
+        "HDL": (["2085-9"], "mg/dL"),
+        "LDL": (["13457-7"], "mg/dL"),
+        "Triglycerides": (["14927-8"], "mmol/L"),  # the unit picks the molar code
+        "INR": (["6301-6"], "{INR}"),  # a ratio, printed without a unit
+    }
+    reasons = review_reasons(extraction, confidence_threshold=0.5)
+    assert [r.code for r in reasons if r.code.startswith("lab")] == []  # every unit is its test's
+
+
+def test_a_result_whose_test_is_not_known_is_kept_for_review_not_lost() -> None:
+    report = (
+        "Page 1 of 2\n"
+        "Results\n"
+        "Adjusted calcium 2.45 mmol/L 2.20-2.60\n"
+        "Vitamin D (25-OH) 42 nmol/L 50-175 L\n"
+        "eGFR >90 mL/min/1.73m2\n"
+        "Ward 7\n"
+        "Reported by Dr Ann Lee on 12 Nov 2026\n"
+    )
+    extraction = RulesExtractor().extract([page_from_text(report)])
+    kept = {lab.test: lab for lab in extraction.labs}
+    assert set(kept) == {"Adjusted calcium", "Vitamin D (25-OH)", "eGFR"}
+    assert all(lab.codings == () for lab in kept.values())
+    assert (kept["Vitamin D (25-OH)"].value, kept["Vitamin D (25-OH)"].flag) == (42, "L")
+    assert (kept["eGFR"].comparator, kept["eGFR"].value, kept["eGFR"].unit) == (">", 90, "mL/min/{1.73_m2}")
+    reasons = {r.code: r.message for r in review_reasons(extraction, confidence_threshold=0.5)}
+    assert reasons["lab-test-unknown"].startswith("3 lab result(s)")
+    # outside a results section, a line like these is no result
+    assert RulesExtractor().extract([page_from_text("Adjusted calcium 2.45 mmol/L 2.20-2.60\n")]).labs == ()
 
 
 def test_diagnoses_carry_assertions() -> None:

@@ -102,3 +102,19 @@ def test_form_fields_filled_and_blank() -> None:
     ]
     address = find_fields(page)[3]
     assert page.text[address.start : address.end] == "115 Park Avenue, Elmford ZZ8 5AP"
+
+
+def test_a_table_row_whose_test_is_not_known_is_kept_uncoded() -> None:
+    page = lab_page(
+        ("Test", "Result", "Units", "Ref. Range", "Flag"),
+        [
+            ("Chloride", "101", "mEq/L", "98-107", ""),
+            ("Albumin/creat", "4.1", "mg/mmol", "<3.0", "H"),
+            ("Bilirubin, direct", "3", "umol/L", "0-5", ""),
+        ],
+    )
+    labs = {lab.test: lab for lab in RulesExtractor().extract([page]).labs}
+    assert [c.code for c in labs["Chloride"].codings] == ["2075-0"] and labs["Chloride"].unit == "meq/L"
+    ratio = labs["Albumin/creat"]  # the urine ratio, not albumin (1751-7): kept as read, for a person to code
+    assert ratio.codings == () and (ratio.value, ratio.unit, ratio.high, ratio.flag) == (4.1, "mg/mmol", 3.0, "H")
+    assert labs["Bilirubin, direct"].codings == ()  # not total bilirubin

@@ -41,7 +41,7 @@ from fhir_profiles.extraction import (
 )
 from server.pipeline.page import OcrPage
 from server.pipeline.tables import Cell, find_tables
-from terminology import find_lab_test, normalize_unit
+from terminology import LabTest, find_lab_test, normalize_unit
 from terminology.model import LOINC
 
 DateOrder = Literal["DMY", "MDY"]
@@ -880,6 +880,26 @@ def _table_labs(page: OcrPage) -> dict[int, LabResult]:
     return found
 
 
+def _lab_codings(test: LabTest | None) -> tuple[Coding, ...]:
+    """The LOINC coding of a known test; none for a result whose test the table does not know,
+    which is kept (and sent to review, see ``server.pipeline.validate``) rather than lost."""
+    return (Coding(system=LOINC, code=test.code, display=test.display),) if test is not None else ()
+
+
+def _unit_of(test: LabTest | None, unit_text: str | None) -> str | None:
+    """The UCUM unit as written; a ratio printed without one (INR) is its test's unitless unit."""
+    if unit_text:
+        return normalize_unit(unit_text)
+    if test is not None and test.units[0].startswith("{"):
+        return test.units[0]
+    return None
+
+
+# A result line whose test is not in the table, in a results section: a name (words, perhaps with
+# digits, brackets or a slash: "Vitamin D (25-OH)", "Albumin/creatinine ratio") before the value.
+_UNKNOWN_TEST = re.compile(r"^\s*(?P<name>[A-Za-z][A-Za-z0-9()'/,.+\- ]{0,60}?[A-Za-z)])\s*[:\-]?\s+(?=[<>]|\d)")
+
+
 def _lab_from_cells(page: OcrPage, row: tuple[Cell | None, ...], roles: dict[str, int]) -> LabResult | None:
     def cell(role: str) -> Cell | None:
         return row[roles[role]] if role in roles else None
@@ -890,11 +910,11 @@ def _lab_from_cells(page: OcrPage, row: tuple[Cell | None, ...], roles: dict[str
         return None
     unit_cell = cell("unit")
     unit_text = unit_cell.text.strip() if unit_cell is not None else None
-    unit = normalize_unit(unit_text) if unit_text else None
-    hit = find_lab_test(name.text.strip(), unit)
-    if hit is None:
+    hit = find_lab_test(name.text.strip(), normalize_unit(unit_text) if unit_text else None)
+    if hit is None and not re.search(r"[A-Za-z]", name.text):
         return None
-    test, _ = hit
+    test = hit[0] if hit is not None else None
+    unit = _unit_of(test, unit_text)
     value = float(number.group("value"))
     low = high = None
     range_cell = cell("range")
@@ -917,7 +937,7 @@ def _lab_from_cells(page: OcrPage, row: tuple[Cell | None, ...], roles: dict[str
         high=high,
         flag=flag or _lab_flag(value, low, high),
         comparator=cmp_ if cmp_ in ("<", "<=", ">=", ">") else None,  # type: ignore[arg-type]
-        codings=(Coding(system=LOINC, code=test.code, display=test.display),),
+        codings=_lab_codings(test),
         evidence=page.evidence(min(c.start for c in cells), max(c.end for c in cells)),
     )
 
@@ -935,16 +955,25 @@ def _labs(lines: Sequence[_Line], read_tables: bool = True) -> list[LabResult]:
             found.append(from_table)
             continue
         hit = find_lab_test(line.text)
-        if hit is None:
-            continue
-        _, matched_name = hit
-        name_end = line.text.lower().find(matched_name.lower()) + len(matched_name)
-        match = _LAB_VALUE.match(line.text[name_end:])
-        if not match:
+        test: LabTest | None
+        if hit is not None:
+            _, matched_name = hit
+            name_end = line.text.lower().find(matched_name.lower()) + len(matched_name)
+            match = _LAB_VALUE.match(line.text[name_end:])
+            if not match:
+                continue
+            test, _ = find_lab_test(line.text, normalize_unit(match.group("unit"))) or hit
+        elif line.section == "results" and (unknown := _UNKNOWN_TEST.match(line.text)):
+            name_end = unknown.end("name")
+            match = _LAB_VALUE.match(line.text[name_end:])
+            # a unit or a range says it is a result ("Page 1", "Ward 7" have neither)
+            if not match or not (match.group("unit") or match.group("high") or match.group("upper")):
+                continue
+            test = None
+        else:
             continue
         unit_text = match.group("unit")
-        unit = normalize_unit(unit_text)
-        test, _ = find_lab_test(line.text, unit) or hit
+        unit = _unit_of(test, unit_text)
         value = float(match.group("value"))
         low = float(match.group("low")) if match.group("low") else None
         high = (
@@ -970,7 +999,7 @@ def _labs(lines: Sequence[_Line], read_tables: bool = True) -> list[LabResult]:
                 high=high,
                 flag=flag,
                 comparator=cmp_ if cmp_ in ("<", "<=", ">=", ">") else None,  # type: ignore[arg-type]
-                codings=(Coding(system=LOINC, code=test.code, display=test.display),),
+                codings=_lab_codings(test),
                 evidence=line.page.evidence(line.start, line.start + len(line.text.rstrip())),
             )
         )
