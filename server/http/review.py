@@ -290,7 +290,9 @@ class ReviewController(Controller):
         terminology = services.terminology
         if terminology is None or len(q.strip()) < 2:
             return Response(content="", media_type="text/html")
-        system = resolve_system(str(params.get("system") or _ADDED_SYSTEMS.get(str(params.get("add_kind")), "icd10cm")))
+        # the system of what is coded: the add form's kind, or the kind of the resource whose code is edited
+        kind = str(params.get("add_kind") or next((k[5:].split("/")[0] for k in params if k.startswith("edit:")), ""))
+        system = resolve_system(str(params.get("system") or _ADDED_SYSTEMS.get(kind, "icd10cm")))
 
         def lookup() -> list[Candidate]:
             indexed = system if system != RXNORM else None

@@ -244,6 +244,13 @@ def _code_text(label: str) -> tuple[str, Getter, Setter]:
     return label, lambda r: _text(_dig(r, "code", "text")), lambda r, v: r.setdefault("code", {}).__setitem__("text", v)
 
 
+# the first coding of ``code``, as the page writes it (system|code|display), picked from the type-ahead
+_CODE: Final[tuple[str, Getter, Setter]] = (
+    "Code",
+    lambda r: "|".join(_text(_dig(r, "code", "coding", 0, k)) for k in ("system", "code", "display")).strip("|"),
+    _set_code,
+)
+
 _MEDICATION_FIELDS: Final[dict[str, tuple[str, Getter, Setter]]] = {
     "name": (
         "Medication",
@@ -281,18 +288,13 @@ FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
     },
     "Condition": {
         "text": _code_text("Condition"),
-        "code": (
-            "Code",
-            lambda r: "|".join(_text(_dig(r, "code", "coding", 0, k)) for k in ("system", "code", "display")).strip(
-                "|"
-            ),
-            _set_code,
-        ),
+        "code": _CODE,
         "assertion": ("Assertion", lambda r: _text(_dig(r, "verificationStatus", "coding", 0, "code")), _set_assertion),
     },
     "MedicationStatement": _MEDICATION_FIELDS,
     "MedicationRequest": _MEDICATION_FIELDS,
     "Observation": {
+        "code": _CODE,  # a lab result's; a vital sign's is fixed by its kind
         "value": (
             "Value",
             lambda r: _text(_dig(r, "valueQuantity", "value")),
@@ -320,6 +322,7 @@ FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
     },
     "AllergyIntolerance": {
         "substance": _code_text("Substance"),
+        "code": _CODE,
         "reaction": (
             "Reaction",
             lambda r: _text(_dig(r, "reaction", 0, "manifestation", 0, "text")),
@@ -329,6 +332,7 @@ FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
     },
     "Procedure": {
         "text": _code_text("Procedure"),
+        "code": _CODE,
         "date": ("Date", lambda r: _text(r.get("performedDateTime")), _set_performed),
     },
     "CarePlan": {
@@ -353,6 +357,17 @@ def _is(component: Mapping[str, Any], loinc: str) -> bool:
     return any(c.get("code") == loinc for c in component.get("code", {}).get("coding", []))
 
 
+_NONE_KNOWN_CODES: Final = frozenset({"409137002", "716186003"})  # no known (drug) allergy
+
+
+def _codes(resource: Mapping[str, Any]) -> set[str]:
+    return {str(c.get("code")) for c in resource.get("code", {}).get("coding", [])}
+
+
+def _is_lab(observation: Mapping[str, Any]) -> bool:
+    return any(c.get("code") == "laboratory" for cat in observation.get("category", []) for c in cat.get("coding", []))
+
+
 def fields_of(resource: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(field, label, current value) of every editable field the resource has."""
     kind = str(resource.get("resourceType"))
@@ -363,6 +378,10 @@ def fields_of(resource: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             continue
         if kind == "Observation" and field in ("value", "unit") and resource.get("component"):
             continue
+        if kind == "Observation" and field == "code" and not _is_lab(resource):
+            continue
+        if kind == "AllergyIntolerance" and field == "code" and _NONE_KNOWN_CODES & _codes(resource):
+            continue  # "no known allergies" has its fixed code
         out.append((field, label, value))
     return out
 

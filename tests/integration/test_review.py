@@ -46,6 +46,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield Site(client)
 
 
+@pytest.fixture(scope="module")
+def coded_site(tmp_path_factory: pytest.TempPathFactory, terminology_index: Any) -> Iterator[Site]:
+    """The same, with a terminology index: codes are offered as the reviewer types."""
+    from server.config import load_settings
+
+    settings = load_settings(
+        {},
+        data_dir=tmp_path_factory.mktemp("coded-review"),
+        mllp_enabled=False,
+        terminology_path=terminology_index,
+    )
+    with TestClient(app=create_app(settings)) as client:
+        yield Site(client)
+
+
 def sign_in(site: Site, username: str) -> TestClient[Any]:
     """A fresh browser-like client signed in through the SMART login and consent pages."""
     client = TestClient(app=site.app)  # not entered: the app already runs; this is just another cookie jar
@@ -318,3 +333,20 @@ def test_a_missed_lab_result_and_allergy_are_added_and_the_results_are_final(sit
     bundle = site.client.get(f"/fhir/Bundle/{site.bundle['id']}", headers=site.admin).json()
     latex = [e["resource"] for e in bundle["entry"] if e["resource"].get("code", {}).get("text") == "Latex"]
     assert len(latex) == 1 and latex[0]["resourceType"] == "AllergyIntolerance"
+
+
+def test_codes_are_offered_in_the_system_of_what_is_coded(coded_site: Site) -> None:
+    reviewer = sign_in(coded_site, "reviewer")
+
+    def offered(**params: str) -> list[str]:
+        options = reviewer.get("/review/codes", params=params).text
+        return re.findall(r'<option value="([^"|]+)\|([^"|]+)\|', options)
+
+    assert ("http://loinc.org", "2823-3") in offered(**{"edit:Observation/o:code": "potassium"})
+    assert ("http://loinc.org", "2823-3") in offered(add_kind="Observation", add_code="potassium")
+    conditions = offered(**{"edit:Condition/c:code": "atrial fibrillation"})
+    assert conditions and {system for system, _ in conditions} == {"http://hl7.org/fhir/sid/icd-10-cm"}
+    allergies = offered(add_kind="AllergyIntolerance", add_code="amoxicillin")
+    assert allergies and {system for system, _ in allergies} == {"http://snomed.info/sct"}
+    medications = offered(add_kind="MedicationStatement", add_code="metformin")  # SNOMED CT until RxNorm is imported
+    assert ("http://snomed.info/sct", "109081006") in medications

@@ -277,3 +277,24 @@ def test_an_added_vital_sign_is_read_as_the_extractor_reads_one() -> None:
     ):
         with pytest.raises(InvalidRequest, match=problem):
             release(lab_report(), Decision(added=(finding,)))
+
+
+def test_a_lab_result_allergy_or_procedure_is_given_a_code_by_the_reviewer() -> None:
+    from server.review.edits import fields_of
+
+    bundle = release(lab_report(), Decision(added=(AddedFinding(kind="VitalSign", text="Pulse", value=70),)))
+    sodium = resources(bundle, "Observation")[0]
+    pulse = next(o for o in resources(bundle, "Observation") if o["code"].get("text") == "Heart rate")
+    assert "code" in [name for name, _, _ in fields_of(sodium)]
+    assert "code" not in [name for name, _, _ in fields_of(pulse)]  # a vital sign's code is its kind's
+    nkda = {"resourceType": "AllergyIntolerance", "code": {"coding": [{"code": "409137002"}]}}
+    assert "code" not in [name for name, _, _ in fields_of(nkda)]
+    potassium = "http://loinc.org|2823-3|Potassium [Moles/volume] in Serum or Plasma"
+    edited = release(
+        bundle, Decision(edits=(FieldEdit(reference=f"Observation/{sodium['id']}", field="code", value=potassium),))
+    )
+    recoded = next(o for o in resources(edited, "Observation") if o["id"] == sodium["id"])
+    assert recoded["code"]["coding"] == [
+        {"system": "http://loinc.org", "code": "2823-3", "display": "Potassium [Moles/volume] in Serum or Plasma"}
+    ]
+    assert recoded["status"] == "amended"
