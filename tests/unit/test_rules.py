@@ -12,6 +12,7 @@ from server.pipeline.extract.rules import (
     assertion_of,
     nhs_number_is_valid,
     parse_date,
+    parse_medication,
     parse_timing,
     read_vital,
 )
@@ -154,6 +155,51 @@ def test_a_result_whose_test_is_not_known_is_kept_for_review_not_lost() -> None:
     assert RulesExtractor().extract([page_from_text("Adjusted calcium 2.45 mmol/L 2.20-2.60\n")]).labs == ()
 
 
+US_NOTE = """Progress Note
+Date of service: 11/20/2026
+Assessment and Plan:
+1. Type 2 diabetes mellitus without complications - continue metformin, recheck A1c in 3 months
+2. Essential hypertension: well controlled
+3. Possible obstructive sleep apnea; refer for sleep study
+4. Return in 3 months
+Patient denies chest pain.
+Medications:
+- Albuterol 90 mcg 2 puffs q4h prn wheezing
+Allergies: Penicillin (hives), sulfa drugs (rash)
+"""
+
+
+def test_a_us_note_assessment_and_plan_date_of_service_and_allergy_list() -> None:
+    extraction = RulesExtractor(date_order="MDY").extract([page_from_text(US_NOTE)])
+    assert extraction.document_date is not None and extraction.document_date.value == "2026-11-20"
+    diagnoses = {d.text: d.assertion for d in extraction.diagnoses}
+    assert diagnoses == {
+        "Type 2 diabetes mellitus without complications": "present",
+        "Essential hypertension": "present",
+        "obstructive sleep apnea": "uncertain",
+        "chest pain": "negated",  # the plan's prose is read for denials as before
+    }
+    assert [f.text for f in extraction.follow_ups] == ["Return in 3 months"]  # a plan, not a problem
+    albuterol = extraction.medications[0]
+    assert (albuterol.route, albuterol.timing is not None and albuterol.timing.as_needed) == ("inhaled", True)
+    allergies = {a.substance: a.reaction for a in extraction.allergies}
+    assert allergies == {"Penicillin": "hives", "sulfa drugs": "rash"}
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("penicillin, latex, peanuts", {"penicillin": None, "latex": None, "peanuts": None}),
+        ("Codeine: vomiting, mild", {"Codeine": "vomiting"}),
+        ("Penicillin - rash, swelling", {"Penicillin": "rash, swelling"}),
+        ("Penicillin (rash), mild", {"Penicillin": "rash"}),
+    ],
+)
+def test_a_comma_parts_allergies_only_where_it_cannot_belong_to_one(written: str, expected: dict[str, str]) -> None:
+    extraction = RulesExtractor().extract([page_from_text(f"Allergies: {written}\n")])
+    assert {a.substance: a.reaction for a in extraction.allergies} == expected
+
+
 def test_diagnoses_carry_assertions() -> None:
     diagnoses = {d.text.lower(): d.assertion for d in RulesExtractor().extract([page_from_text(NOTE)]).diagnoses}
     assert diagnoses["community acquired pneumonia"] == "present"
@@ -184,6 +230,21 @@ HbA1c  47  mmol/mol  20-42  H
 
 
 @pytest.mark.parametrize(
+    ("written", "dose", "unit"),
+    [
+        ("Albuterol 90 mcg 2 puffs q4h prn", 180, "ug"),  # the strength of one puff, two at a time
+        ("Metformin 500 mg 2 tablets BID", 1000, "mg"),
+        ("Paracetamol 500 mg, 2 tabs QDS", 1000, "mg"),
+        ("Metformin 500 mg 2 times per day", 500, "mg"),  # a frequency, not a count
+        ("Metformin 500 mg po BID", 500, "mg"),
+    ],
+)
+def test_a_dose_of_several_units_is_their_total(written: str, dose: float, unit: str) -> None:
+    medication = parse_medication(written)
+    assert medication is not None and (medication.dose_value, medication.dose_unit) == (dose, unit)
+
+
+@pytest.mark.parametrize(
     ("written", "frequency", "period_unit", "when", "as_needed"),
     [
         ("BID", 2, "d", (), False),
@@ -192,6 +253,8 @@ HbA1c  47  mmol/mol  20-42  H
         ("1 and 1/2 tabs po qhs", 1, "d", ("HS",), False),
         ("q6h PRN", 1, "h", (), True),
         ("four times daily", 4, "d", (), False),
+        ("3 times a day", 3, "d", (), False),
+        ("2x per day", 2, "d", (), False),
         ("weekly", 1, "wk", (), False),
     ],
 )

@@ -9,6 +9,7 @@ character span it was read from, so each fact has boxes on the page.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from typing import Final, Literal
@@ -54,6 +55,7 @@ Section = Literal[
     "history",
     "results",
     "plan",
+    "assessment-plan",  # a US note's "Assessment and Plan": numbered problems, each with its plan
     "procedures",
     "other",
 ]
@@ -118,7 +120,11 @@ _SECTION_HEADINGS: Final[dict[str, Section]] = {
     "follow up": "plan",
     "follow-up plan": "plan",
     "actions": "plan",
-    "assessment and plan": "plan",
+    "assessment and plan": "assessment-plan",
+    "assessment & plan": "assessment-plan",
+    "assessment/plan": "assessment-plan",
+    "a&p": "assessment-plan",
+    "a/p": "assessment-plan",
 }
 _HEADING_CLEAN = re.compile(r"(?:\s*\([^)]*\))?[:\s]*$")  # "Current medications (name, dose, how often):"
 
@@ -337,8 +343,9 @@ def _patient(lines: Sequence[_Line], order: DateOrder) -> PatientFacts:
 # --- the document: its date, author and organisation ----------------------------------------
 
 _DOCUMENT_DATE = re.compile(
-    r"\b(?:Date(?:\s+of\s+(?:letter|report|discharge|clinic|visit|admission))?|Letter\s+date|Report\s+date|"
-    r"Discharge\s+date|Clinic\s+date|Date\s+seen|Reported)\s*[:\-]\s*(?P<value>" + DATE_PATTERN + r")(?!\d)",
+    r"\b(?:Date(?:\s+of\s+(?:letter|report|discharge|clinic|visit|admission|service|encounter))?|Letter\s+date|"
+    r"Report\s+date|Discharge\s+date|Clinic\s+date|Date\s+seen|Reported|Service\s+date|Visit\s+date|"
+    r"Encounter\s+date|DOS)\s*[:\-]\s*(?P<value>" + DATE_PATTERN + r")(?!\d)",
     re.IGNORECASE,
 )
 _AUTHOR = re.compile(
@@ -546,6 +553,39 @@ _ASSERTION_CUES_AFTER = re.compile(r"\s+(?:(?:was\s+)?ruled\s+out|excluded|\?)$"
 _BULLET = re.compile(r"^\s*(?:[-•*·▪◦]|\d{1,2}[.)]|[a-z][.)])\s*")
 
 
+# where a numbered problem of an assessment and plan ends and its plan begins
+_PLAN_PART = re.compile(
+    r"\s+[-\u2013\u2014]\s+|:\s+|;\s*|\.\s+|,\s+(?=(?:continue|start|stop|increase|decrease)\b)", re.I
+)
+# a numbered item that is a plan, not a problem ("3. Return in 3 months", "Continue current medications")
+_PLAN_ITEM = re.compile(
+    r"^(?:continue|start|stop|increase|decrease|hold|discontinue|titrate|counsel(?:led)?|educat\w*|discuss\w*|"
+    r"labs?|f/u|rtc)\b",
+    re.I,
+)
+
+
+def _problem_of(line: _Line) -> Diagnosis | None:
+    """The problem a numbered (or bulleted) item of an assessment and plan names, before its plan
+    ("2. Essential hypertension - continue lisinopril"); an unnumbered line is plan prose."""
+    bullet = _BULLET.match(line.text)
+    if bullet is None:
+        return None
+    text = line.text[bullet.end() :]
+    head = _PLAN_PART.split(text, maxsplit=1)[0].strip().rstrip(".;,")
+    if len(head) < 3 or not re.search(r"[A-Za-z]{3}", head) or _ACTION.match(head) or _PLAN_ITEM.match(head):
+        return None
+    name = _ASSERTION_CUES_AFTER.sub("", _ASSERTION_CUES_BEFORE.sub("", head))
+    assertion = assertion_of(name, head)
+    start = line.start + bullet.end() + text.find(name)
+    return Diagnosis(
+        text=name,
+        assertion=assertion,
+        relative=relative_of(head) if assertion == "family" else None,
+        evidence=line.page.evidence(start, start + len(name)),
+    )
+
+
 def _diagnoses(lines: Sequence[_Line], pages: Sequence[OcrPage]) -> list[Diagnosis]:
     found: list[Diagnosis] = []
     for line in lines:
@@ -570,7 +610,9 @@ def _diagnoses(lines: Sequence[_Line], pages: Sequence[OcrPage]) -> list[Diagnos
                     evidence=line.page.evidence(name_start, name_start + len(name)),
                 )
             )
-        elif line.section in (None, "history", "observations", "other", "plan"):
+        elif line.section == "assessment-plan" and (problem := _problem_of(line)) is not None:
+            found.append(problem)
+        elif line.section in (None, "history", "observations", "other", "plan", "assessment-plan"):
             found.extend(_negated_findings(line))
     found.extend(_ticked_conditions(pages))
     unique: dict[tuple[str, str], Diagnosis] = {}
@@ -624,7 +666,7 @@ _ROUTES: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"\b(?:s\.?c\.?|subcut(?:aneous(?:ly)?)?|sq)(?=\W|$)", re.I), "subcutaneous"),
     (re.compile(r"\b(?:i\.?v\.?|intravenous(?:ly)?)(?=\W|$)", re.I), "intravenous"),
     (re.compile(r"\b(?:i\.?m\.?|intramuscular(?:ly)?)(?=\W|$)", re.I), "intramuscular"),
-    (re.compile(r"\b(?:inh|inhaled|inhaler|neb(?:ulised|ulized)?)(?=\W|$)", re.I), "inhaled"),
+    (re.compile(r"\b(?:inh|inhaled|inhaler|neb(?:ulised|ulized)?|puffs?)(?=\W|$)", re.I), "inhaled"),
     (re.compile(r"\b(?:s\.?l\.?|sublingual(?:ly)?)(?=\W|$)", re.I), "sublingual"),
     (re.compile(r"\b(?:p\.?r\.?|rectal(?:ly)?)(?=\W|$)", re.I), "rectal"),
     (re.compile(r"\b(?:top(?:ical(?:ly)?)?)(?=\W|$)", re.I), "topical"),
@@ -632,15 +674,15 @@ _ROUTES: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
 # Order matters: longer, more specific phrases first.
 _FREQUENCIES: Final[tuple[tuple[re.Pattern[str], Timing], ...]] = (
     (
-        re.compile(r"\b(?:four\s+times\s+(?:a\s+)?da(?:il)?y|q\.?i\.?d\.?|qds)\b", re.I),
+        re.compile(r"\b(?:(?:four|4)\s*(?:times|x)\s+(?:a\s+|per\s+)?da(?:il)?y|q\.?i\.?d\.?|qds)\b", re.I),
         Timing(frequency=4, period=1, period_unit="d", code="QID"),
     ),
     (
-        re.compile(r"\b(?:three\s+times\s+(?:a\s+)?da(?:il)?y|t\.?i\.?d\.?|tds)\b", re.I),
+        re.compile(r"\b(?:(?:three|3)\s*(?:times|x)\s+(?:a\s+|per\s+)?da(?:il)?y|t\.?i\.?d\.?|tds)\b", re.I),
         Timing(frequency=3, period=1, period_unit="d", code="TID"),
     ),
     (
-        re.compile(r"\b(?:twice\s+(?:a\s+)?da(?:il)?y|b\.?i\.?d\.?|bd)\b", re.I),
+        re.compile(r"\b(?:(?:twice|2\s*(?:times|x))\s+(?:a\s+|per\s+)?da(?:il)?y|b\.?i\.?d\.?|bd)\b", re.I),
         Timing(frequency=2, period=1, period_unit="d", code="BID"),
     ),
     (
@@ -682,16 +724,26 @@ def _parse_route(text: str) -> str | None:
     return None
 
 
+_UNITS_TAKEN = re.compile(
+    r"^\s*(?:[,\-]\s*)?(?:take\s+)?(\d)\s*(?:x\s*)?(?:tabs?|tablets?|caps?|capsules?|puffs?|sprays?|actuations?)\b",
+    re.I,
+)
+
+
 def parse_medication(body: str) -> Medication | None:
     """A medication line as written ("Metformin 500 mg po BID") parsed, without evidence; None if it is not one."""
     match = _MEDICATION.match(body.strip())
     if not match:
         return None
     rest = match.group("rest")
+    dose = float(match.group("dose").replace(",", "."))
+    # "Metformin 500 mg 2 tablets BID", "Albuterol 90 mcg 2 puffs": the strength of one, taken N at a time
+    if units := _UNITS_TAKEN.match(rest):
+        dose *= int(units.group(1))
     return Medication(
         name=match.group("name").strip(),
         text=body.strip(),
-        dose_value=float(match.group("dose").replace(",", ".")),
+        dose_value=dose,
         dose_unit=normalize_unit(match.group("unit")),
         route=_parse_route(rest),
         timing=parse_timing(rest),
@@ -809,6 +861,7 @@ def _vitals(lines: Sequence[_Line]) -> list[Vital]:
             "allergies",
             "procedures",
             "plan",
+            "assessment-plan",
         ):
             continue
         for pattern, kind in _VITALS:
@@ -946,7 +999,15 @@ def _labs(lines: Sequence[_Line], read_tables: bool = True) -> list[LabResult]:
     found: list[LabResult] = []
     tables: dict[int, dict[int, LabResult]] = {}
     for line in lines:
-        if line.section in ("medications", "stopped-medications", "diagnoses", "allergies", "procedures", "plan"):
+        if line.section in (
+            "medications",
+            "stopped-medications",
+            "diagnoses",
+            "allergies",
+            "procedures",
+            "plan",
+            "assessment-plan",
+        ):
             continue
         if line.page.number not in tables:
             tables[line.page.number] = _table_labs(line.page) if read_tables else {}
@@ -1059,6 +1120,40 @@ def parse_allergy(body: str) -> Allergy | None:
     )
 
 
+def _depth_zero_commas(text: str) -> list[int]:
+    depth, commas = 0, []
+    for i, char in enumerate(text):
+        depth += (char == "(") - (char == ")")
+        if char == "," and depth == 0:
+            commas.append(i)
+    return commas
+
+
+def _allergy_parts(text: str) -> Iterator[tuple[int, str]]:
+    """(offset, text) of each allergy a list states. A semicolon always parts two; a comma outside
+    brackets parts them where each before it has its reaction in brackets ("Penicillin (hives),
+    sulfa drugs (rash)") or where none has a reaction at all ("penicillin, latex, peanuts"); else
+    the comma belongs to one ("Codeine: vomiting, mild"; "Penicillin - rash, swelling")."""
+    offset = 0
+    for part in text.split(";"):
+        cuts = [0, *(c + 1 for c in _depth_zero_commas(part)), len(part) + 1]
+        chunks = [part[a : b - 1] for a, b in itertools.pairwise(cuts)]
+        bracketed = all("(" in chunk for chunk in chunks[:-1]) and not any(
+            _SEVERITY.fullmatch(chunk.strip())
+            for chunk in chunks[1:]  # "Penicillin (rash), mild"
+        )
+        bare = all(
+            not re.search(r"[(:\-\u2013]|\s(?:causes|caused|gives|gave)\s", chunk) and not _SEVERITY.search(chunk)
+            for chunk in chunks
+        )
+        if len(chunks) > 1 and (bracketed or bare):
+            for start, chunk in zip(cuts, chunks, strict=False):
+                yield offset + start, chunk
+        else:
+            yield offset, part
+        offset += len(part) + 1
+
+
 def _allergies(lines: Sequence[_Line]) -> list[Allergy]:
     found: list[Allergy] = []
     for line in lines:
@@ -1071,11 +1166,9 @@ def _allergies(lines: Sequence[_Line]) -> list[Allergy]:
         else:
             continue
         # "Allergies: penicillin (rash); latex" lists several; a comma may belong to one ("rash, mild")
-        offset = body_start
-        for part in line.text[body_start:].split(";"):
+        for offset, part in _allergy_parts(line.text[body_start:]):
             allergy = parse_allergy(part)
-            start = line.start + offset + (len(part) - len(part.lstrip()))
-            offset += len(part) + 1
+            start = line.start + body_start + offset + (len(part) - len(part.lstrip()))
             if allergy is not None:
                 end = start + len(part.strip().rstrip(".;,"))
                 found.append(msgspec.structs.replace(allergy, evidence=line.page.evidence(start, end)))
@@ -1187,7 +1280,7 @@ _ACTION = re.compile(
 def _follow_ups(lines: Sequence[_Line]) -> list[FollowUp]:
     found: dict[str, FollowUp] = {}
     for line in lines:
-        if line.section != "plan":
+        if line.section not in ("plan", "assessment-plan"):
             continue
         bullet = _BULLET.match(line.text)
         start = bullet.end() if bullet else len(line.text) - len(line.text.lstrip())
