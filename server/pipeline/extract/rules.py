@@ -575,14 +575,20 @@ def _problem_of(line: _Line) -> Diagnosis | None:
     head = _PLAN_PART.split(text, maxsplit=1)[0].strip().rstrip(".;,")
     if len(head) < 3 or not re.search(r"[A-Za-z]{3}", head) or _ACTION.match(head) or _PLAN_ITEM.match(head):
         return None
-    name = _ASSERTION_CUES_AFTER.sub("", _ASSERTION_CUES_BEFORE.sub("", head))
-    assertion = assertion_of(name, head)
-    start = line.start + bullet.end() + text.find(name)
+    return _diagnosis_at(line, bullet.end() + text.find(head), head)
+
+
+def _diagnosis_at(line: _Line, start: int, text: str) -> Diagnosis:
+    """The condition ``text`` (at ``start`` in the line) names; assertion cues decide its
+    assertion and are dropped from its name ("possible sleep apnea": uncertain, "sleep apnea")."""
+    name = _ASSERTION_CUES_AFTER.sub("", _ASSERTION_CUES_BEFORE.sub("", text))
+    assertion = assertion_of(name, text)
+    name_start = line.start + start + text.find(name)
     return Diagnosis(
         text=name,
         assertion=assertion,
-        relative=relative_of(head) if assertion == "family" else None,
-        evidence=line.page.evidence(start, start + len(name)),
+        relative=relative_of(text) if assertion == "family" else None,
+        evidence=line.page.evidence(name_start, name_start + len(name)),
     )
 
 
@@ -597,19 +603,7 @@ def _diagnoses(lines: Sequence[_Line], pages: Sequence[OcrPage]) -> list[Diagnos
                 continue
             if _names_an_operation(text):
                 continue  # an operation in a past-history list: a procedure (see _procedures)
-            # drop assertion cues from the condition's name; they decide its assertion
-            name = _ASSERTION_CUES_BEFORE.sub("", text)
-            name = _ASSERTION_CUES_AFTER.sub("", name)
-            assertion = assertion_of(name, text)
-            name_start = line.start + start + text.find(name)
-            found.append(
-                Diagnosis(
-                    text=name,
-                    assertion=assertion,
-                    relative=relative_of(text) if assertion == "family" else None,
-                    evidence=line.page.evidence(name_start, name_start + len(name)),
-                )
-            )
+            found.append(_diagnosis_at(line, start, text))
         elif line.section == "assessment-plan" and (problem := _problem_of(line)) is not None:
             found.append(problem)
         elif line.section in (None, "history", "observations", "other", "plan", "assessment-plan"):
