@@ -32,6 +32,7 @@ _CONTENT_TYPES = {
     ".jpeg": "image/jpeg",
     ".tif": "image/tiff",
     ".tiff": "image/tiff",
+    ".txt": "text/plain",
 }
 
 

@@ -47,6 +47,21 @@ def test_extract_codes_with_the_terminology_index(tmp_path: Path, terminology_in
     assert present & coded, (present, coded)
 
 
+def test_extract_a_us_note_in_plain_text(tmp_path: Path) -> None:
+    path = tmp_path / "note.txt"
+    path.write_text(
+        "Progress Note\nPatient: John Public   DOB: 04/12/1961\nDate of service: 11/20/2026\n"
+        "Vitals: T 101.2 F, Ht 70 in\nAssessment and Plan:\n1. Essential hypertension - continue lisinopril\n"
+    )
+    result = run("extract", str(path), cwd=tmp_path, PAPERCHART_DATE_ORDER="MDY")
+    assert result.returncode == 0, result.stderr
+    resources = [e["resource"] for e in json.loads(result.stdout)["entry"]]
+    assert next(r for r in resources if r["resourceType"] == "Patient")["birthDate"] == "1961-04-12"
+    assert [r["code"]["text"] for r in resources if r["resourceType"] == "Condition"] == ["Essential hypertension"]
+    temperature = next(r for r in resources if r.get("code", {}).get("text") == "Body temperature")
+    assert temperature["valueQuantity"]["value"] == 101.2 and temperature["effectiveDateTime"] == "2026-11-20"
+
+
 @pytest.mark.slow
 def test_extract_scanned_image(tmp_path: Path) -> None:
     document = rendered("clinic_note", seed=8)
