@@ -200,6 +200,48 @@ def test_a_comma_parts_allergies_only_where_it_cannot_belong_to_one(written: str
     assert {a.substance: a.reaction for a in extraction.allergies} == expected
 
 
+DISCHARGE = """Discharge Summary
+Name: Mrs Margaret Ellis  DOB: 03/09/1948
+Diagnoses:
+1. Community-acquired pneumonia
+2. Atrial fibrillation, new onset
+Past medical history: Type 2 diabetes; COPD; osteoarthritis of both knees
+Medications on discharge:
+Apixaban 5mg BD (new)
+Salbutamol 100mcg inhaler 2 puffs QDS PRN
+Furosemide 40mg OM - stopped
+Social care needs:
+Lives alone, carers twice daily
+Investigations:
+Hb 112 g/L (115-165) L
+CRP 156 mg/L (<5) H
+INR 1.1 (0.8-1.2)
+"""
+
+
+def test_a_discharge_summary_whose_sections_have_other_names() -> None:
+    """Headings paperchart did not know let the diagnoses list run on: every later line (the
+    medications, the bloods) became a condition, and the bloods were lost as results."""
+    extraction = RulesExtractor().extract([page_from_text(DISCHARGE)])
+    assert extraction.patient.name is not None and extraction.patient.name.value == "Mrs Margaret Ellis"
+    assert [d.text for d in extraction.diagnoses] == [
+        "Community-acquired pneumonia",
+        "Atrial fibrillation, new onset",
+        "Type 2 diabetes",  # the inline list, item by item
+        "COPD",
+        "osteoarthritis of both knees",
+    ]
+    medications = {m.name: m for m in extraction.medications}
+    assert set(medications) == {"Apixaban", "Salbutamol", "Furosemide"}
+    assert (medications["Salbutamol"].dose_value, medications["Salbutamol"].route) == (200, "inhaled")
+    furosemide = medications["Furosemide"]
+    assert furosemide.status == "stopped" and furosemide.timing is not None and furosemide.timing.when == ("MORN",)
+    labs = {lab.test: lab for lab in extraction.labs}
+    assert (labs["Hb"].value, labs["Hb"].low, labs["Hb"].high, labs["Hb"].flag) == (112, 115, 165, "L")
+    assert (labs["CRP"].high, labs["CRP"].flag) == (5, "H")
+    assert (labs["INR"].unit, labs["INR"].low, labs["INR"].high) == ("{INR}", 0.8, 1.2)
+
+
 def test_diagnoses_carry_assertions() -> None:
     diagnoses = {d.text.lower(): d.assertion for d in RulesExtractor().extract([page_from_text(NOTE)]).diagnoses}
     assert diagnoses["community acquired pneumonia"] == "present"

@@ -120,6 +120,52 @@ _SECTION_HEADINGS: Final[dict[str, Section]] = {
     "follow up": "plan",
     "follow-up plan": "plan",
     "actions": "plan",
+    # more of what discharge summaries and letters call their sections
+    "primary diagnosis": "diagnoses",
+    "principal diagnosis": "diagnoses",
+    "secondary diagnoses": "diagnoses",
+    "working diagnosis": "diagnoses",
+    "final diagnosis": "diagnoses",
+    "comorbidities": "diagnoses",
+    "co-morbidities": "diagnoses",
+    "past history": "diagnoses",
+    "medical history": "diagnoses",
+    "medications on discharge": "medications",
+    "discharge medication": "medications",
+    "medications on admission": "medications",
+    "admission medications": "medications",
+    "current medicines": "medications",
+    "medicines": "medications",
+    "repeat medications": "medications",
+    "tto": "medications",
+    "ttos": "medications",
+    "investigations": "results",
+    "relevant investigations": "results",
+    "key investigations": "results",
+    "blood results": "results",
+    "blood tests": "results",
+    "bloods": "results",
+    "lab results": "results",
+    "labs": "results",
+    "pathology": "results",
+    "on examination": "observations",
+    "o/e": "observations",
+    "physical examination": "observations",
+    "physical exam": "observations",
+    "examination findings": "observations",
+    "clinical summary": "history",
+    "summary": "history",
+    "hospital course": "history",
+    "course in hospital": "history",
+    "history": "history",
+    "social history": "other",
+    "family history": "other",
+    "recommendations": "plan",
+    "management plan": "plan",
+    "gp actions": "plan",
+    "actions for gp": "plan",
+    "operations performed": "procedures",
+    "procedures this admission": "procedures",
     "assessment and plan": "assessment-plan",
     "assessment & plan": "assessment-plan",
     "assessment/plan": "assessment-plan",
@@ -134,14 +180,46 @@ def _heading(text: str) -> Section | None:
     return _SECTION_HEADINGS.get(key)
 
 
+# A line that reads as a heading paperchart does not know ("Social care needs:"): it ends the
+# section before it, so what follows is not read as more of that section (more diagnoses, say).
+_OTHER_HEADING = re.compile(r"^\s*[A-Z][A-Za-z&/'\- ]{2,40}:\s*$")
+# A known heading with its list on the same line: "Past medical history: Type 2 diabetes; COPD".
+_INLINE_HEADING = re.compile(r"^\s*(?P<heading>[A-Za-z][A-Za-z&/'\- ]{1,40}?)\s*:\s+(?P<body>\S.*)$")
+_INLINE_LISTS: Final[frozenset[Section]] = frozenset({"diagnoses", "procedures"})
+
+
+def _list_items(body: str) -> Iterator[tuple[int, str]]:
+    """(offset, item) of a list written on one line: parted by semicolons, and by commas where
+    there are three items or more of four words at most ("Hypertension, type 2 diabetes, COPD";
+    not "Type 2 diabetes, diet controlled")."""
+    parts = body.split(";")
+    if len(parts) == 1:
+        commas = body.split(",")
+        if len(commas) >= 3 and all(0 < len(p.split()) <= 4 for p in commas):
+            parts = commas
+    offset = 0
+    for part in parts:
+        if part.strip():
+            yield offset + len(part) - len(part.lstrip()), part.strip()
+        offset += len(part) + 1
+
+
 def _lines(pages: Sequence[OcrPage]) -> Iterator[_Line]:
     section: Section | None = None
     for page in pages:
         offset = 0
         for raw in page.text.split("\n"):
             heading = _heading(raw)
+            inline = _INLINE_HEADING.match(raw)
+            listed = _SECTION_HEADINGS.get(inline.group("heading").strip().lower()) if inline else None
             if heading is not None:
                 section = heading
+            elif _OTHER_HEADING.match(raw):
+                section = "other"
+            elif inline is not None and listed in _INLINE_LISTS:
+                for start, item in _list_items(inline.group("body")):
+                    yield _Line(page, offset + inline.start("body") + start, item, listed)
+                section = "other"  # the list was the whole section
             else:
                 yield _Line(page, offset, raw, section)
             offset += len(raw) + 1
@@ -219,7 +297,8 @@ def parse_date(text: str, order: DateOrder = "DMY", *, today: dt.date | None = N
 _LABELS: Final = r"(?:DOB|D\.O\.B\.?|Date\s+of\s+Birth|Sex|Gender|MRN|NHS|Age|Address|Hospital\s+No)"
 _NAME = re.compile(
     r"(?:Patient(?:'s)?\s*Name|Patient|Name)\s*[:\-]\s*"
-    r"(?P<value>(?:(?!" + _LABELS + r"\b)[A-Za-z][A-Za-z'\-.]*,?(?:[ ](?!\s)|$)){1,5})",
+    # words one space apart; two spaces or more end the name ("Mrs Margaret Ellis  DOB: ...")
+    r"(?P<value>(?:(?!" + _LABELS + r"\b)[A-Za-z][A-Za-z'\-.]*,?(?:[ ](?!\s)|(?=\s{2})|$)){1,5})",
     re.IGNORECASE,
 )
 _TITLES: Final = {"mr", "mrs", "ms", "miss", "dr", "mx", "prof"}
@@ -684,7 +763,12 @@ _FREQUENCIES: Final[tuple[tuple[re.Pattern[str], Timing], ...]] = (
         Timing(frequency=1, period=1, period_unit="d", when=("HS",), code="QHS"),
     ),
     (
-        re.compile(r"\b(?:once\s+(?:a\s+)?da(?:il)?y|daily|o\.?d\.?|q\.?d\.?|every\s+day|mane)\b", re.I),
+        # "OM" (omni mane, UK): each morning
+        re.compile(r"\b(?:in\s+the\s+morning|each\s+morning|every\s+morning|o\.?m\.?|mane)\b", re.I),
+        Timing(frequency=1, period=1, period_unit="d", when=("MORN",), code="AM"),
+    ),
+    (
+        re.compile(r"\b(?:once\s+(?:a\s+)?da(?:il)?y|daily|o\.?d\.?|q\.?d\.?|every\s+day)\b", re.I),
         Timing(frequency=1, period=1, period_unit="d", code="QD"),
     ),
     (
@@ -719,7 +803,8 @@ def _parse_route(text: str) -> str | None:
 
 
 _UNITS_TAKEN = re.compile(
-    r"^\s*(?:[,\-]\s*)?(?:take\s+)?(\d)\s*(?:x\s*)?(?:tabs?|tablets?|caps?|capsules?|puffs?|sprays?|actuations?)\b",
+    r"^\s*(?:[,\-]\s*)?(?:(?:inhaler|mdi|evohaler|accuhaler|tablets?|tabs?|capsules?|caps?)\s+)?(?:take\s+)?"
+    r"(\d)\s*(?:x\s*)?(?:tabs?|tablets?|caps?|capsules?|puffs?|sprays?|actuations?)\b",
     re.I,
 )
 
@@ -870,8 +955,9 @@ _LAB_VALUE = re.compile(
     r"^\s*[:\-]?\s*(?P<cmp><=|>=|<|>)?\s*(?P<value>\d+(?:\.\d+)?)(?!\d)"
     # the unit: anything in the unit column that is not the range; an OCR-garbled unit is kept
     # (and later flagged as unrecognised) rather than losing the value
-    r"(?:\s*(?P<unit>(?:x|\u00d7)\s*10\s*\S*|[A-Za-zµμ%/][^\s]*|(?!\d+(?:\.\d+)?\s*[-\u2013])\S+))?"
-    r"(?:\s+(?:(?P<low>\d+(?:\.\d+)?)\s*[-\u2013]\s*(?P<high>\d+(?:\.\d+)?)|<\s*(?P<upper>\d+(?:\.\d+)?)))?"
+    r"(?:\s*(?P<unit>(?:x|\u00d7)\s*10\s*\S*|[A-Za-zµμ%/][^\s]*|(?!\(?\s*(?:<|\d+(?:\.\d+)?\s*[-\u2013]))\S+))?"
+    # the reference range, perhaps in brackets: "(115-165)", "(<5)"
+    r"(?:\s+\(?\s*(?:(?P<low>\d+(?:\.\d+)?)\s*[-\u2013]\s*(?P<high>\d+(?:\.\d+)?)|<\s*(?P<upper>\d+(?:\.\d+)?))\s*\)?)?"
     r"(?:\s+(?P<flag>HH|LL|H|L|High|Low|\*{1,2}))?\s*$",
     re.IGNORECASE,
 )
