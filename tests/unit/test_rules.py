@@ -242,6 +242,35 @@ def test_a_discharge_summary_whose_sections_have_other_names() -> None:
     assert (labs["INR"].unit, labs["INR"].low, labs["INR"].high) == ("{INR}", 0.8, 1.2)
 
 
+REFERRAL = """Dear Dr Patel,
+Re: Mr David Brown, DOB 22/07/1959, NHS No 401 023 2137
+Thank you for seeing this man. He denies palpitations.
+On examination his BP was 158/92 mmHg, pulse of 84 regular.
+He is allergic to penicillin, which causes a rash, and is not allergic to latex.
+Known allergy to peanuts and sesame.
+Recent bloods: HbA1c 62 mmol/mol, total cholesterol 5.8 mmol/L.
+"""
+
+
+def test_a_referral_letter_told_in_prose() -> None:
+    extraction = RulesExtractor().extract([page_from_text(REFERRAL)])
+    assert extraction.patient.name is not None and extraction.patient.name.value == "Mr David Brown"
+    vitals = {v.kind: (v.value, v.diastolic) for v in extraction.vitals}
+    assert vitals == {"blood_pressure": (158, 92), "heart_rate": (84, None)}
+    assert {a.substance: a.reaction for a in extraction.allergies} == {
+        "penicillin": "rash",
+        "peanuts": None,
+        "sesame": None,
+    }  # not latex: the letter says he is not allergic to it
+    assert {lab.test: (lab.value, lab.unit) for lab in extraction.labs} == {
+        "HbA1c": (62, "mmol/mol"),
+        "total cholesterol": (5.8, "mmol/L"),
+    }
+    assert [d.text for d in extraction.diagnoses] == ["palpitations"]  # denied, so refuted
+    # a subject line with no date of birth or identifier after it names nobody
+    assert RulesExtractor().extract([page_from_text("Re: referral for chest pain\n")]).patient.name is None
+
+
 def test_diagnoses_carry_assertions() -> None:
     diagnoses = {d.text.lower(): d.assertion for d in RulesExtractor().extract([page_from_text(NOTE)]).diagnoses}
     assert diagnoses["community acquired pneumonia"] == "present"

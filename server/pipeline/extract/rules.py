@@ -143,6 +143,9 @@ _SECTION_HEADINGS: Final[dict[str, Section]] = {
     "relevant investigations": "results",
     "key investigations": "results",
     "blood results": "results",
+    "recent bloods": "results",
+    "recent blood tests": "results",
+    "recent results": "results",
     "blood tests": "results",
     "bloods": "results",
     "lab results": "results",
@@ -185,15 +188,18 @@ def _heading(text: str) -> Section | None:
 _OTHER_HEADING = re.compile(r"^\s*[A-Z][A-Za-z&/'\- ]{2,40}:\s*$")
 # A known heading with its list on the same line: "Past medical history: Type 2 diabetes; COPD".
 _INLINE_HEADING = re.compile(r"^\s*(?P<heading>[A-Za-z][A-Za-z&/'\- ]{1,40}?)\s*:\s+(?P<body>\S.*)$")
-_INLINE_LISTS: Final[frozenset[Section]] = frozenset({"diagnoses", "procedures"})
+_INLINE_LISTS: Final[frozenset[Section]] = frozenset({"diagnoses", "procedures", "results"})
 
 
-def _list_items(body: str) -> Iterator[tuple[int, str]]:
+def _list_items(body: str, section: Section) -> Iterator[tuple[int, str]]:
     """(offset, item) of a list written on one line: parted by semicolons, and by commas where
     there are three items or more of four words at most ("Hypertension, type 2 diabetes, COPD";
-    not "Type 2 diabetes, diet controlled")."""
+    not "Type 2 diabetes, diet controlled"); results by every comma ("Hb 112 g/L, CRP 5 mg/L")."""
+    body = body.rstrip().rstrip(".")
     parts = body.split(";")
-    if len(parts) == 1:
+    if section == "results":
+        parts = re.split(r"[;,]", body)
+    elif len(parts) == 1:
         commas = body.split(",")
         if len(commas) >= 3 and all(0 < len(p.split()) <= 4 for p in commas):
             parts = commas
@@ -217,7 +223,7 @@ def _lines(pages: Sequence[OcrPage]) -> Iterator[_Line]:
             elif _OTHER_HEADING.match(raw):
                 section = "other"
             elif inline is not None and listed in _INLINE_LISTS:
-                for start, item in _list_items(inline.group("body")):
+                for start, item in _list_items(inline.group("body"), listed):
                     yield _Line(page, offset + inline.start("body") + start, item, listed)
                 section = "other"  # the list was the whole section
             else:
@@ -301,6 +307,12 @@ _NAME = re.compile(
     r"(?P<value>(?:(?!" + _LABELS + r"\b)[A-Za-z][A-Za-z'\-.]*,?(?:[ ](?!\s)|(?=\s{2})|$)){1,5})",
     re.IGNORECASE,
 )
+# a letter's subject line: "Re: Mr David Brown, DOB 22/07/1959" (a name only where a date of
+# birth or an identifier follows it, so "Re: referral for chest pain" is no name)
+_LETTER_SUBJECT = re.compile(
+    r"\b(?i:re)\s*:\s*(?P<value>(?:(?:Mr|Mrs|Ms|Miss|Mx|Master|Dr)\.?\s+)?[A-Z][A-Za-z'\-]*(?:\s+[A-Z][A-Za-z'\-]*){1,3})"
+    r"(?=\s*[,(]?\s*(?:DOB|D\.O\.B|born|NHS|MRN|Hospital\s+No|\d{1,2}[/.\-]\d))"
+)
 _TITLES: Final = {"mr", "mrs", "ms", "miss", "dr", "mx", "prof"}
 _DOB = re.compile(
     r"(?:DOB|D\.O\.B\.?|Date\s+of\s+Birth|Born)\s*[:\-]?\s*(?P<value>" + DATE_PATTERN + r")(?!\d)", re.IGNORECASE
@@ -372,7 +384,7 @@ def _patient(lines: Sequence[_Line], order: DateOrder) -> PatientFacts:
     family = None
     identifiers: list[Identifier] = []
     for line in lines:
-        if name is None and (match := _NAME.search(line.text)):
+        if name is None and (match := _NAME.search(line.text) or _LETTER_SUBJECT.search(line.text)):
             value = " ".join(match.group("value").split()).strip(" ,")
             if len(value) >= 3:
                 name = TextFact(value=value, evidence=_evidence(line, match, "value"))
@@ -861,38 +873,40 @@ def _medications(lines: Sequence[_Line]) -> list[Medication]:
 
 # --- vitals -------------------------------------------------------------------------------
 
+# between a vital sign's name and its value: "BP: 120/80", "BP 120/80", "BP was 158/92", "pulse of 84"
+_IS: Final = r"\s*(?:[:\-]|\s(?:was|is|of)\b)?\s*"
 _VITALS: Final[tuple[tuple[re.Pattern[str], VitalKind], ...]] = (
     (
         re.compile(
-            r"\b(?:BP|Blood\s+pressure)\s*[:\-]?\s*(?P<value>\d{2,3})\s*/\s*(?P<diastolic>\d{2,3})(?:\s*mm\s*Hg)?", re.I
+            r"\b(?:BP|Blood\s+pressure)" + _IS + r"(?P<value>\d{2,3})\s*/\s*(?P<diastolic>\d{2,3})(?:\s*mm\s*Hg)?", re.I
         ),
         "blood_pressure",
     ),
     (
-        re.compile(r"\b(?:HR|Pulse|Heart\s+rate)\s*[:\-]?\s*(?P<value>\d{2,3})(?:\s*(?:bpm|/min|beats))?", re.I),
+        re.compile(r"\b(?:HR|Pulse|Heart\s+rate)" + _IS + r"(?P<value>\d{2,3})(?:\s*(?:bpm|/min|beats))?", re.I),
         "heart_rate",
     ),
     (
         re.compile(
-            r"\b(?:RR|Resp(?:iratory)?\s+rate|Resp)\s*[:\-]?\s*(?P<value>\d{1,2})(?:\s*/\s*min|\s*breaths)?", re.I
+            r"\b(?:RR|Resp(?:iratory)?\s+rate|Resp)" + _IS + r"(?P<value>\d{1,2})(?:\s*/\s*min|\s*breaths)?", re.I
         ),
         "respiratory_rate",
     ),
     (
         # two digits in Celsius, three for a fever in Fahrenheit ("Temp 101.3 F")
-        re.compile(r"\b(?:Temp(?:erature)?|T)\s*[:\-]?\s*(?P<value>\d{2,3}(?:\.\d\d?)?)\s*°?\s*(?P<unit>C|F)?\b", re.I),
+        re.compile(r"\b(?:Temp(?:erature)?|T)" + _IS + r"(?P<value>\d{2,3}(?:\.\d\d?)?)\s*°?\s*(?P<unit>C|F)?\b", re.I),
         "body_temperature",
     ),
     (
-        re.compile(r"\b(?:Sp\s?O2|O2\s+sat(?:uration)?s?|Sats?)\s*[:\-]?\s*(?P<value>\d{2,3})\s*%", re.I),
+        re.compile(r"\b(?:Sp\s?O2|O2\s+sat(?:uration)?s?|Sats?)" + _IS + r"(?P<value>\d{2,3})\s*%", re.I),
         "oxygen_saturation",
     ),
-    (re.compile(r"\b(?:Weight|Wt)\s*[:\-]?\s*(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>kg|lbs?)\b", re.I), "body_weight"),
+    (re.compile(r"\b(?:Weight|Wt)" + _IS + r"(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>kg|lbs?)\b", re.I), "body_weight"),
     (
-        re.compile(r"\b(?:Height|Ht)\s*[:\-]?\s*(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>cm|m|in(?:ches)?)\b", re.I),
+        re.compile(r"\b(?:Height|Ht)" + _IS + r"(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>cm|m|in(?:ches)?)\b", re.I),
         "body_height",
     ),
-    (re.compile(r"\bBMI\s*[:\-]?\s*(?P<value>\d{2}(?:\.\d+)?)", re.I), "bmi"),
+    (re.compile(r"\bBMI" + _IS + r"(?P<value>\d{2}(?:\.\d+)?)", re.I), "bmi"),
 )
 VITAL_UNITS: Final = {
     "blood_pressure": "mm[Hg]",
@@ -1234,9 +1248,42 @@ def _allergy_parts(text: str) -> Iterator[tuple[int, str]]:
         offset += len(part) + 1
 
 
+# an allergy told in prose: "He is allergic to penicillin, which causes a rash."
+_SUBSTANCE = r"[A-Za-z][A-Za-z\-]*(?:\s+[A-Za-z][A-Za-z\-]*){0,2}?"
+_ALLERGIC_TO = re.compile(
+    r"\b(?:allergic|allergy|allergies)\s+to\s+"
+    # one substance, or two ("peanuts and latex"; not "penicillin and has asthma")
+    r"(?P<substance>"
+    + _SUBSTANCE
+    + r"(?:\s+and\s+(?!(?:has|have|had|is|was|are|were|takes?|also|gets?)\b)"
+    + _SUBSTANCE
+    + r")?)"
+    r"(?:\s*,?\s*(?:which\s+|that\s+)?(?:causes?|caused|causing|gives?|gave|giving)\s+(?:him\s+|her\s+|them\s+)?"
+    r"(?:a\s+|an\s+)?(?P<reaction>[a-z][a-z ]{1,30}?))?"
+    r"(?=\s*[.;,)]|\s+(?:but|since|for)\b|\s+and\s+(?:has|have|had|is|was|are|were|takes?|also|gets?)\b|\s*$)",
+    re.I,
+)
+_NOT_BEFORE = re.compile(r"\b(?:not|never|no|denies|deny|isn't|wasn't|n't)\s+(?:\w+\s+)?$", re.I)
+
+
+def _told_allergies(line: _Line) -> Iterator[Allergy]:
+    for match in _ALLERGIC_TO.finditer(line.text):
+        if _NOT_BEFORE.search(line.text[: match.start()]):
+            continue  # "not allergic to penicillin"
+        for substance in re.split(r"\s+and\s+", match.group("substance"), flags=re.I):
+            yield Allergy(
+                substance=substance,
+                reaction=match.group("reaction"),
+                category=_allergy_category(substance),
+                evidence=_evidence(line, match),
+            )
+
+
 def _allergies(lines: Sequence[_Line]) -> list[Allergy]:
     found: list[Allergy] = []
     for line in lines:
+        if line.section in _PROSE_SECTIONS:
+            found.extend(_told_allergies(line))
         inline = _ALLERGIES_INLINE.match(line.text)
         if inline:
             body_start = inline.start("body")
