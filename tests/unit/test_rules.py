@@ -102,6 +102,7 @@ def test_a_fever_in_fahrenheit_and_one_line_vitals() -> None:
     assert read_vital("BP 120/80 mmHg") == Vital(kind="blood_pressure", value=120, unit="mm[Hg]", diastolic=80)
     assert read_vital("Weight 154 lb") == Vital(kind="body_weight", value=154, unit="[lb_av]")
     assert read_vital("Ht 67 in") == Vital(kind="body_height", value=67, unit="[in_i]")
+    assert read_vital("Wt 238 Ib") == Vital(kind="body_weight", value=238, unit="[lb_av]")  # OCR's "lb"
     assert read_vital("Mood 5") is None
 
 
@@ -269,6 +270,28 @@ def test_a_referral_letter_told_in_prose() -> None:
     assert [d.text for d in extraction.diagnoses] == ["palpitations"]  # denied, so refuted
     # a subject line with no date of birth or identifier after it names nobody
     assert RulesExtractor().extract([page_from_text("Re: referral for chest pain\n")]).patient.name is None
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_generated_us_progress_note_is_read_as_its_truth(seed: int) -> None:
+    from server.pipeline.inspect import Limits
+    from server.pipeline.rasterize import iter_pages
+    from tests.fixtures.generate import render_document
+
+    document = render_document("us_progress_note", seed)
+    limits = Limits(max_bytes=1 << 30, max_pages=10, max_page_pixels=60_000_000, dpi=150)
+    pages = [p for p in iter_pages(document.pdf, "application/pdf", limits) if isinstance(p, OcrPage)]
+    extraction, truth = RulesExtractor().extract(pages), document.truth
+    assert [d.text for d in extraction.diagnoses] == [d.text for d in truth.diagnoses]
+    assert {(v.kind, v.value, v.unit) for v in extraction.vitals} == {
+        (v.kind, v.value, {"mmHg": "mm[Hg]"}.get(v.unit, v.unit)) for v in truth.vitals
+    }
+    assert {(lab.test, lab.value) for lab in extraction.labs} == {(lab.test, lab.value) for lab in truth.labs}
+    assert all(lab.codings for lab in extraction.labs)  # every test of the panel is in the LOINC table
+    assert {(a.substance, a.reaction) for a in extraction.allergies} == {
+        (a.substance, a.reaction) for a in truth.allergies
+    }
+    assert [f.text for f in extraction.follow_ups] == truth.follow_ups
 
 
 def test_diagnoses_carry_assertions() -> None:

@@ -146,6 +146,7 @@ _SECTION_HEADINGS: Final[dict[str, Section]] = {
     "recent bloods": "results",
     "recent blood tests": "results",
     "recent results": "results",
+    "recent labs": "results",
     "blood tests": "results",
     "bloods": "results",
     "lab results": "results",
@@ -901,7 +902,11 @@ _VITALS: Final[tuple[tuple[re.Pattern[str], VitalKind], ...]] = (
         re.compile(r"\b(?:Sp\s?O2|O2\s+sat(?:uration)?s?|Sats?)" + _IS + r"(?P<value>\d{2,3})\s*%", re.I),
         "oxygen_saturation",
     ),
-    (re.compile(r"\b(?:Weight|Wt)" + _IS + r"(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>kg|lbs?)\b", re.I), "body_weight"),
+    # "Ib": OCR's reading of "lb"
+    (
+        re.compile(r"\b(?:Weight|Wt)" + _IS + r"(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>kg|[lI]bs?)\b", re.I),
+        "body_weight",
+    ),
     (
         re.compile(r"\b(?:Height|Ht)" + _IS + r"(?P<value>\d{1,3}(?:\.\d+)?)\s*(?P<unit>cm|m|in(?:ches)?)\b", re.I),
         "body_height",
@@ -926,7 +931,7 @@ def _vital(kind: VitalKind, match: re.Match[str]) -> Vital:
     written_unit = (groups.get("unit") or "").lower()
     if kind == "body_temperature" and written_unit == "f":
         unit = "[degF]"
-    elif kind == "body_weight" and written_unit.startswith("lb"):
+    elif kind == "body_weight" and written_unit.startswith(("lb", "ib")):
         unit = "[lb_av]"
     elif kind == "body_height" and written_unit in ("m", "in", "inches"):
         unit = "m" if written_unit == "m" else "[in_i]"
