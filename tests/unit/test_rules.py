@@ -205,7 +205,8 @@ DISCHARGE = """Discharge Summary
 Name: Mrs Margaret Ellis  DOB: 03/09/1948
 Diagnoses:
 1. Community-acquired pneumonia
-2. Atrial fibrillation, new onset
+2. Acute kidney injury stage 2, resolved
+3. Atrial fibrillation, new onset
 Past medical history: Type 2 diabetes; COPD; osteoarthritis of both knees
 Medications on discharge:
 Apixaban 5mg BD (new)
@@ -227,11 +228,13 @@ def test_a_discharge_summary_whose_sections_have_other_names() -> None:
     assert extraction.patient.name is not None and extraction.patient.name.value == "Mrs Margaret Ellis"
     assert [d.text for d in extraction.diagnoses] == [
         "Community-acquired pneumonia",
+        "Acute kidney injury stage 2",  # "..., resolved": historical, so clinical status resolved
         "Atrial fibrillation, new onset",
         "Type 2 diabetes",  # the inline list, item by item
         "COPD",
         "osteoarthritis of both knees",
     ]
+    assert {d.text: d.assertion for d in extraction.diagnoses}["Acute kidney injury stage 2"] == "historical"
     medications = {m.name: m for m in extraction.medications}
     assert set(medications) == {"Apixaban", "Salbutamol", "Furosemide"}
     assert (medications["Salbutamol"].dose_value, medications["Salbutamol"].route) == (200, "inhaled")

@@ -670,11 +670,20 @@ def _problem_of(line: _Line) -> Diagnosis | None:
     return _diagnosis_at(line, bullet.end() + text.find(head), head)
 
 
+# a listed condition that is over: "Acute kidney injury, resolved", "Pneumonia (resolved)"
+_RESOLVED_AFTER = re.compile(r"\s*[,(\-\u2013]?\s*(?:now\s+|since\s+)?(?:resolved|healed)\)?$", re.IGNORECASE)
+
+
 def _diagnosis_at(line: _Line, start: int, text: str) -> Diagnosis:
     """The condition ``text`` (at ``start`` in the line) names; assertion cues decide its
-    assertion and are dropped from its name ("possible sleep apnea": uncertain, "sleep apnea")."""
-    name = _ASSERTION_CUES_AFTER.sub("", _ASSERTION_CUES_BEFORE.sub("", text))
-    assertion = assertion_of(name, text)
+    assertion and are dropped from its name ("possible sleep apnea": uncertain, "sleep apnea";
+    "pneumonia, resolved": historical, "pneumonia")."""
+    resolved = _RESOLVED_AFTER.search(text)
+    listed = text[: resolved.start()] if resolved else text
+    name = _ASSERTION_CUES_AFTER.sub("", _ASSERTION_CUES_BEFORE.sub("", listed))
+    assertion = assertion_of(name, listed)
+    if resolved and assertion == "present":
+        assertion = "historical"
     name_start = line.start + start + text.find(name)
     return Diagnosis(
         text=name,
