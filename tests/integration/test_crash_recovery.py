@@ -6,7 +6,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import rendered
+from tests.live import free_port
 from tests.smart import bearer, fetch_token, register_with_cli
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_env(data_dir: Path, port: int) -> dict[str, str]:

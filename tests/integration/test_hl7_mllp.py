@@ -21,6 +21,7 @@ from server.app import create_app
 from server.config import Settings
 from tests.conftest import rendered
 from tests.fixtures.hl7_messages import NOTE_LINES, adt, mdm, oru_with_pdf
+from tests.live import free_port
 from tests.smart import authorized_client, bearer, fetch_token, register_with_cli
 
 VT, FS_CR = b"\x0b", b"\x1c\r"
@@ -312,12 +313,6 @@ def test_http_endpoint_returns_the_ack(app_client: tuple[TestClient[Any], int]) 
         headers={"Content-Type": "x-application/hl7-v2+er7"},
     )
     assert no_ack.status_code == 204
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, seconds: float = 60) -> None:
