@@ -186,6 +186,16 @@ def _heading(text: str) -> Section | None:
 
 # A line that reads as a heading paperchart does not know ("Social care needs:"): it ends the
 # section before it, so what follows is not read as more of that section (more diagnoses, say).
+# sections that list one kind of fact: no vital sign or lab result is read in them
+_LIST_SECTIONS: Final[tuple[Section, ...]] = (
+    "medications",
+    "stopped-medications",
+    "diagnoses",
+    "allergies",
+    "procedures",
+    "plan",
+    "assessment-plan",
+)
 _OTHER_HEADING = re.compile(r"^\s*[A-Z][A-Za-z&/'\- ]{2,40}:\s*$")
 # A known heading with its list on the same line: "Past medical history: Type 2 diabetes; COPD".
 _INLINE_HEADING = re.compile(r"^\s*(?P<heading>[A-Za-z][A-Za-z&/'\- ]{1,40}?)\s*:\s+(?P<body>\S.*)$")
@@ -217,8 +227,8 @@ def _lines(pages: Sequence[OcrPage]) -> Iterator[_Line]:
         offset = 0
         for raw in page.text.split("\n"):
             heading = _heading(raw)
-            inline = _INLINE_HEADING.match(raw)
-            listed = _SECTION_HEADINGS.get(inline.group("heading").strip().lower()) if inline else None
+            inline = _INLINE_HEADING.match(raw) if heading is None else None
+            listed = _heading(inline.group("heading")) if inline else None
             if heading is not None:
                 section = heading
             elif _OTHER_HEADING.match(raw):
@@ -960,16 +970,7 @@ def read_vital(text: str) -> Vital | None:
 def _vitals(lines: Sequence[_Line]) -> list[Vital]:
     found: dict[str, Vital] = {}
     for line in lines:
-        if line.section in (
-            "medications",
-            "stopped-medications",
-            "results",
-            "diagnoses",
-            "allergies",
-            "procedures",
-            "plan",
-            "assessment-plan",
-        ):
+        if line.section in _LIST_SECTIONS or line.section == "results":
             continue
         for pattern, kind in _VITALS:
             if kind not in found and (match := pattern.search(line.text)):
@@ -1041,16 +1042,17 @@ def _table_labs(page: OcrPage) -> dict[int, LabResult]:
     return found
 
 
-def _lab_codings(test: LabTest | None) -> tuple[Coding, ...]:
+def lab_codings(test: LabTest | None) -> tuple[Coding, ...]:
     """The LOINC coding of a known test; none for a result whose test the table does not know,
     which is kept (and sent to review, see ``server.pipeline.validate``) rather than lost."""
     return (Coding(system=LOINC, code=test.code, display=test.display),) if test is not None else ()
 
 
-def _unit_of(test: LabTest | None, unit_text: str | None) -> str | None:
-    """The UCUM unit as written; a ratio printed without one (INR) is its test's unitless unit."""
+def _unit_of(test: LabTest | None, unit_text: str | None, written: str | None) -> str | None:
+    """The UCUM unit as written (``written``, normalised from ``unit_text``); a ratio printed
+    without one (INR) is its test's unitless unit."""
     if unit_text:
-        return normalize_unit(unit_text)
+        return written
     if test is not None and test.units[0].startswith("{"):
         return test.units[0]
     return None
@@ -1071,11 +1073,12 @@ def _lab_from_cells(page: OcrPage, row: tuple[Cell | None, ...], roles: dict[str
         return None
     unit_cell = cell("unit")
     unit_text = unit_cell.text.strip() if unit_cell is not None else None
-    hit = find_lab_test(name.text.strip(), normalize_unit(unit_text) if unit_text else None)
+    written = normalize_unit(unit_text) if unit_text else None
+    hit = find_lab_test(name.text.strip(), written)
     if hit is None and not re.search(r"[A-Za-z]", name.text):
         return None
     test = hit[0] if hit is not None else None
-    unit = _unit_of(test, unit_text)
+    unit = _unit_of(test, unit_text, written)
     value = float(number.group("value"))
     low = high = None
     range_cell = cell("range")
@@ -1098,7 +1101,7 @@ def _lab_from_cells(page: OcrPage, row: tuple[Cell | None, ...], roles: dict[str
         high=high,
         flag=flag or _lab_flag(value, low, high),
         comparator=cmp_ if cmp_ in ("<", "<=", ">=", ">") else None,  # type: ignore[arg-type]
-        codings=_lab_codings(test),
+        codings=lab_codings(test),
         evidence=page.evidence(min(c.start for c in cells), max(c.end for c in cells)),
     )
 
@@ -1107,15 +1110,7 @@ def _labs(lines: Sequence[_Line], read_tables: bool = True) -> list[LabResult]:
     found: list[LabResult] = []
     tables: dict[int, dict[int, LabResult]] = {}
     for line in lines:
-        if line.section in (
-            "medications",
-            "stopped-medications",
-            "diagnoses",
-            "allergies",
-            "procedures",
-            "plan",
-            "assessment-plan",
-        ):
+        if line.section in _LIST_SECTIONS:
             continue
         if line.page.number not in tables:
             tables[line.page.number] = _table_labs(line.page) if read_tables else {}
@@ -1131,18 +1126,19 @@ def _labs(lines: Sequence[_Line], read_tables: bool = True) -> list[LabResult]:
             match = _LAB_VALUE.match(line.text[name_end:])
             if not match:
                 continue
-            test, _ = find_lab_test(line.text, normalize_unit(match.group("unit"))) or hit
+            written = normalize_unit(match.group("unit"))
+            test, _ = find_lab_test(line.text, written) or hit
         elif line.section == "results" and (unknown := _UNKNOWN_TEST.match(line.text)):
             name_end = unknown.end("name")
             match = _LAB_VALUE.match(line.text[name_end:])
             # a unit or a range says it is a result ("Page 1", "Ward 7" have neither)
             if not match or not (match.group("unit") or match.group("high") or match.group("upper")):
                 continue
-            test = None
+            test, written = None, normalize_unit(match.group("unit"))
         else:
             continue
         unit_text = match.group("unit")
-        unit = _unit_of(test, unit_text)
+        unit = _unit_of(test, unit_text, written)
         value = float(match.group("value"))
         low = float(match.group("low")) if match.group("low") else None
         high = (
@@ -1168,7 +1164,7 @@ def _labs(lines: Sequence[_Line], read_tables: bool = True) -> list[LabResult]:
                 high=high,
                 flag=flag,
                 comparator=cmp_ if cmp_ in ("<", "<=", ">=", ">") else None,  # type: ignore[arg-type]
-                codings=_lab_codings(test),
+                codings=lab_codings(test),
                 evidence=line.page.evidence(line.start, line.start + len(line.text.rstrip())),
             )
         )
