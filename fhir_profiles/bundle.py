@@ -485,6 +485,13 @@ def fact_resource(
     return _procedure(fact, fact_id, patient_ref)
 
 
+def is_lab_result(resource: Mapping[str, Any]) -> bool:
+    """An Observation in the laboratory category (not a vital sign)."""
+    return resource["resourceType"] == "Observation" and any(
+        c.get("code") == "laboratory" for category in resource.get("category", []) for c in category.get("coding", [])
+    )
+
+
 def _evidence_extension(evidence: Evidence) -> dict[str, Any]:
     parts: list[dict[str, Any]] = [
         {"url": "page", "valueInteger": evidence.page},
@@ -586,12 +593,7 @@ def build_bundle(extraction: Extraction, context: BundleContext) -> Resource:
         counters[kind] = counters.get(kind, 0) + 1
         resource["id"] = resource_id(context.id_seed, kind, counters[kind])
         items.append((resource, evidence))
-    lab_results = [
-        f"Observation/{r['id']}"
-        for r, _ in items
-        if r["resourceType"] == "Observation"
-        and any(c.get("code") == "laboratory" for cat in r.get("category", []) for c in cat.get("coding", []))
-    ]
+    lab_results = [f"Observation/{r['id']}" for r, _ in items if is_lab_result(r)]
     if extraction.document_type == "lab-report" and lab_results:
         report_id = resource_id(context.id_seed, "DiagnosticReport", 1)
         items.append(

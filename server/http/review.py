@@ -39,6 +39,7 @@ from server.auth.session import (
 )
 from server.errors import InvalidRequest, LoginRequired, PaperchartError
 from server.http.auth import grant_by_code
+from server.pipeline.code import drug_system
 from server.review import service
 from server.review.edits import ADDED_KINDS, ASSERTIONS, AddedFinding, Decision, FieldEdit, parse_code
 from server.review.validation import validate_field
@@ -295,9 +296,9 @@ class ReviewController(Controller):
         system = resolve_system(str(params.get("system") or _ADDED_SYSTEMS.get(kind, "icd10cm")))
 
         def lookup() -> list[Candidate]:
-            indexed = system if system != RXNORM else None
-            if indexed is None:  # medications are coded in SNOMED CT until RxNorm is imported, as the pipeline does
-                indexed = RXNORM if RXNORM in {s.info.system for s in terminology.code_systems()} else SNOMED
+            indexed = system
+            if system == RXNORM:  # medications in the system the pipeline codes them in
+                indexed = drug_system({s.info.system for s in terminology.code_systems()}) or SNOMED
             return terminology.lookup(q, systems=[indexed], limit=8)
 
         candidates = await anyio.to_thread.run_sync(lookup)

@@ -74,16 +74,21 @@ _KIND: Final = {
 }
 
 
+def drug_system(systems: set[str]) -> str | None:
+    """The code system medications are coded in: RxNorm once imported, else SNOMED CT's products."""
+    return RXNORM if RXNORM in systems else SNOMED if SNOMED in systems else None
+
+
 def _slots(extraction: Extraction, systems: set[str]) -> Iterator[_Slot]:
     for i, diagnosis in enumerate(extraction.diagnoses):
         if ICD10CM in systems:
             yield _Slot("diagnoses", i, ICD10CM, diagnosis.text, ())
         if SNOMED in systems:
             yield _Slot("diagnoses", i, SNOMED, diagnosis.text, ("disorder", "finding"))
-    drug_system = RXNORM if RXNORM in systems else SNOMED if SNOMED in systems else None
+    drugs = drug_system(systems)
     for i, medication in enumerate(extraction.medications):
-        if drug_system:
-            yield _Slot("medications", i, drug_system, medication.name, ("substance", "drug"))
+        if drugs:
+            yield _Slot("medications", i, drugs, medication.name, ("substance", "drug"))
     for i, allergy in enumerate(extraction.allergies):
         # "no known allergies" has fixed codes, chosen in the FHIR mapping
         if SNOMED in systems and not allergy.none_known:

@@ -17,13 +17,20 @@ from typing import Any, Final, Literal
 import msgspec
 
 from fhir_profiles import FhirValidationError, validate_resource
-from fhir_profiles.bundle import EVIDENCE_EXTENSION, PAPERCHART_BASE, REVIEW_TAG_SYSTEM, Fact, fact_resource
+from fhir_profiles.bundle import (
+    EVIDENCE_EXTENSION,
+    PAPERCHART_BASE,
+    REVIEW_TAG_SYSTEM,
+    Fact,
+    fact_resource,
+    is_lab_result,
+)
 from fhir_profiles.extraction import Allergy, Coding, Diagnosis, LabResult, Medication, Procedure, Vital
 from fhir_profiles.retract import mark_entered_in_error
 from server.errors import InvalidRequest
-from server.pipeline.extract.rules import read_vital
+from server.pipeline.extract.rules import lab_codings, read_vital
 from terminology.labs import find_lab_test
-from terminology.model import LOINC, UCUM
+from terminology.model import UCUM
 from terminology.units import normalize_unit
 
 NHS_SYSTEM: Final = "https://fhir.nhs.uk/Id/nhs-number"
@@ -202,11 +209,11 @@ def _set_action(plan: dict[str, Any], value: str) -> None:
         activity.setdefault("detail", {})["description"] = value
 
 
-_PARTIAL_DATE: Final = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
+PARTIAL_DATE: Final = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
 
 
 def _set_performed(procedure: dict[str, Any], value: str) -> None:
-    if not _PARTIAL_DATE.fullmatch(value):
+    if not PARTIAL_DATE.fullmatch(value):
         raise InvalidRequest("the date is YYYY, YYYY-MM or YYYY-MM-DD", expression="performedDateTime")
     procedure["performedDateTime"] = value
 
@@ -218,7 +225,7 @@ def _period_setter(end: Literal["start", "end"]) -> Setter:
         period = encounter.setdefault("period", {})
         if not value:
             period.pop(end, None)
-        elif not _PARTIAL_DATE.fullmatch(value):
+        elif not PARTIAL_DATE.fullmatch(value):
             raise InvalidRequest("the date is YYYY, YYYY-MM or YYYY-MM-DD", expression=f"period.{end}")
         else:
             period[end] = value
@@ -354,7 +361,7 @@ FIELDS: Final[dict[str, dict[str, tuple[str, Getter, Setter]]]] = {
 
 
 def _is(component: Mapping[str, Any], loinc: str) -> bool:
-    return any(c.get("code") == loinc for c in component.get("code", {}).get("coding", []))
+    return loinc in _codes(component)
 
 
 _NONE_KNOWN_CODES: Final = frozenset({"409137002", "716186003"})  # no known (drug) allergy
@@ -362,10 +369,6 @@ _NONE_KNOWN_CODES: Final = frozenset({"409137002", "716186003"})  # no known (dr
 
 def _codes(resource: Mapping[str, Any]) -> set[str]:
     return {str(c.get("code")) for c in resource.get("code", {}).get("coding", [])}
-
-
-def _is_lab(observation: Mapping[str, Any]) -> bool:
-    return any(c.get("code") == "laboratory" for cat in observation.get("category", []) for c in cat.get("coding", []))
 
 
 def fields_of(resource: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -378,7 +381,7 @@ def fields_of(resource: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             continue
         if kind == "Observation" and field in ("value", "unit") and resource.get("component"):
             continue
-        if kind == "Observation" and field == "code" and not _is_lab(resource):
+        if kind == "Observation" and field == "code" and not is_lab_result(resource):
             continue
         if kind == "AllergyIntolerance" and field == "code" and _NONE_KNOWN_CODES & _codes(resource):
             continue  # "no known allergies" has its fixed code
@@ -508,8 +511,8 @@ def _new_finding(
             raise InvalidRequest("an added lab result needs its value", expression="value")
         ucum = normalize_unit(finding.unit) if finding.unit else None
         codings = finding.codings
-        if not codings and (test := find_lab_test(text, ucum)) is not None:
-            codings = (Coding(system=LOINC, code=test[0].code, display=test[0].display),)
+        if not codings and (hit := find_lab_test(text, ucum)) is not None:
+            codings = lab_codings(hit[0])  # as the rules extractor codes a result it reads
         fact = LabResult(
             test=text,
             value=finding.value,

@@ -10,7 +10,7 @@ import re
 from typing import Final
 
 from server.pipeline.extract.rules import nhs_number_is_valid
-from server.review.edits import ASSERTIONS
+from server.review.edits import ASSERTIONS, PARTIAL_DATE
 from terminology.units import normalize_unit
 
 _RANGES: Final = {
@@ -51,7 +51,7 @@ def validate_field(kind: str, field: str, value: str, today: dt.date | None = No
         if born > (today or dt.date.today()):
             return "The date of birth is in the future."
         return None
-    if field in ("date", "start", "end") and value and not re.fullmatch(r"\d{4}(-\d{2}(-\d{2})?)?", value):
+    if field in ("date", "start", "end") and value and not PARTIAL_DATE.fullmatch(value):
         return "Use the form YYYY, YYYY-MM or YYYY-MM-DD."
     if field == "nhsNumber":
         return None if nhs_number_is_valid(re.sub(r"\D", "", value)) else "The NHS number fails its check digit."
