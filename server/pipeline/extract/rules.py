@@ -1148,11 +1148,7 @@ def _labs(lines: Sequence[_Line], read_tables: bool = True) -> list[LabResult]:
         )
         if match.group("upper") and low is None:
             low = 0.0
-        printed = (match.group("flag") or "").upper()
-        printed_flag: LabFlag | None = {"H": "H", "HIGH": "H", "L": "L", "LOW": "L", "HH": "HH", "LL": "LL"}.get(
-            printed
-        )  # type: ignore[assignment]
-        flag = printed_flag or _lab_flag(value, low, high)
+        flag = _FLAGS.get((match.group("flag") or "").upper()) or _lab_flag(value, low, high)
         cmp_ = match.group("cmp")
         found.append(
             LabResult(
